@@ -1,0 +1,198 @@
+#!/usr/bin/env bash
+# Build the devops-api container image without Nix: the CI twin of `nix build .#image`.
+#
+# Both builders read nix/image.json, so user, paths, env, ports, volumes, labels, entrypoint,
+# cmd and healthcheck cannot drift apart. This one compiles a static musl binary with cargo and
+# packs it FROM scratch with `docker build` (generated Dockerfile in a temporary context).
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+Usage: nix/build-image.sh --tag NAME:TAG [options]
+
+Build the devops-api image (FROM scratch, static musl binary) with the config of nix/image.json.
+
+Options:
+  --tag NAME:TAG           image name and tag (required)
+  --out FILE               also write a docker-archive (`docker load < FILE`); gzipped if FILE ends in .gz
+  --binary PATH            use this (static) binary instead of running cargo build
+  --healthcheck-url URL    healthcheck runs `devops-api healthcheck --url URL` instead of the default
+                           (the end-to-end test uses it to build an image whose healthcheck fails)
+  --target TRIPLE          cargo target (default x86_64-unknown-linux-musl)
+  --revision REV           value of org.opencontainers.image.revision (default: git rev-parse HEAD)
+  -h, --help               show this help
+
+Environment:
+  REPO_ROOT    repository to build (default: the checkout holding this script, else the git
+               toplevel of the working directory)
+  IMAGE_JSON   image description (default: nix/image.json beside this script, else in REPO_ROOT)
+  CA_BUNDLE    CA bundle copied to the image's CA path (default /etc/ssl/certs/ca-certificates.crt)
+EOF
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+  printf 'build-image: error: %s\n' "$*" >&2
+  exit 1
+}
+
+tag=""
+out=""
+binary=""
+healthcheck_url=""
+target="x86_64-unknown-linux-musl"
+revision=""
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
+    --out) out="${2:?--out needs a value}"; shift 2 ;;
+    --binary) binary="${2:?--binary needs a value}"; shift 2 ;;
+    --healthcheck-url) healthcheck_url="${2:?--healthcheck-url needs a value}"; shift 2 ;;
+    --target) target="${2:?--target needs a value}"; shift 2 ;;
+    --revision) revision="${2:?--revision needs a value}"; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+  esac
+done
+
+[[ -n "$tag" ]] || { usage >&2; die "--tag is required"; }
+for tool in docker jq; do
+  command -v "$tool" >/dev/null || die "$tool not found on PATH"
+done
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [[ -z "${REPO_ROOT:-}" ]]; then
+  if [[ -f "$script_dir/../Cargo.toml" ]]; then
+    REPO_ROOT="$(cd "$script_dir/.." && pwd)"
+  else
+    REPO_ROOT="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
+  fi
+fi
+[[ -f "$REPO_ROOT/Cargo.toml" ]] || die "no Cargo.toml in $REPO_ROOT (set REPO_ROOT)"
+if [[ -z "${IMAGE_JSON:-}" ]]; then
+  if [[ -f "$script_dir/image.json" ]]; then
+    IMAGE_JSON="$script_dir/image.json"
+  else
+    IMAGE_JSON="$REPO_ROOT/nix/image.json"
+  fi
+fi
+[[ -f "$IMAGE_JSON" ]] || die "image description not found: $IMAGE_JSON"
+CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
+[[ -f "$CA_BUNDLE" ]] || die "CA bundle not found: $CA_BUNDLE (install ca-certificates or set CA_BUNDLE)"
+
+spec() { jq -r "$1" "$IMAGE_JSON"; }
+
+# 1. The binary.
+if [[ -z "$binary" ]]; then
+  log "cargo build --release --locked --target $target"
+  (cd "$REPO_ROOT" && cargo build --release --locked --target "$target")
+  target_dir="$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
+  binary="$target_dir/$target/release/devops-api"
+fi
+[[ -x "$binary" ]] || die "binary not found or not executable: $binary"
+if command -v readelf >/dev/null; then
+  if readelf -l "$binary" | grep -q 'Requesting program interpreter'; then
+    die "$binary is dynamically linked; a FROM-scratch image needs a static binary"
+  fi
+  log "binary is static: $binary ($(du -h "$binary" | cut -f1))"
+else
+  log "readelf not found: skipping the static-linking check of $binary"
+fi
+
+# 2. Labels the builders compute: version from Cargo.toml, revision from git.
+version="$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$REPO_ROOT/Cargo.toml" | head -n 1)"
+if [[ -z "$revision" ]]; then
+  revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet HEAD 2>/dev/null || echo unknown)"
+fi
+
+# 3. The final config: image.json plus computed labels and the optional healthcheck override.
+config="$(jq -c \
+  --arg version "$version" \
+  --arg revision "$revision" \
+  --arg hc "$healthcheck_url" \
+  --arg bin "$(spec .binary)" '
+  .config
+  | .Labels += {"org.opencontainers.image.version": $version,
+                "org.opencontainers.image.revision": $revision}
+  | if $hc != "" then .Healthcheck.Test = ["CMD", $bin, "healthcheck", "--url", $hc] else . end
+' "$IMAGE_JSON")"
+
+# 4. The build context: root filesystem files, CA bundle, data dir and binary.
+ctx="$(mktemp -d)"
+trap 'rm -rf "$ctx"' EXIT
+mkdir -p "$ctx/rootfs" "$ctx/data"
+while IFS= read -r rel; do
+  mkdir -p "$(dirname "$ctx/rootfs/$rel")"
+  jq -j --arg f "$rel" '.files[$f]' "$IMAGE_JSON" >"$ctx/rootfs/$rel"
+  chmod 0644 "$ctx/rootfs/$rel"
+done < <(jq -r '.files | keys[]' "$IMAGE_JSON")
+ca_path="$(spec .caBundle)"
+mkdir -p "$(dirname "$ctx/rootfs$ca_path")"
+cp -L "$CA_BUNDLE" "$ctx/rootfs$ca_path"
+chmod 0644 "$ctx/rootfs$ca_path"
+bin_path="$(spec .binary)"
+mkdir -p "$(dirname "$ctx/rootfs$bin_path")"
+cp "$binary" "$ctx/rootfs$bin_path"
+chmod 0555 "$ctx/rootfs$bin_path"
+chmod 0755 "$ctx/data"
+
+# 5. The Dockerfile, generated from the config (durations: nanoseconds -> milliseconds).
+jq -r \
+  --arg data "$(spec .dataDir)" \
+  --arg owner "$(spec '"\(.uid):\(.gid)"')" '
+  def dur: if . % 1000000000 == 0 then "\(. / 1000000000)s" else "\(. / 1000000 | floor)ms" end;
+  "FROM scratch",
+  "COPY rootfs/ /",
+  "COPY --chown=\($owner) data/ \($data)/",
+  (.Env // [] | .[] | capture("^(?<k>[^=]+)=(?<v>.*)$") | "ENV \(.k)=\(.v | @json)"),
+  (.Labels // {} | to_entries[] | "LABEL \(.key | @json)=\(.value | @json)"),
+  (.ExposedPorts // {} | keys[] | "EXPOSE \(.)"),
+  (if .Volumes then "VOLUME \(.Volumes | keys | @json)" else empty end),
+  (if .WorkingDir then "WORKDIR \(.WorkingDir)" else empty end),
+  (if .StopSignal then "STOPSIGNAL \(.StopSignal)" else empty end),
+  (if .Healthcheck then
+     (.Healthcheck as $h
+      | if $h.Test[0] == "NONE" then "HEALTHCHECK NONE"
+        else "HEALTHCHECK"
+          + (if $h.Interval then " --interval=\($h.Interval | dur)" else "" end)
+          + (if $h.Timeout then " --timeout=\($h.Timeout | dur)" else "" end)
+          + (if $h.StartPeriod then " --start-period=\($h.StartPeriod | dur)" else "" end)
+          + (if $h.Retries then " --retries=\($h.Retries)" else "" end)
+          + (if $h.Test[0] == "CMD-SHELL" then " CMD \($h.Test[1])"
+             else " CMD \($h.Test[1:] | @json)" end)
+        end)
+   else empty end),
+  (if .User then "USER \(.User)" else empty end),
+  (if .Entrypoint then "ENTRYPOINT \(.Entrypoint | @json)" else empty end),
+  (if .Cmd then "CMD \(.Cmd | @json)" else empty end)
+' <<<"$config" >"$ctx/Dockerfile"
+log "generated Dockerfile:"
+sed 's/^/    /' "$ctx/Dockerfile" >&2
+
+# 6. Build, then check that the image carries exactly the config we meant.
+log "docker build --tag $tag"
+docker build --quiet --tag "$tag" "$ctx" >/dev/null
+actual="$(docker image inspect "$tag" --format '{{json .Config}}')"
+compare='{User, WorkingDir, Entrypoint, Cmd, Env, ExposedPorts, Volumes, StopSignal, Healthcheck}'
+want="$(jq -cS "$compare + {Labels: .Labels}" <<<"$config")"
+# Env in the built image may carry PATH from the builder; compare only the keys we set.
+got="$(jq -cS --argjson want "$want" "$compare"' + {Labels: (.Labels // {} | with_entries(select(.key as $k | $want.Labels | has($k))))}
+  | .Env |= map(select(. as $e | $want.Env | index($e)))' <<<"$actual")"
+if [[ "$want" != "$got" ]]; then
+  printf 'wanted: %s\ngot:    %s\n' "$want" "$got" >&2
+  die "image config of $tag differs from $IMAGE_JSON"
+fi
+size_bytes="$(docker image inspect "$tag" --format '{{.Size}}')"
+log "built $tag: $((size_bytes / 1024)) KiB ($size_bytes bytes), revision $revision, version $version"
+log "config matches $IMAGE_JSON"
+
+# 7. Optional docker-archive, like the result of `nix build .#image`.
+if [[ -n "$out" ]]; then
+  if [[ "$out" == *.gz ]]; then
+    docker save "$tag" | gzip -n >"$out"
+  else
+    docker save --output "$out" "$tag"
+  fi
+  log "wrote $out ($(du -h "$out" | cut -f1))"
+fi

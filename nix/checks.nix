@@ -1,0 +1,96 @@
+# `nix flake check`: everything here builds in the sandbox (no network, no Docker daemon, no
+# PostgreSQL). Names say what is checked.
+{
+  pkgs,
+  lib,
+  craneLib,
+  crate,
+  image,
+  advisory-db,
+  root,
+}:
+let
+  inherit (crate)
+    src
+    commonArgs
+    cargoArtifacts
+    hermeticTests
+    ;
+
+  # A check that runs a linter over some files of the repository.
+  lint =
+    name: files: nativeBuildInputs: command:
+    pkgs.runCommand "devops-api-${name}"
+      {
+        inherit nativeBuildInputs;
+        src = lib.fileset.toSource {
+          inherit root;
+          fileset = files;
+        };
+      }
+      ''
+        cd "$src"
+        export HOME="$TMPDIR"
+        ${command}
+        touch "$out"
+      '';
+
+  nixFiles = lib.fileset.fileFilter (file: file.hasExt "nix") root;
+  shellScripts = lib.fileset.fileFilter (file: file.hasExt "sh") (root + "/nix");
+  workflows = root + "/.gitea/workflows";
+  stackFile = root + "/stack.yml";
+in
+{
+  package = crate.package;
+
+  clippy = craneLib.cargoClippy (
+    commonArgs
+    // {
+      inherit cargoArtifacts;
+      cargoClippyExtraArgs = "--all-targets -- --deny warnings";
+    }
+  );
+
+  fmt = craneLib.cargoFmt { inherit src; };
+
+  nextest = craneLib.cargoNextest (
+    commonArgs
+    // {
+      inherit cargoArtifacts;
+      cargoNextestExtraArgs = "--no-tests=pass -E '${hermeticTests}'";
+    }
+  );
+
+  audit = craneLib.cargoAudit { inherit src advisory-db; };
+
+  nix-fmt = lint "nix-fmt" nixFiles [ pkgs.nixfmt ] ''
+    find . -name '*.nix' -print0 | xargs -0 nixfmt --check
+  '';
+
+  deadnix = lint "deadnix" nixFiles [ pkgs.deadnix ] ''
+    deadnix --fail .
+  '';
+
+  shellcheck = lint "shellcheck" shellScripts [ pkgs.shellcheck ] ''
+    shellcheck nix/*.sh
+  '';
+}
+// lib.optionalAttrs (image != null) { inherit image; }
+// lib.optionalAttrs (lib.pathExists workflows) {
+  actionlint = lint "actionlint" workflows [ pkgs.actionlint pkgs.shellcheck ] ''
+    actionlint .gitea/workflows/*.y*ml
+  '';
+}
+// lib.optionalAttrs (lib.pathExists stackFile) {
+  # `docker stack config` validates the file against the compose schema without a daemon.
+  # Variables used by stack.yml get placeholder values (numbers for *_PORT / *REPLICAS*).
+  stack-config = lint "stack-config" stackFile [ pkgs.docker-client pkgs.gnugrep ] ''
+    for var in $(grep -oE '\$\{[A-Za-z_][A-Za-z0-9_]*' stack.yml | cut -c3- | sort -u); do
+      case "$var" in
+        *PORT | *REPLICAS*) export "$var=1" ;;
+        *) export "$var=placeholder" ;;
+      esac
+    done
+    docker stack config -c stack.yml >/dev/null
+  '';
+}

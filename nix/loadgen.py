@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Open-loop HTTP load generator for the devops-api platform tests (stdlib only).
+
+Sends requests at a fixed rate whatever the server does (open loop: a slow or hung server makes requests
+queue, and their latency counts from the time they were due), mixing writes (POST /v1/tasks) and reads
+(GET /v1/tasks/{id} of an acknowledged write). Every acknowledged write is read back at the end. Runs
+until --duration elapses or --stop-file appears, then prints one summary line and writes JSON to --out.
+
+A request fails on a connection error, a timeout, a 5xx, or any status other than the expected one
+(201/200 for writes, 200 for reads). Traffic goes only where --url points (loopback in the tests).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import queue
+import random
+import ssl
+import sys
+import threading
+import time
+import urllib.parse
+from collections import Counter
+
+
+class Conn(http.client.HTTPSConnection):
+    """HTTPS connection that sends SNI for the virtual host while connecting to another address."""
+
+    def __init__(self, host, port, sni, context, timeout):
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._sni = sni
+        self._ctx = context
+
+    def connect(self):
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._ctx.wrap_socket(self.sock, server_hostname=self._sni)
+
+
+class Client:
+    def __init__(self, args, token):
+        u = urllib.parse.urlsplit(args.url)
+        self.scheme, self.addr, self.port = u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        self.vhost = args.host or u.hostname
+        self.timeout = args.timeout
+        self.headers = {"Host": self.vhost, "Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.ctx = None
+        if self.scheme == "https":
+            self.ctx = ssl.create_default_context()
+            if args.insecure:
+                self.ctx.check_hostname = False
+                self.ctx.verify_mode = ssl.CERT_NONE
+        self.conn = None
+
+    def request(self, method, path, body=None):
+        """Return (status, body bytes); raises on network errors (the connection is then dropped)."""
+        if self.conn is None:
+            if self.ctx is not None:
+                self.conn = Conn(self.addr, self.port, self.vhost, self.ctx, self.timeout)
+            else:
+                self.conn = http.client.HTTPConnection(self.addr, self.port, timeout=self.timeout)
+        try:
+            self.conn.request(method, path, body=body, headers=self.headers)
+            resp = self.conn.getresponse()
+            data = resp.read()
+            if resp.getheader("connection", "").lower() == "close":
+                self.close()
+            return resp.status, data
+        except Exception:
+            self.close()
+            raise
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class Stats:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.latencies = []
+        self.failures = Counter()
+        self.fail_times = []
+        self.acked = []
+        self.requests = 0
+
+    def ok(self, latency):
+        with self.lock:
+            self.requests += 1
+            self.latencies.append(latency)
+
+    def fail(self, kind, latency, t):
+        with self.lock:
+            self.requests += 1
+            self.latencies.append(latency)
+            self.failures[kind] += 1
+            self.fail_times.append(t)
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return 0.0
+    k = min(len(sorted_values) - 1, max(0, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def worker(args, token, jobs, stats, t0):
+    client = Client(args, token)
+    rnd = random.Random()
+    while True:
+        job = jobs.get()
+        if job is None:
+            client.close()
+            return
+        seq, due = job
+        with stats.lock:
+            ids = stats.acked
+            target = ids[rnd.randrange(len(ids))] if ids else None
+        write = target is None or rnd.random() < args.write_ratio
+        try:
+            if write:
+                body = json.dumps({"title": f"load {seq}", "tags": ["load"]}).encode()
+                status, data = client.request("POST", "/v1/tasks", body)
+                if status in (200, 201):
+                    task_id = json.loads(data)["id"]
+                    with stats.lock:
+                        stats.acked.append(str(task_id))
+                    stats.ok(time.monotonic() - due)
+                else:
+                    stats.fail(f"POST {status}", time.monotonic() - due, time.monotonic() - t0)
+            else:
+                status, _ = client.request("GET", f"/v1/tasks/{target}")
+                if status == 200:
+                    stats.ok(time.monotonic() - due)
+                else:
+                    stats.fail(f"GET {status}", time.monotonic() - due, time.monotonic() - t0)
+        except Exception as exc:  # connection refused/reset, timeout, bad JSON
+            stats.fail(type(exc).__name__, time.monotonic() - due, time.monotonic() - t0)
+
+
+def readback(args, token, ids):
+    """Read every acknowledged write; return (missing, errors) counts."""
+    todo = queue.Queue()
+    for i in ids:
+        todo.put(i)
+    lock = threading.Lock()
+    result = {"missing": 0, "errors": 0, "examples": []}
+
+    def run():
+        client = Client(args, token)
+        while True:
+            try:
+                task_id = todo.get_nowait()
+            except queue.Empty:
+                client.close()
+                return
+            for attempt in range(3):
+                try:
+                    status, _ = client.request("GET", f"/v1/tasks/{task_id}")
+                except Exception:
+                    if attempt == 2:
+                        with lock:
+                            result["errors"] += 1
+                    time.sleep(0.2)
+                    continue
+                if status != 200:
+                    with lock:
+                        result["missing"] += 1
+                        if len(result["examples"]) < 5:
+                            result["examples"].append(f"{task_id}:{status}")
+                break
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(args.readback_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", required=True, help="base URL to connect to, e.g. https://127.0.0.1:443")
+    p.add_argument("--host", help="virtual host for the Host header and SNI (default: the URL's host)")
+    p.add_argument("--token-file", required=True, help="file whose first line is the Bearer token")
+    p.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
+    p.add_argument("--duration", type=float, default=300.0, help="maximum seconds of load (default 300)")
+    p.add_argument("--stop-file", help="stop the load as soon as this file exists")
+    p.add_argument("--write-ratio", type=float, default=0.5, help="share of writes (default 0.5)")
+    p.add_argument("--workers", type=int, default=96, help="concurrent connections (default 96)")
+    p.add_argument("--readback-workers", type=int, default=16)
+    p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds")
+    p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
+    p.add_argument("--name", default="load", help="label for the summary line")
+    p.add_argument("--out", help="write the JSON result here")
+    args = p.parse_args()
+
+    with open(args.token_file, encoding="utf-8") as f:
+        token = f.readline().strip()
+        if ":" in token:  # a TOKENS_FILE line NAME:TOKEN
+            token = token.split(":", 1)[1]
+
+    stats = Stats()
+    jobs = queue.Queue()
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=worker, args=(args, token, jobs, stats, t0), daemon=True)
+               for _ in range(args.workers)]
+    for t in threads:
+        t.start()
+
+    seq = 0
+    interval = 1.0 / args.rate
+    while True:
+        due = t0 + seq * interval
+        now = time.monotonic()
+        if due - t0 >= args.duration:
+            break
+        if seq % 20 == 0 and args.stop_file and os.path.exists(args.stop_file):
+            break
+        if due > now:
+            time.sleep(due - now)
+        jobs.put((seq, due))
+        seq += 1
+    load_seconds = time.monotonic() - t0
+    for _ in threads:
+        jobs.put(None)
+    for t in threads:
+        t.join()
+
+    with stats.lock:
+        acked = list(stats.acked)
+    rb = readback(args, token, acked)
+    lat = sorted(stats.latencies)
+    fails = sum(stats.failures.values())
+    ft = sorted(stats.fail_times)
+    result = {
+        "name": args.name,
+        "requests": stats.requests,
+        "failures": fails,
+        "failure_kinds": dict(stats.failures),
+        "p50_ms": round(percentile(lat, 50) * 1000, 1),
+        "p99_ms": round(percentile(lat, 99) * 1000, 1),
+        "max_ms": round((lat[-1] if lat else 0) * 1000, 1),
+        "duration_s": round(load_seconds, 1),
+        "rate": round(stats.requests / load_seconds, 1) if load_seconds > 0 else 0,
+        "writes_acked": len(acked),
+        "readback_missing": rb["missing"],
+        "readback_errors": rb["errors"],
+        "readback_examples": rb["examples"],
+        "first_failure_s": round(ft[0], 2) if ft else None,
+        "last_failure_s": round(ft[-1], 2) if ft else None,
+        "failure_window_s": round(ft[-1] - ft[0], 2) if ft else 0.0,
+    }
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+    print(f"{args.name}: requests={result['requests']} failures={fails} {dict(stats.failures) or ''} "
+          f"p50={result['p50_ms']}ms p99={result['p99_ms']}ms rate={result['rate']}/s "
+          f"acked_writes={len(acked)} readback_missing={rb['missing']} readback_errors={rb['errors']} "
+          f"failure_window={result['failure_window_s']}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

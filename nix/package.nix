@@ -1,0 +1,68 @@
+# The crate, built with crane. One source set and one dependency build (`cargoArtifacts`) are
+# shared by the package, every check and the coverage report, so dependencies compile once.
+{
+  pkgs,
+  lib,
+  craneLib,
+  root,
+}:
+let
+  # crane's default filter keeps only Cargo files, *.rs and *.toml; tests also read snapshots and
+  # fixtures, the crate may embed SQL (include_str!), and the image spec is data the tests may read.
+  optionalTree = path: lib.optional (lib.pathExists path) path;
+  src = lib.fileset.toSource {
+    inherit root;
+    fileset = lib.fileset.unions (
+      [
+        (craneLib.fileset.commonCargoSources root)
+        (lib.fileset.fileFilter (
+          file:
+          lib.any file.hasExt [
+            "sql"
+            "json"
+            "snap"
+            "txt"
+          ]
+        ) (root + "/src"))
+      ]
+      ++ optionalTree (root + "/tests")
+      ++ optionalTree (root + "/nix/image.json")
+      ++ optionalTree (root + "/.config/nextest.toml")
+    );
+  };
+
+  commonArgs = {
+    inherit src;
+    strictDeps = true;
+    buildInputs = lib.optionals pkgs.stdenv.hostPlatform.isDarwin [ pkgs.libiconv ];
+  };
+
+  cargoArtifacts = craneLib.buildDepsOnly commonArgs;
+
+  # nextest filter for the tests that run anywhere, the Nix sandbox included. The rest need
+  # PostgreSQL (test binary `postgres`, tests named pg_*) or Docker, and run in CI (.ci/run).
+  hermeticTests = "not (binary(postgres) | test(/^pg_/) | test(/needs_docker|needs_postgres/))";
+
+  package = craneLib.buildPackage (
+    commonArgs
+    // {
+      inherit cargoArtifacts;
+      # Tests run in the nextest check (hermetic subset), not a second time here.
+      doCheck = false;
+      meta = {
+        description = "Task-management REST API (axum + redb)";
+        mainProgram = "devops-api";
+        license = lib.licenses.mit;
+      };
+    }
+  );
+in
+{
+  inherit
+    src
+    commonArgs
+    cargoArtifacts
+    hermeticTests
+    package
+    ;
+}

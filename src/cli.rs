@@ -1,0 +1,232 @@
+//! The binary's subcommands. Errors here are `anyhow` with a message for the
+//! operator; the library below returns typed errors.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::http::HeaderValue;
+use tokio::net::TcpListener;
+
+use crate::auth::{self, PrincipalName, StaticTokens};
+use crate::config::{Cli, Command, HealthcheckArgs, ServeArgs, StorageArgs, TokenAction, TokenArgs};
+use crate::http::{self, ApiConfig, AppState};
+use crate::lifecycle::{self, ShutdownPolicy};
+use crate::storage::{RedbConfig, RedbStore, StorageError, Store};
+use crate::{server, telemetry};
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        None => runtime().and_then(|rt| rt.block_on(serve(cli.serve))),
+        Some(Command::Serve(args)) => runtime().and_then(|rt| rt.block_on(serve(args))),
+        Some(Command::Healthcheck(args)) => return healthcheck(&args),
+        Some(Command::Token(args)) => runtime().and_then(|rt| rt.block_on(token(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{name} must be a non-negative number of seconds, got {v}"))
+}
+
+/// Opens the configured store. Used by `serve` and the storage subcommands.
+pub fn open_store(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<Arc<dyn Store>> {
+    let mut cfg = RedbConfig::new(&storage.data_dir);
+    cfg.sharing = storage.db_sharing;
+    cfg.group_commit = group_commit;
+    let store = RedbStore::open(&cfg).map_err(|e| match e {
+        StorageError::Unavailable(m) => anyhow::anyhow!(m),
+        other => anyhow::anyhow!(other),
+    })?;
+    Ok(Arc::new(store))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    telemetry::init_logging(&args.log.log_level, args.log.log_format)?;
+    let started = std::time::Instant::now();
+    let policy = ShutdownPolicy {
+        drain: seconds("--drain-seconds", args.drain_seconds)?,
+        timeout: seconds("--shutdown-timeout", args.shutdown_timeout)?,
+    };
+    let static_tokens = match &args.tokens_file {
+        Some(path) => StaticTokens::load(path)?,
+        None => StaticTokens::default(),
+    };
+    let cors_origins = args
+        .cors_origins
+        .iter()
+        .filter(|o| !o.is_empty())
+        .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("invalid CORS origin `{o}`")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = ApiConfig {
+        max_tasks_per_principal: args.max_tasks_per_principal,
+        request_timeout: seconds("--request-timeout", args.request_timeout)?,
+        rate_limit: (args.rate_limit > 0).then_some(args.rate_limit),
+        cors_origins,
+        metrics_on_main: args.metrics_listen.is_none(),
+    };
+
+    // Storage first: the listener is bound only once requests can be served.
+    let store = open_store(&args.storage, args.group_commit)?;
+    if !args.no_bootstrap_token && static_tokens.is_empty() {
+        bootstrap_token(store.as_ref()).await?;
+    }
+    let state = AppState::new(store.clone(), config, static_tokens);
+    let lifecycle = state.lifecycle.clone();
+
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Some(addr) = args.metrics_listen {
+        let metrics_listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        let metrics_app = http::metrics_app(state.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+                tracing::error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        metrics = %args.metrics_listen.map_or_else(|| "on the main listener".to_owned(), |a| a.to_string()),
+        data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
+        db_sharing = ?args.storage.db_sharing,
+        startup_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "ready"
+    );
+    let app = http::app(state);
+    server::serve(listener, app, lifecycle::stop_signal(), lifecycle, policy).await?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// On first start with no token anywhere, creates `admin` and prints its token
+/// once on standard output (never in the log), so one command gives a user a
+/// working credential.
+async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
+    if !store.list_tokens().await?.is_empty() {
+        return Ok(());
+    }
+    let token = auth::generate_token();
+    match store.create_token("admin", auth::digest(&token)).await {
+        Ok(_) => {
+            println!(
+                "\nNo tokens existed, so a token for principal `admin` was created.\n\
+                 It is shown only this once (only its hash is stored):\n\n  {token}\n\n\
+                 Use it as `Authorization: Bearer {token}`.\n\
+                 Manage tokens with `devops-api token create|list|revoke`.\n"
+            );
+            tracing::warn!("created the bootstrap token for `admin`; it was printed on standard output");
+            Ok(())
+        }
+        // Another process on the same file won the race: it printed the token.
+        Err(StorageError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.storage, true)?;
+    let result = async {
+        match &args.action {
+            TokenAction::Create { name } => {
+                let name = PrincipalName::parse(name).map_err(anyhow::Error::msg)?;
+                let token = auth::generate_token();
+                store
+                    .create_token(name.as_str(), auth::digest(&token))
+                    .await
+                    .map_err(|e| match e {
+                        StorageError::AlreadyExists(_) => anyhow::anyhow!(
+                            "`{}` already has a token; revoke it first to issue a new one",
+                            name.as_str()
+                        ),
+                        e => e.into(),
+                    })?;
+                eprintln!("Token for `{}` (shown only now; store it safely):", name.as_str());
+                println!("{token}");
+            }
+            TokenAction::List => {
+                let tokens = store.list_tokens().await?;
+                if tokens.is_empty() {
+                    eprintln!("no tokens");
+                }
+                for t in tokens {
+                    println!("{}\t{}", t.name, crate::domain::rfc3339::format(&t.created_at));
+                }
+            }
+            TokenAction::Revoke { name } => {
+                store.revoke_token(name).await.map_err(|e| match e {
+                    StorageError::NotFound => anyhow::anyhow!("`{name}` has no token"),
+                    e => e.into(),
+                })?;
+                eprintln!("revoked the token of `{name}`");
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    store.close().await;
+    result
+}
+
+fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let url = args
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}/ready", args.listen.port()));
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("unhealthy: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let timeout = Duration::try_from_secs_f64(args.timeout).unwrap_or(Duration::from_secs(3));
+    match rt.block_on(async { tokio::time::timeout(timeout, get_status(&url)).await }) {
+        Ok(Ok(status)) if (200..300).contains(&status) => {
+            println!("healthy: {url} answered {status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("unhealthy: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {url}: {e:#}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: {url} did not answer within {timeout:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn get_status(url: &str) -> anyhow::Result<u16> {
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL `{url}`"))?;
+    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs are supported");
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<axum::body::Bytes>>();
+    let resp = client.get(uri).await.context("request failed")?;
+    Ok(resp.status().as_u16())
+}

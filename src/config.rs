@@ -1,0 +1,133 @@
+//! Command line and environment: one clap definition, each option with its
+//! environment variable. Secrets come from `*_FILE` variables (Docker secrets).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::storage::DbSharing;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "devops-api",
+    version,
+    about = "Task-management REST API on an embedded redb file (default) or PostgreSQL",
+    long_about = "Task-management REST API on an embedded redb file (default) or PostgreSQL.\n\n\
+        Without a subcommand, `serve` runs. Every option can also be set through the \
+        environment variable shown beside it.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Exit 0 if the local server answers its readiness URL with 2xx, else 1
+    /// (for Docker/Swarm healthchecks: the image has no shell and no curl).
+    Healthcheck(HealthcheckArgs),
+    /// Manage bearer tokens in the data directory (works while the server runs
+    /// with --db-sharing multi-writer).
+    Token(TokenArgs),
+}
+
+/// Where the data lives; shared by every subcommand that opens storage.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory of the embedded database file (created if missing).
+    #[arg(long, env = "DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Whether other processes may open the same database file: `multi-writer`
+    /// lets several tasks of one service on one host share it.
+    #[arg(long, env = "DB_SHARING", value_enum, default_value_t = DbSharing::Exclusive)]
+    pub db_sharing: DbSharing,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter: a level (`info`, `debug`) or directives (`devops_api=debug,info`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// `pretty` for terminals, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Serve /metrics only on this separate address (keep it off the proxy).
+    #[arg(long = "metrics-listen", env = "METRICS_ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Seconds to keep serving, not ready, after SIGTERM (set above the proxy's refresh interval).
+    #[arg(long, env = "DRAIN_SECONDS", default_value_t = 0.0)]
+    pub drain_seconds: f64,
+    /// Seconds to wait for in-flight requests after the drain.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 10.0)]
+    pub shutdown_timeout: f64,
+    /// File of `NAME:TOKEN` lines (a Docker secret) accepted besides stored tokens.
+    #[arg(long, env = "TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Seconds after which a request is abandoned with 503.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+    /// Requests per second per principal (burst: twice that); 0 turns the limit off.
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 50)]
+    pub rate_limit: u32,
+    /// Most tasks one principal may hold.
+    #[arg(long, env = "MAX_TASKS_PER_PRINCIPAL", default_value_t = 100_000)]
+    pub max_tasks_per_principal: u64,
+    /// Comma-separated origins allowed by CORS (none by default: cross-origin calls are denied).
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Commit concurrent writes together (on); `false` commits each write alone.
+    #[arg(long, env = "GROUP_COMMIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub group_commit: bool,
+    /// Do not create and print an `admin` token on first start with no tokens.
+    #[arg(long, env = "NO_BOOTSTRAP_TOKEN")]
+    pub no_bootstrap_token: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// URL to call; defaults to /ready on the port of LISTEN_ADDR.
+    #[arg(long, env = "HEALTHCHECK_URL")]
+    pub url: Option<String>,
+    /// Used to find the port when --url is not given.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub action: TokenAction,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenAction {
+    /// Create a token for principal NAME and print it once.
+    Create { name: String },
+    /// List principals with a stored token (never the tokens).
+    List,
+    /// Delete NAME's token; requests with it fail from then on.
+    Revoke { name: String },
+}

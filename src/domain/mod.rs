@@ -1,0 +1,14 @@
+//! The task domain: types that are valid by construction, and the parsing of
+//! client input into them with every problem reported per field.
+
+mod input;
+mod task;
+
+pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_replace};
+pub use task::{
+    now, rfc3339, Description, DueAt, MAX_TAGS, Priority, Status, Tag, Tags, Task, TaskFields, TaskId, Title,
+};
+
+/// The owner of a task: the name of the principal whose token created it.
+/// Names are validated where principals are created (`auth::PrincipalName`).
+pub type Owner = str;

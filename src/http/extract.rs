@@ -1,0 +1,178 @@
+//! Extractors whose rejections are [`ApiError`]s, so every failure to read a
+//! request has the problem shape: the principal behind a bearer token, JSON
+//! bodies, task ids in paths, and the conditional-request headers.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde_json::Value;
+
+use super::{ApiError, AppState};
+use crate::auth;
+use crate::domain::{FieldError, TaskId};
+
+/// The authenticated principal of a `/v1` request.
+#[derive(Debug, Clone)]
+pub struct Principal(pub String);
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let digest = auth::digest(token);
+        let name = match state.static_tokens.principal(&digest) {
+            Some(name) => name.to_owned(),
+            None => state
+                .store
+                .principal(&digest)
+                .await?
+                .ok_or(ApiError::Unauthorized)?,
+        };
+        if let Some(limiter) = &state.limiter {
+            limiter
+                .check(&name)
+                .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+        }
+        Ok(Principal(name))
+    }
+}
+
+/// A JSON body sent as `application/json`.
+pub struct JsonBody(pub Value);
+
+/// A PATCH body: `application/merge-patch+json` (RFC 7396) or plain JSON.
+pub struct MergePatchBody(pub Value);
+
+fn media_type(headers: &HeaderMap) -> Option<String> {
+    let ct = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    Some(ct.split(';').next()?.trim().to_ascii_lowercase())
+}
+
+async fn json_body(req: Request, state: &AppState, accepted: &[&str]) -> Result<Value, ApiError> {
+    let ok = media_type(req.headers()).is_some_and(|m| accepted.contains(&m.as_str()));
+    if !ok {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+}
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        json_body(req, state, &["application/json"]).await.map(JsonBody)
+    }
+}
+
+impl FromRequest<AppState> for MergePatchBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        json_body(req, state, &["application/merge-patch+json", "application/json"])
+            .await
+            .map(MergePatchBody)
+    }
+}
+
+/// The `{id}` of a task route.
+pub struct TaskIdPath(pub TaskId);
+
+impl FromRequestParts<AppState> for TaskIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound)?;
+        TaskId::parse(&raw).map(TaskIdPath).ok_or_else(|| {
+            ApiError::InvalidParameters(vec![FieldError::new("id", "must be a UUIDv7 task id")])
+        })
+    }
+}
+
+/// An `If-Match` precondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// `*`: the task must exist.
+    Any,
+    /// The task's version must be one of these (strong comparison).
+    Versions(Vec<u64>),
+}
+
+/// Parses `If-Match`. Weak tags never match (RFC 9110 requires strong
+/// comparison here), and a header that names no valid tag matches nothing.
+pub fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
+    let raw = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
+    if raw.trim() == "*" {
+        return Some(IfMatch::Any);
+    }
+    Some(IfMatch::Versions(
+        raw.split(',')
+            .filter_map(|t| parse_strong(t.trim()))
+            .collect(),
+    ))
+}
+
+/// Whether `If-None-Match` matches `version` (weak comparison).
+pub fn if_none_match(headers: &HeaderMap, version: u64) -> bool {
+    let Some(raw) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    raw.split(',').any(|t| {
+        let t = t.trim();
+        t == "*" || parse_strong(t.strip_prefix("W/").unwrap_or(t)) == Some(version)
+    })
+}
+
+fn parse_strong(tag: &str) -> Option<u64> {
+    tag.strip_prefix('"')?.strip_suffix('"')?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn h(name: header::HeaderName, v: &str) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        m.insert(name, HeaderValue::from_str(v).unwrap());
+        m
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(if_match(&HeaderMap::new()), None);
+        assert_eq!(if_match(&h(header::IF_MATCH, "*")), Some(IfMatch::Any));
+        assert_eq!(
+            if_match(&h(header::IF_MATCH, "\"3\", W/\"4\", \"x\"")),
+            Some(IfMatch::Versions(vec![3]))
+        );
+    }
+
+    #[test]
+    fn if_none_match_is_weak() {
+        assert!(if_none_match(&h(header::IF_NONE_MATCH, "W/\"2\""), 2));
+        assert!(if_none_match(&h(header::IF_NONE_MATCH, "\"1\", \"2\""), 2));
+        assert!(if_none_match(&h(header::IF_NONE_MATCH, "*"), 9));
+        assert!(!if_none_match(&h(header::IF_NONE_MATCH, "\"1\""), 2));
+    }
+}

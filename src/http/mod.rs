@@ -1,0 +1,135 @@
+//! The HTTP layer: the router builder, shared state, and the middleware stack.
+//! Feature modules own their routes (`tasks`, `ops`) and merge into one router.
+
+mod error;
+mod extract;
+mod middleware;
+pub mod openapi;
+mod ops;
+mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::set_header::SetResponseHeaderLayer;
+
+pub use error::{ApiError, PROBLEM_JSON, Problem};
+
+use crate::auth::StaticTokens;
+use crate::lifecycle::Lifecycle;
+use crate::ratelimit::RateLimiter;
+use crate::storage::Store;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Behaviour of the API that operators configure.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub max_tasks_per_principal: u64,
+    pub request_timeout: Duration,
+    /// Requests per second per principal, with a burst of twice that; `None`: no limit.
+    pub rate_limit: Option<u32>,
+    /// Origins allowed by CORS; empty denies every cross-origin request.
+    pub cors_origins: Vec<HeaderValue>,
+    /// Serve `/metrics` on this router (false when it has its own listener).
+    pub metrics_on_main: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_tasks_per_principal: 100_000,
+            request_timeout: Duration::from_secs(30),
+            rate_limit: None,
+            cors_origins: Vec::new(),
+            metrics_on_main: true,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub lifecycle: Lifecycle,
+    pub config: Arc<ApiConfig>,
+    pub static_tokens: Arc<StaticTokens>,
+    pub metrics: PrometheusHandle,
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+impl AppState {
+    pub fn new(store: Arc<dyn Store>, config: ApiConfig, static_tokens: StaticTokens) -> Self {
+        let limiter = config.rate_limit.map(|rps| Arc::new(RateLimiter::new(rps)));
+        Self {
+            store,
+            lifecycle: Lifecycle::new(),
+            config: Arc::new(config),
+            static_tokens: Arc::new(static_tokens),
+            metrics: crate::telemetry::metrics_handle(),
+            limiter,
+        }
+    }
+}
+
+/// The whole API as a router: what the binary serves and what tests call.
+pub fn app(state: AppState) -> Router {
+    let x_request_id = HeaderName::from_static("x-request-id");
+    let mut router = Router::new()
+        .merge(ops::routes(state.config.metrics_on_main))
+        .merge(tasks::routes())
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed);
+    router = router
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::connection_close_when_draining))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(cors(&state.config.cors_origins))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(axum::middleware::from_fn(middleware::observe))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+    router.with_state(state)
+}
+
+/// Only `/metrics`, for a separate listener that the proxy never exposes.
+pub fn metrics_app(state: AppState) -> Router {
+    ops::metrics_routes().with_state(state)
+}
+
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    if origins.is_empty() {
+        // No CORS headers at all: browsers refuse every cross-origin call.
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([header::ETAG, header::LOCATION])
+        .max_age(Duration::from_secs(600))
+}
