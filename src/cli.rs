@@ -10,10 +10,12 @@ use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 
 use crate::auth::{self, PrincipalName, StaticTokens};
-use crate::config::{Cli, Command, HealthcheckArgs, ServeArgs, StorageArgs, TokenAction, TokenArgs};
+use crate::config::{
+    Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction, TokenArgs,
+};
 use crate::http::{self, ApiConfig, AppState};
 use crate::lifecycle::{self, ShutdownPolicy};
-use crate::storage::{RedbConfig, RedbStore, StorageError, Store};
+use crate::storage::{PostgresConfig, PostgresStore, RedbConfig, RedbStore, StorageError, Store};
 use crate::{server, telemetry};
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -22,6 +24,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Serve(args)) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Some(Command::Healthcheck(args)) => return healthcheck(&args),
         Some(Command::Token(args)) => runtime().and_then(|rt| rt.block_on(token(args))),
+        Some(Command::Migrate(args)) => runtime().and_then(|rt| rt.block_on(migrate(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,8 +46,15 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{name} must be a non-negative number of seconds, got {v}"))
 }
 
-/// Opens the configured store. Used by `serve` and the storage subcommands.
-pub fn open_store(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store: PostgreSQL when a database URL is configured
+/// (migrating it first), else the redb file. Used by `serve` and the storage subcommands.
+pub async fn open_store(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(config) = postgres_config(&storage.database)? {
+        let store = PostgresStore::connect(&config)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?;
+        return Ok(Arc::new(store));
+    }
     let mut cfg = RedbConfig::new(&storage.data_dir);
     cfg.sharing = storage.db_sharing;
     cfg.group_commit = group_commit;
@@ -53,6 +63,34 @@ pub fn open_store(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<A
         other => anyhow::anyhow!(other),
     })?;
     Ok(Arc::new(store))
+}
+
+/// The PostgreSQL settings, when a database URL is given (flag, variable or file).
+fn postgres_config(db: &DatabaseArgs) -> anyhow::Result<Option<PostgresConfig>> {
+    let Some(url) = db.url()? else {
+        return Ok(None);
+    };
+    anyhow::ensure!(db.database_pool_size > 0, "--database-pool-size must be at least 1");
+    let mut config = PostgresConfig::new(url);
+    config.pool_size = db.database_pool_size;
+    config.statement_timeout = seconds("--statement-timeout", db.statement_timeout)?;
+    Ok(Some(config))
+}
+
+/// `devops-api migrate`: brings the PostgreSQL schema to this binary's version.
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let config = postgres_config(&args.database)?
+        .ok_or_else(|| anyhow::anyhow!("migrate needs --database-url, DATABASE_URL or DATABASE_URL_FILE"))?;
+    let applied = crate::storage::postgres::run_migrations(&config)
+        .await
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+    let version = crate::storage::postgres::SCHEMA_VERSION;
+    if applied.is_empty() {
+        eprintln!("schema is up to date (version {version})");
+    } else {
+        eprintln!("applied migrations {applied:?}; schema is at version {version}");
+    }
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -81,7 +119,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     // Storage first: the listener is bound only once requests can be served.
-    let store = open_store(&args.storage, args.group_commit)?;
+    let store = open_store(&args.storage, args.group_commit).await?;
     if !args.no_bootstrap_token && static_tokens.is_empty() {
         bootstrap_token(store.as_ref()).await?;
     }
@@ -106,6 +144,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(
         %addr,
         metrics = %args.metrics_listen.map_or_else(|| "on the main listener".to_owned(), |a| a.to_string()),
+        postgres = args.storage.database.database_url.is_some() || args.storage.database.database_url_file.is_some(),
         data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
         db_sharing = ?args.storage.db_sharing,
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -144,7 +183,7 @@ async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.storage, true)?;
+    let store = open_store(&args.storage, true).await?;
     let result = async {
         match &args.action {
             TokenAction::Create { name } => {

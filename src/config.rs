@@ -36,6 +36,14 @@ pub enum Command {
     /// Manage bearer tokens in the data directory (works while the server runs
     /// with --db-sharing multi-writer).
     Token(TokenArgs),
+    /// Apply pending PostgreSQL schema migrations and exit (`serve` also applies them at start).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 /// Where the data lives; shared by every subcommand that opens storage.
@@ -48,6 +56,55 @@ pub struct StorageArgs {
     /// lets several tasks of one service on one host share it.
     #[arg(long, env = "DB_SHARING", value_enum, default_value_t = DbSharing::Exclusive)]
     pub db_sharing: DbSharing,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// PostgreSQL instead of redb: chosen when a database URL is given.
+#[derive(Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL (`postgres://user:password@host:5432/db`); when set, PostgreSQL
+    /// is used instead of the redb file. Plain TCP only (no TLS): loopback or an overlay network.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the PostgreSQL URL (a Docker secret; a trailing newline is ignored).
+    #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
+    pub database_url_file: Option<PathBuf>,
+    /// Most PostgreSQL connections per process (replicas × this must stay below max_connections).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
+    pub database_pool_size: usize,
+    /// Seconds a PostgreSQL statement may run before the server cancels it; 0 = no limit.
+    #[arg(long, env = "STATEMENT_TIMEOUT", default_value_t = 5.0)]
+    pub statement_timeout: f64,
+}
+
+impl DatabaseArgs {
+    /// The URL from `--database-url` or the file, if either is set.
+    pub fn url(&self) -> anyhow::Result<Option<String>> {
+        if let Some(url) = &self.database_url {
+            return Ok(Some(url.clone()));
+        }
+        let Some(path) = &self.database_url_file else {
+            return Ok(None);
+        };
+        let raw = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read DATABASE_URL_FILE {}: {e}", path.display()))?;
+        let url = raw.trim();
+        anyhow::ensure!(!url.is_empty(), "DATABASE_URL_FILE {} is empty", path.display());
+        Ok(Some(url.to_owned()))
+    }
+}
+
+/// The URL holds a password: never print it.
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<redacted>"))
+            .field("database_url_file", &self.database_url_file)
+            .field("database_pool_size", &self.database_pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -3,6 +3,7 @@
 //! contract suite in `tests/contract/` holds every backend to the same behaviour.
 
 mod codec;
+pub mod postgres;
 pub mod redb;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Owner, Priority, Status, Task, TaskChange, TaskFields, TaskId};
 
+pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
 
 /// How long an idempotency key remembers its request.
@@ -144,6 +146,21 @@ pub struct TokenInfo {
     pub created_at: DateTime<Utc>,
 }
 
+/// One record of a backup: everything a store holds except idempotency keys,
+/// which only matter for 24 hours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackupRecord {
+    Task { owner: String, task: Task },
+    Token {
+        name: String,
+        /// Hex SHA-256 of the token: backups never contain tokens.
+        digest: String,
+        #[serde(with = "crate::domain::rfc3339")]
+        created_at: DateTime<Utc>,
+    },
+}
+
 /// The storage contract. Every method is durable when it returns `Ok`: an
 /// acknowledged write survives a crash. Tasks are always scoped by `owner`; a
 /// task of another owner behaves exactly as an absent one.
@@ -171,6 +188,12 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, name: &str) -> StoreResult<()>;
     /// The principal whose token has this digest.
     async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>>;
+
+    /// Every record, read from one consistent snapshot while writes go on.
+    async fn export(&self) -> StoreResult<Vec<BackupRecord>>;
+    /// Writes `records` into this store, which must hold no tasks and no tokens
+    /// (`AlreadyExists` otherwise). Returns how many were written.
+    async fn import(&self, records: Vec<BackupRecord>) -> StoreResult<u64>;
 
     /// Succeeds when the backend can serve reads and writes.
     async fn ping(&self) -> StoreResult<()>;

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use super::codec::{decode, encode};
 use super::{
-    Created, IDEMPOTENCY_TTL, ListQuery, NewTask, Order, Page, StorageError, Store, StoreResult,
+    BackupRecord, Created, IDEMPOTENCY_TTL, ListQuery, NewTask, Order, Page, StorageError, Store, StoreResult,
     TokenDigest, TokenInfo,
 };
 use crate::domain::{Owner, Task, TaskChange, TaskId};
@@ -538,6 +538,78 @@ impl Store for RedbStore {
                 Some(v) => Ok(Some(decode::<TokenRecord>("token", v.value())?.name)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+
+    async fn export(&self) -> StoreResult<Vec<BackupRecord>> {
+        self.read(|txn| {
+            let mut out = Vec::new();
+            let tokens = txn.open_table(TOKENS).map_err(io)?;
+            for e in tokens.iter().map_err(io)? {
+                let (k, v) = e.map_err(io)?;
+                let rec: TokenRecord = decode("token", v.value())?;
+                out.push(BackupRecord::Token {
+                    name: rec.name,
+                    digest: hex::encode(k.value()),
+                    created_at: rec.created_at,
+                });
+            }
+            let tasks = txn.open_table(TASKS).map_err(io)?;
+            for e in tasks.iter().map_err(io)? {
+                let (k, v) = e.map_err(io)?;
+                let key = k.value();
+                let owner = std::str::from_utf8(&key[..key.len() - 17])
+                    .map_err(|_| StorageError::Corrupt { key: hex::encode(key), reason: "owner is not UTF-8".into() })?
+                    .to_owned();
+                let task: Task = decode(id_of_key(key), v.value())?;
+                out.push(BackupRecord::Task { owner, task });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn import(&self, records: Vec<BackupRecord>) -> StoreResult<u64> {
+        self.write(move |txn| {
+            let mut tasks = txn.open_table(TASKS).map_err(io)?;
+            let mut tokens = txn.open_table(TOKENS).map_err(io)?;
+            if !tasks.is_empty().map_err(io)? || !tokens.is_empty().map_err(io)? {
+                return Err(StorageError::AlreadyExists("data in the target store".into()));
+            }
+            let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
+            let mut counts = txn.open_table(COUNTS).map_err(io)?;
+            let mut per_owner: std::collections::HashMap<String, u64> = Default::default();
+            // Validate every record before writing any (the writer's invariant).
+            let mut digests = Vec::new();
+            for r in &records {
+                if let BackupRecord::Token { digest, .. } = r {
+                    let d = hex::decode(digest)
+                        .ok()
+                        .filter(|d| d.len() == 32)
+                        .ok_or_else(|| StorageError::Corrupt { key: "token".into(), reason: "digest is not 32 hex bytes".into() })?;
+                    digests.push(d);
+                }
+            }
+            let mut digests = digests.into_iter();
+            for r in &records {
+                match r {
+                    BackupRecord::Task { owner, task } => {
+                        tasks.insert(task_key(owner, task.id).as_slice(), encode(task).as_slice()).map_err(io)?;
+                        *per_owner.entry(owner.clone()).or_default() += 1;
+                    }
+                    BackupRecord::Token { name, created_at, .. } => {
+                        let d = digests.next().expect("one digest per token record");
+                        let rec = TokenRecord { name: name.clone(), created_at: *created_at };
+                        tokens.insert(d.as_slice(), encode(&rec).as_slice()).map_err(io)?;
+                        names.insert(name.as_str(), d.as_slice()).map_err(io)?;
+                    }
+                }
+            }
+            for (owner, n) in per_owner {
+                counts.insert(owner.as_str(), n).map_err(io)?;
+            }
+            Ok(records.len() as u64)
         })
         .await
     }

@@ -1,0 +1,405 @@
+//! The storage contract: one suite that every `Store` backend must pass.
+//!
+//! A backend's test binary declares `mod contract;` and invokes
+//! `store_contract_tests!(async_fixture_fn)`, where the function returns a
+//! [`Fixture`] holding a fresh, empty store (and whatever keeps it alive).
+
+#![allow(dead_code)]
+
+use std::any::Any;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use devops_api::domain::{self, Task, TaskChange, TaskFields, TaskId};
+use devops_api::storage::{
+    BackupRecord, Created, Idempotency, ListQuery, NewTask, Order, StorageError, Store,
+};
+use serde_json::json;
+
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    /// Dropped after the store: temp dirs, throwaway databases.
+    pub _guard: Box<dyn Any + Send>,
+}
+
+/// Generates one `#[tokio::test]` per contract case.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($fixture:path) => {
+        $crate::store_contract_tests!(@cases $fixture;
+            create_then_get, other_owner_sees_nothing, list_pages_in_creation_order,
+            list_pages_descending, pagination_is_stable_under_inserts_and_deletes,
+            list_filters_combine, update_checks_version, noop_update_keeps_version,
+            concurrent_conflicting_updates_one_wins, delete_checks_version_and_owner,
+            idempotent_create_replays_and_rejects_other_bodies, quota_limits_creates,
+            tokens_lifecycle, export_import_round_trip, import_refuses_non_empty_store,
+            concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone);
+    };
+    (@cases $fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fx = $fixture().await;
+                contract::$case(fx.store.clone()).await;
+                fx.store.close().await;
+            }
+        )*
+    };
+}
+
+pub fn fields(body: serde_json::Value) -> TaskFields {
+    domain::parse_create(&body).expect("valid test fields")
+}
+
+pub fn new_task(title: &str) -> NewTask {
+    NewTask {
+        fields: fields(json!({ "title": title })),
+        idempotency: None,
+        max_tasks: 1_000_000,
+    }
+}
+
+pub async fn create(s: &dyn Store, owner: &str, body: serde_json::Value) -> Task {
+    let new = NewTask {
+        fields: fields(body),
+        idempotency: None,
+        max_tasks: 1_000_000,
+    };
+    match s.create_task(owner, new).await.expect("create") {
+        Created::New(t) => t,
+        Created::Replayed(_) => panic!("a create without a key replayed"),
+    }
+}
+
+fn page_query(limit: usize, order: Order, after: Option<TaskId>) -> ListQuery {
+    ListQuery {
+        limit,
+        order,
+        after,
+        ..ListQuery::default()
+    }
+}
+
+/// Every task of `owner` through pages of `limit`.
+async fn all_pages(s: &dyn Store, owner: &str, mut q: ListQuery) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    loop {
+        let page = s.list_tasks(owner, &q).await.expect("list");
+        assert!(page.items.len() <= q.limit);
+        ids.extend(page.items.iter().map(|t| t.id));
+        match page.next {
+            Some(n) => {
+                assert_eq!(Some(n), page.items.last().map(|t| t.id), "next is the last item");
+                q.after = Some(n);
+            }
+            None => return ids,
+        }
+    }
+}
+
+pub async fn create_then_get(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(
+        s,
+        "alice",
+        json!({"title": "Write", "description": "d", "status": "in_progress", "priority": "high",
+               "due_at": "2030-05-01T12:00:00Z", "tags": ["x", "y"]}),
+    )
+    .await;
+    assert_eq!(t.version, 1);
+    assert_eq!(t.created_at, t.updated_at);
+    assert!(Utc::now() - t.created_at < Duration::seconds(10));
+    let got = s.get_task("alice", t.id).await.expect("get");
+    assert_eq!(got, t);
+    assert!(matches!(
+        s.get_task("alice", TaskId::new()).await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+pub async fn other_owner_sees_nothing(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "secret"})).await;
+    assert!(matches!(s.get_task("bob", t.id).await, Err(StorageError::NotFound)));
+    let page = s.list_tasks("bob", &page_query(10, Order::Asc, None)).await.unwrap();
+    assert!(page.items.is_empty());
+    let change = TaskChange::Replace(fields(json!({"title": "mine now"})));
+    assert!(matches!(
+        s.update_task("bob", t.id, change, None).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(matches!(s.delete_task("bob", t.id, None).await, Err(StorageError::NotFound)));
+    assert_eq!(s.get_task("alice", t.id).await.unwrap(), t);
+    // A prefix of another owner's name is a different owner.
+    assert!(matches!(s.get_task("alic", t.id).await, Err(StorageError::NotFound)));
+}
+
+pub async fn list_pages_in_creation_order(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut made = Vec::new();
+    for i in 0..25 {
+        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+    }
+    create(s, "bob", json!({"title": "other"})).await;
+    let got = all_pages(s, "alice", page_query(7, Order::Asc, None)).await;
+    assert_eq!(got, made);
+    let exact = all_pages(s, "alice", page_query(25, Order::Asc, None)).await;
+    assert_eq!(exact, made, "a full last page has no next cursor");
+}
+
+pub async fn list_pages_descending(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut made = Vec::new();
+    for i in 0..12 {
+        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+    }
+    made.reverse();
+    assert_eq!(all_pages(s, "alice", page_query(5, Order::Desc, None)).await, made);
+}
+
+pub async fn pagination_is_stable_under_inserts_and_deletes(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut made = Vec::new();
+    for i in 0..10 {
+        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+    }
+    let first = s.list_tasks("alice", &page_query(4, Order::Asc, None)).await.unwrap();
+    let cursor = first.next.expect("more pages");
+    // Delete one already seen and one not yet seen; add a new one.
+    s.delete_task("alice", made[1], None).await.unwrap();
+    s.delete_task("alice", made[6], None).await.unwrap();
+    let added = create(s, "alice", json!({"title": "new"})).await.id;
+    let rest = all_pages(s, "alice", page_query(4, Order::Asc, Some(cursor))).await;
+    let mut expected: Vec<_> = made[4..].iter().copied().filter(|id| *id != made[6]).collect();
+    expected.push(added);
+    assert_eq!(rest, expected, "no task skipped or repeated");
+}
+
+pub async fn list_filters_combine(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let a = create(s, "alice", json!({"title": "Deploy API", "status": "done", "priority": "high", "tags": ["ops"], "due_at": "2030-01-01T00:00:00Z"})).await;
+    let b = create(s, "alice", json!({"title": "deploy docs", "status": "todo", "priority": "high", "tags": ["docs", "ops"], "due_at": "2031-01-01T00:00:00Z"})).await;
+    let c = create(s, "alice", json!({"title": "Write tests", "status": "todo", "priority": "low"})).await;
+    let q = |f: fn(&mut ListQuery)| {
+        let mut q = page_query(100, Order::Asc, None);
+        f(&mut q);
+        q
+    };
+    let ids = |p: devops_api::storage::Page| p.items.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.status = Some(domain::Status::Todo))).await.unwrap()), [b.id, c.id]);
+    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.priority = Some(domain::Priority::High))).await.unwrap()), [a.id, b.id]);
+    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.tag = Some("docs".into()))).await.unwrap()), [b.id]);
+    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.q = Some("deploy".into()))).await.unwrap()), [a.id, b.id]);
+    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.q = Some("%".into()))).await.unwrap()), Vec::<TaskId>::new(), "no wildcards");
+    assert_eq!(
+        ids(s.list_tasks("alice", &q(|q| q.due_before = Some("2030-06-01T00:00:00Z".parse().unwrap()))).await.unwrap()),
+        [a.id],
+        "tasks without due date never match due_before"
+    );
+    assert_eq!(
+        ids(s.list_tasks("alice", &q(|q| { q.tag = Some("ops".into()); q.status = Some(domain::Status::Todo); })).await.unwrap()),
+        [b.id]
+    );
+    // Filters and pagination together: pages hold only matches.
+    let mut fq = page_query(1, Order::Desc, None);
+    fq.tag = Some("ops".into());
+    assert_eq!(all_pages(s, "alice", fq).await, [b.id, a.id]);
+}
+
+pub async fn update_checks_version(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "a"})).await;
+    let change = |title: &str| TaskChange::Replace(fields(json!({"title": title})));
+    let t2 = s.update_task("alice", t.id, change("b"), Some(1)).await.unwrap();
+    assert_eq!((t2.version, t2.fields.title.as_str()), (2, "b"));
+    assert!(t2.updated_at >= t.updated_at);
+    assert_eq!(t2.created_at, t.created_at);
+    assert!(matches!(
+        s.update_task("alice", t.id, change("c"), Some(1)).await,
+        Err(StorageError::VersionMismatch { current: 2 })
+    ));
+    let t3 = s.update_task("alice", t.id, change("c"), None).await.unwrap();
+    assert_eq!(t3.version, 3);
+    assert_eq!(s.get_task("alice", t.id).await.unwrap(), t3);
+    assert!(matches!(
+        s.update_task("alice", TaskId::new(), change("x"), None).await,
+        Err(StorageError::NotFound)
+    ));
+    let merged = domain::parse_merge_patch(&json!({"status": "done"})).unwrap();
+    let t4 = s.update_task("alice", t.id, merged, Some(3)).await.unwrap();
+    assert_eq!((t4.version, t4.fields.status, t4.fields.title.as_str()), (4, domain::Status::Done, "c"));
+}
+
+pub async fn noop_update_keeps_version(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "a", "tags": ["x"]})).await;
+    let same = TaskChange::Replace(t.fields.clone());
+    let back = s.update_task("alice", t.id, same, Some(1)).await.unwrap();
+    assert_eq!(back, t);
+}
+
+pub async fn concurrent_conflicting_updates_one_wins(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    for round in 0..5 {
+        let t = create(s, "alice", json!({"title": format!("r{round}")})).await;
+        let (a, b) = tokio::join!(
+            s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "A"}))), Some(1)),
+            s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "B"}))), Some(1)),
+        );
+        let wins = [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(wins, 1, "exactly one of two conflicting updates wins");
+        for r in [a, b] {
+            if let Err(e) = r {
+                assert!(matches!(e, StorageError::VersionMismatch { current: 2 }), "{e:?}");
+            }
+        }
+        assert_eq!(s.get_task("alice", t.id).await.unwrap().version, 2);
+    }
+}
+
+pub async fn delete_checks_version_and_owner(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "a"})).await;
+    assert!(matches!(
+        s.delete_task("alice", t.id, Some(7)).await,
+        Err(StorageError::VersionMismatch { current: 1 })
+    ));
+    s.delete_task("alice", t.id, Some(1)).await.unwrap();
+    assert!(matches!(s.get_task("alice", t.id).await, Err(StorageError::NotFound)));
+    assert!(matches!(s.delete_task("alice", t.id, None).await, Err(StorageError::NotFound)));
+}
+
+pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let key = |k: &str, digest: u8| Idempotency {
+        key: k.into(),
+        request_digest: [digest; 32],
+    };
+    let with = |title: &str, idem| NewTask {
+        fields: fields(json!({ "title": title })),
+        idempotency: Some(idem),
+        max_tasks: 100,
+    };
+    let first = s.create_task("alice", with("a", key("k1", 1))).await.unwrap();
+    let Created::New(t) = first else { panic!("first use creates") };
+    let again = s.create_task("alice", with("a", key("k1", 1))).await.unwrap();
+    assert_eq!(again, Created::Replayed(t.clone()));
+    assert!(matches!(
+        s.create_task("alice", with("b", key("k1", 2))).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    // Keys are per principal.
+    assert!(matches!(
+        s.create_task("bob", with("a", key("k1", 1))).await.unwrap(),
+        Created::New(_)
+    ));
+    let page = s.list_tasks("alice", &page_query(10, Order::Asc, None)).await.unwrap();
+    assert_eq!(page.items.len(), 1, "a replay creates nothing");
+    // A replay returns the original even after the task changed.
+    s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "z"}))), None)
+        .await
+        .unwrap();
+    assert_eq!(s.create_task("alice", with("a", key("k1", 1))).await.unwrap(), Created::Replayed(t));
+}
+
+pub async fn quota_limits_creates(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let capped = |title: &str| NewTask {
+        max_tasks: 2,
+        ..new_task(title)
+    };
+    s.create_task("alice", capped("1")).await.unwrap();
+    let t2 = s.create_task("alice", capped("2")).await.unwrap();
+    assert!(matches!(
+        s.create_task("alice", capped("3")).await,
+        Err(StorageError::QuotaExceeded { max: 2 })
+    ));
+    s.create_task("bob", capped("other owner")).await.unwrap();
+    s.delete_task("alice", t2.task().id, None).await.unwrap();
+    s.create_task("alice", capped("3")).await.expect("room after a delete");
+}
+
+pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    assert!(s.list_tokens().await.unwrap().is_empty());
+    let info = s.create_token("ci", [7; 32]).await.unwrap();
+    assert_eq!(info.name, "ci");
+    assert_eq!(s.principal(&[7; 32]).await.unwrap().as_deref(), Some("ci"));
+    assert_eq!(s.principal(&[8; 32]).await.unwrap(), None);
+    assert!(matches!(
+        s.create_token("ci", [9; 32]).await,
+        Err(StorageError::AlreadyExists(_))
+    ));
+    s.create_token("admin", [1; 32]).await.unwrap();
+    let names: Vec<_> = s.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["admin", "ci"]);
+    s.revoke_token("ci").await.unwrap();
+    assert_eq!(s.principal(&[7; 32]).await.unwrap(), None);
+    assert!(matches!(s.revoke_token("ci").await, Err(StorageError::NotFound)));
+    s.create_token("ci", [9; 32]).await.expect("a revoked name can get a new token");
+}
+
+pub async fn export_import_round_trip(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let a = create(s, "alice", json!({"title": "a", "tags": ["x"], "due_at": "2030-01-01T00:00:00.123456Z"})).await;
+    let b = create(s, "bob", json!({"title": "b"})).await;
+    s.update_task("alice", a.id, domain::parse_merge_patch(&json!({"status": "done"})).unwrap(), None)
+        .await
+        .unwrap();
+    s.create_token("alice", [3; 32]).await.unwrap();
+    let records = s.export().await.unwrap();
+    assert_eq!(records.len(), 3);
+    // Import into the same backend kind after emptying it.
+    s.delete_task("alice", a.id, None).await.unwrap();
+    s.delete_task("bob", b.id, None).await.unwrap();
+    s.revoke_token("alice").await.unwrap();
+    assert_eq!(s.import(records.clone()).await.unwrap(), 3);
+    let mut again = s.export().await.unwrap();
+    let mut orig = records;
+    let key = |r: &BackupRecord| format!("{r:?}");
+    again.sort_by_key(key);
+    orig.sort_by_key(key);
+    assert_eq!(again, orig);
+    assert_eq!(s.get_task("alice", a.id).await.unwrap().version, 2);
+    assert_eq!(s.principal(&[3; 32]).await.unwrap().as_deref(), Some("alice"));
+    // Counts were rebuilt: quota still applies per owner.
+    let capped = NewTask { max_tasks: 1, ..new_task("over") };
+    assert!(matches!(
+        s.create_task("bob", capped).await,
+        Err(StorageError::QuotaExceeded { max: 1 })
+    ));
+}
+
+pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    create(s, "alice", json!({"title": "a"})).await;
+    let records = s.export().await.unwrap();
+    assert!(matches!(s.import(records).await, Err(StorageError::AlreadyExists(_))));
+}
+
+pub async fn concurrent_creates_are_all_durable_and_distinct(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let s = store.clone();
+        set.spawn(async move { s.create_task("alice", new_task(&format!("t{i}"))).await });
+    }
+    let mut ids = HashSet::new();
+    while let Some(r) = set.join_next().await {
+        ids.insert(r.unwrap().unwrap().task().id);
+    }
+    assert_eq!(ids.len(), 200);
+    let listed: HashSet<_> = all_pages(s, "alice", page_query(100, Order::Asc, None))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(listed, ids);
+}
+
+pub async fn count_tasks_counts_everyone(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    create(s, "alice", json!({"title": "a"})).await;
+    create(s, "bob", json!({"title": "b"})).await;
+    assert_eq!(s.count_tasks().await.unwrap(), 2);
+}
