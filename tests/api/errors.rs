@@ -1,0 +1,110 @@
+//! Every way a request can be wrong gets a problem document with the right status.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{error_fields, problem, spawn_app};
+
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let app = spawn_app().await;
+    let r = app
+        .req(Method::POST, "/v1/tasks", &app.alice)
+        .header("content-type", "application/json")
+        .body("{\"title\": ")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(r, 400).await;
+    assert!(body["detail"].as_str().unwrap().contains("not valid JSON"));
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let app = spawn_app().await;
+    for ct in [Some("text/plain"), Some("application/merge-patch+json"), None] {
+        let mut req = app.req(Method::POST, "/v1/tasks", &app.alice).body("{\"title\":\"a\"}");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        problem(req.send().await.unwrap(), 415).await;
+    }
+    let ok = app
+        .req(Method::POST, "/v1/tasks", &app.alice)
+        .header("content-type", "application/json; charset=utf-8")
+        .body("{\"title\":\"a\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201, "parameters on the media type are fine");
+}
+
+#[tokio::test]
+async fn unknown_route_is_404_and_wrong_method_is_405() {
+    let app = spawn_app().await;
+    let r = app.client.get(app.url("/nope")).send().await.unwrap();
+    problem(r, 404).await;
+    let r = app.client.delete(app.url("/health")).send().await.unwrap();
+    problem(r, 405).await;
+    let r = app.req(Method::PUT, "/v1/tasks", &app.alice).send().await.unwrap();
+    problem(r, 405).await;
+}
+
+#[tokio::test]
+async fn bad_id_is_400_and_unknown_id_is_404() {
+    let app = spawn_app().await;
+    let body = problem(app.get(&app.alice, "not-a-uuid").await, 400).await;
+    assert_eq!(error_fields(&body), ["id"]);
+    problem(app.get(&app.alice, "6ba7b810-9dad-11d1-80b4-00c04fd430c8").await, 400).await;
+    problem(app.get(&app.alice, &uuid::Uuid::now_v7().to_string()).await, 404).await;
+}
+
+#[tokio::test]
+async fn validation_is_422_listing_every_field() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({}), vec!["title"]),
+        (json!({"title": "   "}), vec!["title"]),
+        (json!({"title": "x".repeat(201)}), vec!["title"]),
+        (json!({"title": "a\u{0007}"}), vec!["title"]),
+        (json!({"title": "a", "description": "d".repeat(10_001)}), vec!["description"]),
+        (json!({"title": "a", "status": "later", "priority": "urgent"}), vec!["priority", "status"]),
+        (json!({"title": "a", "due_at": "next week"}), vec!["due_at"]),
+        (json!({"title": "a", "tags": ["x", "x"]}), vec!["tags"]),
+        (json!({"title": "a", "tags": (0..21).map(|i| i.to_string()).collect::<Vec<_>>()}), vec!["tags"]),
+        (json!({"title": "a", "tags": [""]}), vec!["tags[0]"]),
+        (json!({"title": "a", "tags": "x"}), vec!["tags"]),
+        (json!({"title": "a", "id": "mine", "version": 3}), vec!["id", "version"]),
+        (json!(["title"]), vec![""]),
+    ];
+    for (body, fields) in cases {
+        let got = problem(app.create(&app.alice, body.clone()).await, 422).await;
+        assert_eq!(error_fields(&got), fields, "{body}");
+        for e in got["errors"].as_array().unwrap() {
+            assert!(!e["message"].as_str().unwrap().is_empty());
+        }
+    }
+}
+
+#[tokio::test]
+async fn oversized_body_is_413() {
+    let app = spawn_app().await;
+    let big = json!({"title": "a", "description": "x".repeat(70 * 1024)});
+    problem(app.create(&app.alice, big).await, 413).await;
+}
+
+#[tokio::test]
+async fn errors_leak_no_internals() {
+    let app = spawn_app().await;
+    let r = app
+        .req(Method::POST, "/v1/tasks", &app.alice)
+        .header("content-type", "application/json")
+        .body("{\"title\": 1e999999}")
+        .send()
+        .await
+        .unwrap();
+    let body = problem(r, 400).await.to_string();
+    for leak in ["src/", "panicked", "redb", "serde"] {
+        assert!(!body.contains(leak), "{body}");
+    }
+}

@@ -1,0 +1,8 @@
+//! HTTP integration tests: the real app on port 0, one fresh data directory per test.
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod ops;
+mod tasks;
