@@ -21,7 +21,7 @@ use super::{ops, tasks};
     ),
     components(schemas(
         tasks::TaskSchema, tasks::TaskInputSchema, tasks::TaskPatchSchema, tasks::TaskPage,
-        super::Problem, crate::domain::FieldError, ops::HealthStatus,
+        super::Problem, crate::domain::FieldError, ops::HealthStatus, crate::storage::Order,
     )),
     modifiers(&BearerAuth),
     tags(

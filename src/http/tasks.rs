@@ -59,7 +59,8 @@ pub struct TaskSchema {
 }
 
 /// The body of a create or a full replacement. Unknown fields are rejected.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(as = TaskInput)]
 #[allow(dead_code)]
 pub struct TaskInputSchema {
@@ -81,7 +82,8 @@ pub struct TaskInputSchema {
 
 /// A JSON Merge Patch (RFC 7396) of a task: absent fields stay, `null` removes
 /// `description` or `due_at` and empties `tags`.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 #[schema(as = TaskPatch)]
 #[allow(dead_code)]
 pub struct TaskPatchSchema {
