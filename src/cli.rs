@@ -24,6 +24,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Serve(args)) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Some(Command::Healthcheck(args)) => return healthcheck(&args),
         Some(Command::Token(args)) => runtime().and_then(|rt| rt.block_on(token(args))),
+        Some(Command::Backup(args)) => runtime().and_then(|rt| rt.block_on(backup(args))),
+        Some(Command::Restore(args)) => runtime().and_then(|rt| rt.block_on(restore(args))),
         Some(Command::Migrate(args)) => runtime().and_then(|rt| rt.block_on(migrate(args))),
     };
     match result {
@@ -140,6 +142,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // Before announcing readiness: from here on SIGTERM drains instead of killing.
+    let stop = lifecycle::stop_signal();
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
@@ -151,7 +155,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "ready"
     );
     let app = http::app(state);
-    server::serve(listener, app, lifecycle::stop_signal(), lifecycle, policy).await?;
+    server::serve(listener, app, stop, lifecycle, policy).await?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -224,6 +228,33 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
     .await;
     store.close().await;
     result
+}
+
+/// Progress on standard error: what happened, how many of how many.
+fn report(what: &str, done: u64, total: u64) {
+    if total > 0 {
+        eprintln!("{what} {done}/{total} records");
+    } else {
+        eprintln!("{what} {done} records");
+    }
+}
+
+async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.storage, true).await?;
+    let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
+    store.close().await;
+    let n = result?;
+    eprintln!("backup of {n} records written to {} and verified", args.out.display());
+    Ok(())
+}
+
+async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
+    let store = open_store(&args.storage, true).await?;
+    let result = crate::backup::restore(store.as_ref(), &args.file, &mut report).await;
+    store.close().await;
+    let n = result?;
+    eprintln!("restored {n} records from {} and verified", args.file.display());
+    Ok(())
 }
 
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {

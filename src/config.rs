@@ -38,6 +38,28 @@ pub enum Command {
     Token(TokenArgs),
     /// Apply pending PostgreSQL schema migrations and exit (`serve` also applies them at start).
     Migrate(MigrateArgs),
+    /// Write a consistent snapshot of all tasks and tokens to a file, while the
+    /// server runs (it must use --db-sharing multi-writer for redb), and verify it.
+    Backup(BackupArgs),
+    /// Load a backup file into an empty data directory (or empty database) and verify it.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// The backup file to write (replaced atomically when complete).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file to read.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub storage: StorageArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -14,6 +14,7 @@
 //! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics.
 
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod domain;

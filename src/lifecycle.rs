@@ -51,30 +51,50 @@ impl Default for ShutdownPolicy {
 
 /// Resolves at the first SIGTERM or SIGINT. A second one ends the process at
 /// once (exit code 130), for an operator who does not want to wait for the drain.
+///
+/// The handlers are installed when this is called, not when the future is
+/// first polled: call it before announcing readiness, or an early SIGTERM
+/// would still kill the process with the default disposition.
 pub fn stop_signal() -> impl Future<Output = ()> + Send + 'static {
-    async {
-        wait_for_signal().await;
-        tokio::spawn(async {
-            wait_for_signal().await;
+    let mut signals = Signals::install();
+    async move {
+        signals.recv().await;
+        tokio::spawn(async move {
+            signals.recv().await;
             tracing::warn!("second stop signal: exiting now");
             std::process::exit(130);
         });
     }
 }
 
-async fn wait_for_signal() {
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).expect("SIGTERM handler installs"),
+                int: signal(SignalKind::interrupt()).expect("SIGINT handler installs"),
+            }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

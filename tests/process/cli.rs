@@ -1,0 +1,215 @@
+//! The subcommands: tokens, healthcheck, backup and restore, and start-up errors.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use devops_api::domain::{Task, parse_create};
+use devops_api::storage::{BackupRecord, RedbConfig, RedbStore, Store};
+
+use crate::helpers::{ALICE, Server, client, create, run};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn token_create_list_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = run(&["token", "create", "ci"], &data, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = stdout(&out).trim().to_owned();
+    assert!(token.starts_with("dapi_") && token.len() > 40);
+    let out = run(&["token", "create", "ci"], &data, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("already has a token"));
+    let out = run(&["token", "list"], &data, &[]);
+    assert!(stdout(&out).starts_with("ci\t"));
+    assert!(!stdout(&out).contains(&token), "list never shows tokens");
+    assert!(!std::fs::read(data.join("devops-api.redb")).unwrap().windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+    let out = run(&["token", "create", "bad name"], &data, &[]);
+    assert!(!out.status.success() && stderr(&out).contains("invalid principal name"));
+    assert!(run(&["token", "revoke", "ci"], &data, &[]).status.success());
+    let out = run(&["token", "revoke", "ci"], &data, &[]);
+    assert!(!out.status.success() && stderr(&out).contains("has no token"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_prints_a_working_bootstrap_token_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(crate::helpers::BIN)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", &data)
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut token = None;
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0 {
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("dapi_")) {
+            token = Some(t.trim_end_matches('`').trim_end_matches('.').to_owned());
+            break;
+        }
+        line.clear();
+    }
+    let token = token.expect("bootstrap token printed");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let addr = loop {
+        let l = lines.next().unwrap().unwrap();
+        assert!(!l.contains(&token), "the token is never logged");
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        if v["message"] == "ready" {
+            break v["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let r = client().get(format!("http://{addr}/v1/tasks")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Second start: tokens exist, nothing printed.
+    let out = run(&["token", "list"], &data, &[]);
+    assert!(stdout(&out).starts_with("admin\t"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let ok = run(&["healthcheck", "--url", &server.url("/ready")], dir.path(), &[]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let listen = server.addr.to_string();
+    let default = run(&["healthcheck"], dir.path(), &[("LISTEN_ADDR", &listen)]);
+    assert!(default.status.success(), "defaults to /ready on LISTEN_ADDR's port");
+    let missing = run(&["healthcheck", "--url", &server.url("/nope")], dir.path(), &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    drop(server);
+    let down = run(&["healthcheck", "--url", "http://127.0.0.1:9/ready", "--timeout", "1"], dir.path(), &[]);
+    assert_eq!(down.status.code(), Some(1));
+    assert!(stderr(&down).contains("unhealthy"));
+}
+
+#[test]
+fn startup_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let out = run(&[], &file.join("data"), &[("LISTEN_ADDR", "127.0.0.1:0")]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cannot create data directory"), "{}", stderr(&out));
+    let out = run(&["serve", "--listen", "not-an-address"], dir.path(), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid value"), "{}", stderr(&out));
+    let out = run(&["--help"], dir.path(), &[]);
+    assert!(stdout(&out).contains("DATA_DIR") && stdout(&out).contains("DRAIN_SECONDS"));
+}
+
+async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&RedbConfig::new(data)).unwrap());
+    let mut records = Vec::with_capacity(owners * per_owner + 1);
+    for o in 0..owners {
+        for i in 0..per_owner {
+            let fields = parse_create(&serde_json::json!({
+                "title": format!("task {i} of owner {o}"),
+                "tags": [format!("t{}", i % 7)],
+                "description": "x".repeat(i % 50),
+            }))
+            .unwrap();
+            records.push(BackupRecord::Task { owner: format!("owner{o}"), task: Task::create(fields) });
+        }
+    }
+    records.push(BackupRecord::Token { name: "alice".into(), digest: hex::encode([5u8; 32]), created_at: devops_api::domain::now() });
+    store.import(records).await.unwrap();
+    store
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_and_restore_round_trip_100k_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let store = seed(&src, 10, 10_000).await;
+    let original = store.export().await.unwrap();
+    store.close().await;
+    drop(store);
+    let file = dir.path().join("backup.jsonl");
+    let out = run(&["backup", "--out", file.to_str().unwrap()], &src, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("100001/100001") && stderr(&out).contains("verified"), "progress shown: {}", stderr(&out));
+    let dst = dir.path().join("dst");
+    let out = run(&["restore", file.to_str().unwrap()], &dst, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("verified"));
+    let restored = RedbStore::open(&RedbConfig::new(&dst)).unwrap();
+    let mut back = restored.export().await.unwrap();
+    let mut orig = original;
+    let key = |r: &BackupRecord| serde_json::to_string(r).unwrap();
+    back.sort_by_key(key);
+    orig.sort_by_key(key);
+    assert_eq!(back.len(), 100_001);
+    assert!(back == orig, "restored data equals the original");
+    restored.close().await;
+    // Restoring again into the now non-empty directory is refused.
+    drop(restored);
+    let out = run(&["restore", file.to_str().unwrap()], &dst, &[]);
+    assert!(!out.status.success() && stderr(&out).contains("empty"));
+}
+
+#[test]
+fn damaged_backups_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async { seed(&src, 2, 10).await.close().await });
+    let file = dir.path().join("b.jsonl");
+    assert!(run(&["backup", "--out", file.to_str().unwrap()], &src, &[]).status.success());
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let cases = [
+        ("truncated", lines[..lines.len() - 1].join("\n")),
+        ("edited", text.replacen("task 1 of", "task 9 of", 1)),
+        ("not a backup", "{}\n".to_owned()),
+    ];
+    for (name, content) in cases {
+        std::fs::write(&file, content).unwrap();
+        let out = run(&["restore", file.to_str().unwrap()], &dir.path().join(name.replace(' ', "-")), &[]);
+        assert!(!out.status.success(), "{name} accepted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_backup_while_the_server_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[("DB_SHARING", "multi-writer")]);
+    let c = client();
+    for i in 0..50 {
+        create(&c, &server.url(""), &format!("t{i}")).await.unwrap();
+    }
+    let base = server.url("");
+    let writer = tokio::spawn(async move {
+        let c = client();
+        for i in 0..200 {
+            create(&c, &base, &format!("during {i}")).await.unwrap();
+        }
+    });
+    let file = dir.path().join("online.jsonl");
+    let f = file.clone();
+    let d = data.clone();
+    let out = tokio::task::spawn_blocking(move || run(&["backup", "--out", f.to_str().unwrap()], &d, &[("DB_SHARING", "multi-writer")]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    writer.await.unwrap();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let tasks = text.lines().filter(|l| l.contains("\"kind\":\"task\"")).count();
+    assert!((50..=250).contains(&tasks), "a consistent snapshot between 50 and 250 tasks: {tasks}");
+    let _ = ALICE;
+}

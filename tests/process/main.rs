@@ -1,0 +1,9 @@
+//! Tests of the real binary as a process: signals, crashes, two processes on
+//! one data file, and the subcommands.
+
+mod helpers;
+
+mod cli;
+mod crash;
+mod lifecycle;
+mod sharing;
