@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 
 use crate::auth::{self, PrincipalName, StaticTokens};
 use crate::config::{
-    Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction, TokenArgs,
+    Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
+    TokenArgs,
 };
 use crate::http::{self, ApiConfig, AppState};
 use crate::lifecycle::{self, ShutdownPolicy};
@@ -50,7 +51,10 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
 
 /// Opens the configured store: PostgreSQL when a database URL is configured
 /// (migrating it first), else the redb file. Used by `serve` and the storage subcommands.
-pub async fn open_store(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(
+    storage: &StorageArgs,
+    group_commit: bool,
+) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(config) = postgres_config(&storage.database)? {
         let store = PostgresStore::connect(&config)
             .await
@@ -72,7 +76,10 @@ fn postgres_config(db: &DatabaseArgs) -> anyhow::Result<Option<PostgresConfig>> 
     let Some(url) = db.url()? else {
         return Ok(None);
     };
-    anyhow::ensure!(db.database_pool_size > 0, "--database-pool-size must be at least 1");
+    anyhow::ensure!(
+        db.database_pool_size > 0,
+        "--database-pool-size must be at least 1"
+    );
     let mut config = PostgresConfig::new(url);
     config.pool_size = db.database_pool_size;
     config.statement_timeout = seconds("--statement-timeout", db.statement_timeout)?;
@@ -81,8 +88,9 @@ fn postgres_config(db: &DatabaseArgs) -> anyhow::Result<Option<PostgresConfig>> 
 
 /// `devops-api migrate`: brings the PostgreSQL schema to this binary's version.
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let config = postgres_config(&args.database)?
-        .ok_or_else(|| anyhow::anyhow!("migrate needs --database-url, DATABASE_URL or DATABASE_URL_FILE"))?;
+    let config = postgres_config(&args.database)?.ok_or_else(|| {
+        anyhow::anyhow!("migrate needs --database-url, DATABASE_URL or DATABASE_URL_FILE")
+    })?;
     let applied = crate::storage::postgres::run_migrations(&config)
         .await
         .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;

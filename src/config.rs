@@ -109,10 +109,15 @@ impl DatabaseArgs {
         let Some(path) = &self.database_url_file else {
             return Ok(None);
         };
-        let raw = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read DATABASE_URL_FILE {}: {e}", path.display()))?;
+        let raw = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read DATABASE_URL_FILE {}: {e}", path.display())
+        })?;
         let url = raw.trim();
-        anyhow::ensure!(!url.is_empty(), "DATABASE_URL_FILE {} is empty", path.display());
+        anyhow::ensure!(
+            !url.is_empty(),
+            "DATABASE_URL_FILE {} is empty",
+            path.display()
+        );
         Ok(Some(url.to_owned()))
     }
 }
@@ -121,7 +126,10 @@ impl DatabaseArgs {
 impl std::fmt::Debug for DatabaseArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseArgs")
-            .field("database_url", &self.database_url.as_ref().map(|_| "<redacted>"))
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
             .field("database_url_file", &self.database_url_file)
             .field("database_pool_size", &self.database_pool_size)
             .field("statement_timeout", &self.statement_timeout)

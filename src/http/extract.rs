@@ -103,9 +103,12 @@ impl FromRequestParts<AppState> for TaskIdPath {
         let Path(raw) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::NotFound)?;
-        TaskId::parse(&raw).map(TaskIdPath).ok_or_else(|| {
-            ApiError::InvalidParameters(vec![FieldError::new("id", "must be a UUIDv7 task id")])
-        })
+        // Not a UUID: a malformed request. A UUID of another version: well
+        // formed, but no task can have it.
+        let uuid = uuid::Uuid::try_parse(&raw).map_err(|_| {
+            ApiError::InvalidParameters(vec![FieldError::new("id", "must be a UUID")])
+        })?;
+        Ok(TaskIdPath(TaskId::from_uuid(uuid)))
     }
 }
 

@@ -43,5 +43,42 @@ impl Modify for BearerAuth {
 /// The document as pretty JSON, built once.
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
-    DOC.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises"))
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+        fix_link_field_names(&mut doc);
+        serde_json::to_string_pretty(&doc).expect("JSON values serialise")
+    })
+}
+
+/// utoipa 5.5 writes Link Objects with Rust field names (`operation_id`);
+/// OpenAPI names them `operationId`, `operationRef`, `requestBody`.
+fn fix_link_field_names(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    let responses = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
+        .flat_map(|r| r.values_mut());
+    for response in responses {
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else { continue };
+        for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+            for (from, to) in [("operation_id", "operationId"), ("operation_ref", "operationRef"), ("request_body", "requestBody")] {
+                if let Some(v) = link.remove(from) {
+                    link.insert(to.to_owned(), v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn links_use_openapi_field_names() {
+        let doc: serde_json::Value = serde_json::from_str(super::document_json()).unwrap();
+        let link = &doc["paths"]["/v1/tasks"]["post"]["responses"]["201"]["links"]["GetTask"];
+        assert_eq!(link["operationId"], "get_task");
+        assert!(link.get("operation_id").is_none());
+    }
 }

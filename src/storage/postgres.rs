@@ -106,10 +106,9 @@ impl PostgresConfig {
     /// application name (explicit settings in the URL win, except the
     /// statement timeout, which is appended to its `options`).
     pub fn pg_config(&self) -> StoreResult<tokio_postgres::Config> {
-        let mut pg: tokio_postgres::Config = self
-            .url
-            .parse()
-            .map_err(|e| StorageError::Unavailable(format!("invalid database URL: {e}")))?;
+        let mut pg: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            StorageError::Unavailable(format!("invalid database URL: {}", describe(&e)))
+        })?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.connect_timeout);
         }
@@ -180,9 +179,13 @@ impl PostgresStore {
 
     async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
         self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Closed => StorageError::Unavailable("the store is closed".into()),
+            deadpool_postgres::PoolError::Closed => {
+                StorageError::Unavailable("the store is closed".into())
+            }
             deadpool_postgres::PoolError::Backend(e) => db(e),
-            other => StorageError::Unavailable(format!("no database connection: {other}")),
+            other => {
+                StorageError::Unavailable(format!("no database connection: {}", describe(&other)))
+            }
         })
     }
 }
@@ -191,12 +194,17 @@ impl PostgresStore {
 /// `up_to` (all when `None`), in one transaction under an advisory lock.
 /// Returns the versions this call applied: empty when another process had
 /// already done the work.
-pub async fn migrate(client: &mut tokio_postgres::Client, up_to: Option<i32>) -> StoreResult<Vec<i32>> {
+pub async fn migrate(
+    client: &mut tokio_postgres::Client,
+    up_to: Option<i32>,
+) -> StoreResult<Vec<i32>> {
     let target = up_to.unwrap_or(SCHEMA_VERSION);
     let txn = client.transaction().await.map_err(db)?;
     // Waiting for another migrator, or migrating a large table, may take longer
     // than a request's statement timeout.
-    txn.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(db)?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(db)?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(db)?;
@@ -210,19 +218,34 @@ pub async fn migrate(client: &mut tokio_postgres::Client, up_to: Option<i32>) ->
     .await
     .map_err(db)?;
     let current: i32 = txn
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
         .await
         .map_err(db)?
         .get(0);
     if current > SCHEMA_VERSION {
         // A newer release migrated (a rolling update in progress). Migrations
         // are additive, so this binary keeps working on the newer schema.
-        tracing::warn!(current, known = SCHEMA_VERSION, "the database schema is newer than this binary");
+        tracing::warn!(
+            current,
+            known = SCHEMA_VERSION,
+            "the database schema is newer than this binary"
+        );
     }
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| m.version > current && m.version <= target) {
+    for m in MIGRATIONS
+        .iter()
+        .filter(|m| m.version > current && m.version <= target)
+    {
         txn.batch_execute(m.sql).await.map_err(|e| {
-            StorageError::Unavailable(format!("migration {} ({}) failed: {e}", m.version, m.name))
+            StorageError::Unavailable(format!(
+                "migration {} ({}) failed: {}",
+                m.version,
+                m.name,
+                describe(&e)
+            ))
         })?;
         txn.execute(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
@@ -234,7 +257,11 @@ pub async fn migrate(client: &mut tokio_postgres::Client, up_to: Option<i32>) ->
     }
     txn.commit().await.map_err(db)?;
     if !applied.is_empty() {
-        tracing::info!(?applied, version = target.max(current), "applied database migrations");
+        tracing::info!(
+            ?applied,
+            version = target.max(current),
+            "applied database migrations"
+        );
     }
     Ok(applied)
 }
@@ -264,7 +291,10 @@ async fn sweep_idempotency_keys(pool: Pool) {
         let result = async {
             let client = pool.get().await.map_err(|e| e.to_string())?;
             client
-                .execute("DELETE FROM idempotency_keys WHERE created_at < $1", &[&cutoff])
+                .execute(
+                    "DELETE FROM idempotency_keys WHERE created_at < $1",
+                    &[&cutoff],
+                )
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -281,7 +311,20 @@ async fn sweep_idempotency_keys(pool: Pool) {
 /// matches a specific SQLSTATE first. The message keeps the server's reason
 /// (a statement timeout, a shutdown) for the log.
 fn db(e: tokio_postgres::Error) -> StorageError {
-    StorageError::Unavailable(e.to_string())
+    StorageError::Unavailable(describe(&e))
+}
+
+/// An error with its causes: the driver's own message is only its kind
+/// ("db error"), the server's reason is in the source.
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 fn corrupt(id: impl std::fmt::Display, reason: impl Into<String>) -> StorageError {
@@ -298,7 +341,9 @@ fn to_i64(v: u64) -> i64 {
 /// A task from [`TASK_COLUMNS`] starting at column `at`. Values are validated
 /// through the domain types: a row they reject is `Corrupt`, never a panic.
 fn task_from_row(row: &Row, at: usize) -> StoreResult<Task> {
-    let id: Uuid = row.try_get(at).map_err(|e| corrupt("task", e.to_string()))?;
+    let id: Uuid = row
+        .try_get(at)
+        .map_err(|e| corrupt("task", e.to_string()))?;
     let bad = |e: tokio_postgres::Error| corrupt(id, e.to_string());
     let title: String = row.try_get(at + 1).map_err(bad)?;
     let description: Option<String> = row.try_get(at + 2).map_err(bad)?;
@@ -323,7 +368,8 @@ fn task_from_row(row: &Row, at: usize) -> StoreResult<Task> {
                 .map(|d| Description::parse(&d))
                 .transpose()
                 .map_err(|e| corrupt(id, format!("description {e}")))?,
-            status: Status::parse(&status).ok_or_else(|| corrupt(id, format!("status `{status}`")))?,
+            status: Status::parse(&status)
+                .ok_or_else(|| corrupt(id, format!("status `{status}`")))?,
             priority: Priority::parse(&priority)
                 .ok_or_else(|| corrupt(id, format!("priority `{priority}`")))?,
             due_at: due_at.map(DueAt::from_datetime),
@@ -407,7 +453,11 @@ pub fn list_sql(owner: &Owner, query: &ListQuery) -> (String, Vec<Box<dyn ToSql 
         add(&mut sql, " AND due_at < ?", Box::new(b));
     }
     if let Some(q) = &query.q {
-        add(&mut sql, " AND title_lower LIKE ? ESCAPE '\\'", Box::new(contains_pattern(q)));
+        add(
+            &mut sql,
+            " AND title_lower LIKE ? ESCAPE '\\'",
+            Box::new(contains_pattern(q)),
+        );
     }
     let order = match query.order {
         Order::Asc => "ASC",
@@ -423,7 +473,10 @@ pub fn list_sql(owner: &Owner, query: &ListQuery) -> (String, Vec<Box<dyn ToSql 
 }
 
 fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
-    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+    params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 #[async_trait]
@@ -445,7 +498,10 @@ impl Store for PostgresStore {
                 .await
                 .map_err(db)?;
             let claimed = txn
-                .execute(&stmt, &[&owner, &idem.key, &digest, &task.created_at, &snapshot])
+                .execute(
+                    &stmt,
+                    &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+                )
                 .await
                 .map_err(db)?;
             if claimed == 0 {
@@ -456,17 +512,25 @@ impl Store for PostgresStore {
                     )
                     .await
                     .map_err(db)?;
-                let row = txn.query_opt(&stmt, &[&owner, &idem.key]).await.map_err(db)?;
+                let row = txn
+                    .query_opt(&stmt, &[&owner, &idem.key])
+                    .await
+                    .map_err(db)?;
                 if let Some(row) = row {
-                    let stored: Vec<u8> = row.try_get(0).map_err(|e| corrupt("idempotency record", e.to_string()))?;
-                    let created_at: DateTime<Utc> =
-                        row.try_get(1).map_err(|e| corrupt("idempotency record", e.to_string()))?;
-                    let fresh = (Utc::now() - created_at).to_std().unwrap_or_default() < IDEMPOTENCY_TTL;
+                    let stored: Vec<u8> = row
+                        .try_get(0)
+                        .map_err(|e| corrupt("idempotency record", e.to_string()))?;
+                    let created_at: DateTime<Utc> = row
+                        .try_get(1)
+                        .map_err(|e| corrupt("idempotency record", e.to_string()))?;
+                    let fresh =
+                        (Utc::now() - created_at).to_std().unwrap_or_default() < IDEMPOTENCY_TTL;
                     if fresh {
                         // Nothing was written: dropping the transaction rolls it back.
                         return if stored == idem.request_digest {
-                            let Json(original): Json<Task> =
-                                row.try_get(2).map_err(|e| corrupt("idempotency record", e.to_string()))?;
+                            let Json(original): Json<Task> = row
+                                .try_get(2)
+                                .map_err(|e| corrupt("idempotency record", e.to_string()))?;
                             Ok(Created::Replayed(original))
                         } else {
                             Err(StorageError::IdempotencyMismatch)
@@ -483,22 +547,30 @@ impl Store for PostgresStore {
                     )
                     .await
                     .map_err(db)?;
-                txn.execute(&stmt, &[&owner, &idem.key, &digest, &task.created_at, &snapshot])
-                    .await
-                    .map_err(db)?;
+                txn.execute(
+                    &stmt,
+                    &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+                )
+                .await
+                .map_err(db)?;
             }
         }
         // Counts one more task unless the owner is at the limit (no row back).
         let stmt = txn
             .prepare_cached(
-                "INSERT INTO task_counts (owner, n) SELECT $1, 1 WHERE $2 > 0
+                "INSERT INTO task_counts (owner, n) SELECT $1, 1 WHERE $2::bigint > 0
                  ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1 WHERE task_counts.n < $2
                  RETURNING n",
             )
             .await
             .map_err(db)?;
         let max = to_i64(new.max_tasks);
-        if txn.query_opt(&stmt, &[&owner, &max]).await.map_err(db)?.is_none() {
+        if txn
+            .query_opt(&stmt, &[&owner, &max])
+            .await
+            .map_err(db)?
+            .is_none()
+        {
             return Err(StorageError::QuotaExceeded { max: new.max_tasks });
         }
         let c = TaskColumns::of(&task);
@@ -578,7 +650,9 @@ impl Store for PostgresStore {
         for _ in 0..64 {
             let current = get_task_on(&client, owner, id).await?;
             if expected.is_some_and(|v| v != current.version) {
-                return Err(StorageError::VersionMismatch { current: current.version });
+                return Err(StorageError::VersionMismatch {
+                    current: current.version,
+                });
             }
             let updated = change.apply(&current);
             if updated.version == current.version {
@@ -609,10 +683,17 @@ impl Store for PostgresStore {
                 return Ok(updated);
             }
         }
-        Err(StorageError::Unavailable(format!("task {id} is changing too often to update")))
+        Err(StorageError::Unavailable(format!(
+            "task {id} is changing too often to update"
+        )))
     }
 
-    async fn delete_task(&self, owner: &Owner, id: TaskId, expected: Option<u64>) -> StoreResult<()> {
+    async fn delete_task(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        expected: Option<u64>,
+    ) -> StoreResult<()> {
         let mut client = self.conn().await?;
         let txn = client.transaction().await.map_err(db)?;
         let stmt = txn
@@ -630,7 +711,11 @@ impl Store for PostgresStore {
                 .prepare_cached("SELECT version FROM tasks WHERE owner = $1 AND id = $2")
                 .await
                 .map_err(db)?;
-            return match txn.query_opt(&stmt, &[&owner, &id.as_uuid()]).await.map_err(db)? {
+            return match txn
+                .query_opt(&stmt, &[&owner, &id.as_uuid()])
+                .await
+                .map_err(db)?
+            {
                 None => Err(StorageError::NotFound),
                 Some(row) => Err(StorageError::VersionMismatch {
                     current: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
@@ -662,7 +747,10 @@ impl Store for PostgresStore {
             .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
             .await
             .map_err(db)?;
-        match client.execute(&stmt, &[&digest.as_slice(), &name, &created_at]).await {
+        match client
+            .execute(&stmt, &[&digest.as_slice(), &name, &created_at])
+            .await
+        {
             Ok(_) => Ok(TokenInfo {
                 name: name.to_owned(),
                 created_at,
@@ -715,7 +803,10 @@ impl Store for PostgresStore {
             .prepare_cached("SELECT name FROM tokens WHERE digest = $1")
             .await
             .map_err(db)?;
-        let row = client.query_opt(&stmt, &[&digest.as_slice()]).await.map_err(db)?;
+        let row = client
+            .query_opt(&stmt, &[&digest.as_slice()])
+            .await
+            .map_err(db)?;
         row.map(|r| r.try_get(0).map_err(|e| corrupt("token", e.to_string())))
             .transpose()
     }
@@ -730,10 +821,15 @@ impl Store for PostgresStore {
             .start()
             .await
             .map_err(db)?;
-        txn.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(db)?;
+        txn.batch_execute("SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(db)?;
         let mut out = Vec::new();
         for r in txn
-            .query("SELECT digest, name, created_at FROM tokens ORDER BY name", &[])
+            .query(
+                "SELECT digest, name, created_at FROM tokens ORDER BY name",
+                &[],
+            )
             .await
             .map_err(db)?
         {
@@ -746,7 +842,10 @@ impl Store for PostgresStore {
             });
         }
         let rows = txn
-            .query(&format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"), &[])
+            .query(
+                &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
+                &[],
+            )
             .await
             .map_err(db)?;
         out.reserve(rows.len());
@@ -765,7 +864,12 @@ impl Store for PostgresStore {
         // Validate every record before writing any.
         let mut tokens = Vec::new();
         for r in &records {
-            if let BackupRecord::Token { name, digest, created_at } = r {
+            if let BackupRecord::Token {
+                name,
+                digest,
+                created_at,
+            } = r
+            {
                 let d = hex::decode(digest)
                     .ok()
                     .filter(|d| d.len() == 32)
@@ -790,7 +894,9 @@ impl Store for PostgresStore {
             .map_err(db)?
             .get(0);
         if occupied {
-            return Err(StorageError::AlreadyExists("data in the target store".into()));
+            return Err(StorageError::AlreadyExists(
+                "data in the target store".into(),
+            ));
         }
         for (digest, name, created_at) in &tokens {
             txn.execute(
@@ -799,7 +905,9 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(|e| match e.code() {
-                Some(&SqlState::UNIQUE_VIOLATION) => corrupt("token", format!("`{name}` appears twice")),
+                Some(&SqlState::UNIQUE_VIOLATION) => {
+                    corrupt("token", format!("`{name}` appears twice"))
+                }
                 _ => db(e),
             })?;
         }
@@ -855,7 +963,9 @@ impl Store for PostgresStore {
             _ => db(e),
         })?;
         // Counts are rebuilt from scratch, so the quota holds per owner.
-        txn.batch_execute("DELETE FROM task_counts").await.map_err(db)?;
+        txn.batch_execute("DELETE FROM task_counts")
+            .await
+            .map_err(db)?;
         let owners: Vec<&str> = per_owner.keys().copied().collect();
         let counts: Vec<i64> = owners.iter().map(|o| per_owner[o]).collect();
         txn.execute(
@@ -883,12 +993,22 @@ impl Store for PostgresStore {
     }
 }
 
-async fn get_task_on(client: &deadpool_postgres::Object, owner: &Owner, id: TaskId) -> StoreResult<Task> {
+async fn get_task_on(
+    client: &deadpool_postgres::Object,
+    owner: &Owner,
+    id: TaskId,
+) -> StoreResult<Task> {
     let stmt = client
-        .prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"))
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+        ))
         .await
         .map_err(db)?;
-    match client.query_opt(&stmt, &[&owner, &id.as_uuid()]).await.map_err(db)? {
+    match client
+        .query_opt(&stmt, &[&owner, &id.as_uuid()])
+        .await
+        .map_err(db)?
+    {
         Some(row) => task_from_row(&row, 0),
         None => Err(StorageError::NotFound),
     }

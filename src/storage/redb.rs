@@ -50,6 +50,9 @@ const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> = TableDefinition::new("idempot
 /// The file inside the data directory.
 pub const DB_FILE: &str = "devops-api.redb";
 
+/// Default size of redb's own page cache.
+pub const DEFAULT_CACHE_SIZE: usize = 16 * 1024 * 1024;
+
 /// Whether other processes may open the same file (redb's concurrency mode).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum DbSharing {
@@ -69,6 +72,13 @@ pub struct RedbConfig {
     pub group_commit: bool,
     /// The most writes committed together.
     pub max_batch: usize,
+    /// Bytes of redb's page cache (redb's default is 1 GiB). The OS page cache
+    /// keeps the file warm anyway; this bounds the process's own share.
+    pub cache_size: usize,
+    /// Test-only negative control: answer callers before the commit is
+    /// durable. Exists so the power-loss test can show that it detects loss.
+    #[doc(hidden)]
+    pub ack_before_commit: bool,
 }
 
 impl RedbConfig {
@@ -78,6 +88,8 @@ impl RedbConfig {
             sharing: DbSharing::Exclusive,
             group_commit: true,
             max_batch: 512,
+            cache_size: DEFAULT_CACHE_SIZE,
+            ack_before_commit: false,
         }
     }
 
@@ -86,10 +98,18 @@ impl RedbConfig {
     }
 }
 
-type Responder = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
-/// A write: applied inside the batch's transaction, it returns how to answer
-/// its caller once the commit's outcome is known.
-type Job = Box<dyn FnOnce(&WriteTransaction) -> Responder + Send>;
+/// How a write left the shared transaction, and how to answer its caller once
+/// the commit's outcome is known.
+struct Applied {
+    respond: Box<dyn FnOnce(Result<(), StorageError>) + Send>,
+    /// The write failed in a way that may have left partial changes in the
+    /// transaction (an I/O error, not a checked precondition): the whole batch
+    /// is then rolled back rather than committed.
+    poisoned: bool,
+}
+
+/// A write: applied inside the batch's transaction.
+type Job = Box<dyn FnOnce(&WriteTransaction) -> Applied + Send>;
 
 enum Msg {
     Write(Job),
@@ -101,6 +121,11 @@ pub struct RedbStore {
     jobs: mpsc::Sender<Msg>,
     /// Taken by `close`, which waits for the writer to finish its queue.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Multi-writer: a read registers under a file lock that a peer process
+    /// holds while it publishes a commit, so reads go to the blocking pool.
+    /// Exclusive: a read only touches memory and the OS page cache, so it runs
+    /// on the calling task without a thread hand-off.
+    reads_inline: bool,
 }
 
 impl RedbStore {
@@ -114,27 +139,38 @@ impl RedbStore {
             ))
         })?;
         let path = config.db_path();
-        let mode = match config.sharing {
-            DbSharing::Exclusive => ConcurrencyMode::ExclusiveWriter,
-            DbSharing::MultiWriter => ConcurrencyMode::MultiWriter,
-        };
-        let db = Builder::new()
-            .set_concurrency_mode(mode)
-            .create(&path)
-            .map_err(|e| open_error(&path, e))?;
+        let db = builder(config).create(&path).map_err(|e| open_error(&path, e))?;
+        Self::start(config, db)
+    }
+
+    /// Opens (or creates) the database on `backend` instead of a file in
+    /// `config.data_dir` (tests: in-memory and fault-injecting backends).
+    /// Backends without byte-range locks support only `DbSharing::Exclusive`.
+    pub fn open_with_backend(config: &RedbConfig, backend: impl redb::StorageBackend) -> StoreResult<Self> {
+        let db = builder(config)
+            .create_with_backend(backend)
+            .map_err(|e| StorageError::Unavailable(format!("cannot open the database: {e}")))?;
+        Self::start(config, db)
+    }
+
+    fn start(config: &RedbConfig, db: Database) -> StoreResult<Self> {
         let db = Arc::new(db);
         init_tables(&db)?;
         let (jobs, rx) = mpsc::channel();
-        let batch = if config.group_commit { config.max_batch.max(1) } else { 1 };
-        let writer_db = db.clone();
+        let writer = Writer {
+            db: db.clone(),
+            max_batch: if config.group_commit { config.max_batch.max(1) } else { 1 },
+            ack_before_commit: config.ack_before_commit,
+        };
         let writer = std::thread::Builder::new()
             .name("redb-writer".into())
-            .spawn(move || writer_loop(&writer_db, &rx, batch))
+            .spawn(move || writer.run(&rx))
             .map_err(StorageError::unavailable)?;
         Ok(Self {
             db,
             jobs,
             writer: Mutex::new(Some(writer)),
+            reads_inline: config.sharing == DbSharing::Exclusive && std::env::var_os("TMP_READS_BLOCKING").is_none(),
         })
     }
 
@@ -147,9 +183,13 @@ impl RedbStore {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let result = op(txn);
-            Box::new(move |committed| {
-                let _ = tx.send(committed.and(result));
-            })
+            let poisoned = matches!(result, Err(StorageError::Unavailable(_)));
+            Applied {
+                respond: Box::new(move |committed| {
+                    let _ = tx.send(committed.and(result));
+                }),
+                poisoned,
+            }
         });
         self.jobs
             .send(Msg::Write(job))
@@ -158,17 +198,23 @@ impl RedbStore {
             .map_err(|_| StorageError::Unavailable("the write was not committed".into()))?
     }
 
+    /// Runs `op` in a read transaction of its own, which never waits for the
+    /// writer: redb readers see the last committed snapshot.
     async fn read<T: Send + 'static>(
         &self,
         op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let run = |db: &Database| {
             let txn = db.begin_read().map_err(StorageError::unavailable)?;
             op(&txn)
-        })
-        .await
-        .map_err(StorageError::unavailable)?
+        };
+        if self.reads_inline {
+            return run(&self.db);
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || run(&db))
+            .await
+            .map_err(StorageError::unavailable)?
     }
 
     /// Checks every page and checksum of the file; needs exclusive access, so
@@ -177,6 +223,16 @@ impl RedbStore {
         let mut db = Database::open(path).map_err(|e| open_error(path, e))?;
         db.check_integrity().map_err(StorageError::unavailable)
     }
+}
+
+fn builder(config: &RedbConfig) -> Builder {
+    let mode = match config.sharing {
+        DbSharing::Exclusive => ConcurrencyMode::ExclusiveWriter,
+        DbSharing::MultiWriter => ConcurrencyMode::MultiWriter,
+    };
+    let mut b = Builder::new();
+    b.set_concurrency_mode(mode).set_cache_size(config.cache_size);
+    b
 }
 
 fn open_error(path: &Path, e: DatabaseError) -> StorageError {
@@ -205,65 +261,107 @@ fn init_tables(db: &Database) -> StoreResult<()> {
     txn.commit().map_err(StorageError::unavailable)
 }
 
-fn writer_loop(db: &Database, rx: &mpsc::Receiver<Msg>, max_batch: usize) {
-    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut stopping = false;
-    while !stopping {
-        match rx.recv() {
-            Ok(Msg::Write(job)) => batch.push(job),
-            Ok(Msg::Stop) | Err(_) => break,
-        }
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(Msg::Write(job)) => batch.push(job),
-                Ok(Msg::Stop) => {
-                    stopping = true;
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
-        commit_batch(db, &mut batch);
-    }
-    // Writes queued before `Stop` are still answered.
-    while let Ok(Msg::Write(job)) = rx.try_recv() {
-        batch.push(job);
-        if batch.len() == max_batch {
-            commit_batch(db, &mut batch);
-        }
-    }
-    commit_batch(db, &mut batch);
+/// The writer thread: the only place that opens write transactions in this
+/// process (other processes may write too under `multi-writer`; then
+/// `begin_write` waits for their transaction while this queue grows, and the
+/// next batch is simply larger).
+struct Writer {
+    db: Arc<Database>,
+    max_batch: usize,
+    ack_before_commit: bool,
 }
 
-fn commit_batch(db: &Database, batch: &mut Vec<Job>) {
-    if batch.is_empty() {
-        return;
+impl Writer {
+    fn run(&self, rx: &mpsc::Receiver<Msg>) {
+        let mut batch: Vec<Job> = Vec::with_capacity(self.max_batch);
+        let mut stopping = false;
+        while !stopping {
+            match rx.recv() {
+                Ok(Msg::Write(job)) => batch.push(job),
+                Ok(Msg::Stop) | Err(_) => break,
+            }
+            // Whatever queued while the last commit was being flushed: no
+            // waiting for more, so a lone write is committed at once.
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(Msg::Write(job)) => batch.push(job),
+                    Ok(Msg::Stop) => {
+                        stopping = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+        // Writes queued before `Stop` are still answered.
+        while let Ok(Msg::Write(job)) = rx.try_recv() {
+            batch.push(job);
+            if batch.len() == self.max_batch {
+                self.commit_batch(&mut batch);
+            }
+        }
+        self.commit_batch(&mut batch);
     }
-    let started = Instant::now();
-    let size = batch.len();
-    let txn = match db.begin_write() {
-        Ok(txn) => txn,
-        Err(e) => {
-            // Dropping the jobs drops their reply channels: each caller gets
-            // `Unavailable` and nothing was written.
-            tracing::error!(error = %e, writes = size, "cannot begin write transaction");
-            batch.clear();
+
+    /// Applies every job in one transaction, commits it durably, then answers
+    /// each caller: with its own error if its preconditions failed (it wrote
+    /// nothing), with its result if the commit succeeded, and with
+    /// `Unavailable` for everyone if the commit failed or was abandoned.
+    fn commit_batch(&self, batch: &mut Vec<Job>) {
+        if batch.is_empty() {
             return;
         }
-    };
-    let responders: Vec<Responder> = batch.drain(..).map(|job| job(&txn)).collect();
-    let outcome = txn.commit().map_err(|e| {
-        tracing::error!(error = %e, "commit failed");
-        StorageError::unavailable(e)
-    });
-    metrics::histogram!("store_commit_batch_size").record(size as f64);
-    metrics::histogram!("store_commit_seconds").record(started.elapsed().as_secs_f64());
-    for respond in responders {
-        let result = match &outcome {
-            Ok(()) => Ok(()),
-            Err(e) => Err(StorageError::Unavailable(e.to_string())),
+        let started = Instant::now();
+        let size = batch.len();
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Dropping the jobs drops their reply channels: each caller gets
+                // `Unavailable` and nothing was written.
+                tracing::error!(error = %e, writes = size, "cannot begin write transaction");
+                batch.clear();
+                return;
+            }
         };
-        respond(result);
+        let mut responders = Vec::with_capacity(size);
+        let mut poisoned = false;
+        for job in batch.drain(..) {
+            // A panicking write must not take the writer thread (and with it
+            // every later write) down; what it may have half-written is rolled
+            // back with the whole batch.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&txn))) {
+                Ok(applied) => {
+                    poisoned |= applied.poisoned;
+                    responders.push(applied.respond);
+                }
+                Err(_) => {
+                    tracing::error!("a write panicked; rolling back its batch");
+                    poisoned = true;
+                }
+            }
+        }
+        if self.ack_before_commit {
+            for respond in responders.drain(..) {
+                respond(Ok(()));
+            }
+        }
+        let outcome = if poisoned {
+            if let Err(e) = txn.abort() {
+                tracing::error!(error = %e, "abort failed");
+            }
+            Err("the batch was rolled back after a storage error".to_owned())
+        } else {
+            txn.commit().map_err(|e| {
+                tracing::error!(error = %e, writes = size, "commit failed");
+                e.to_string()
+            })
+        };
+        metrics::histogram!("store_commit_batch_size").record(size as f64);
+        metrics::histogram!("store_commit_seconds").record(started.elapsed().as_secs_f64());
+        for respond in responders {
+            respond(outcome.clone().map_err(StorageError::Unavailable));
+        }
     }
 }
 

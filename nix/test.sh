@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The project's test command (README): every test, PostgreSQL included, under
+# coverage with a gate, on a fresh machine. Installs what is missing
+# (cargo-nextest, llvm-tools, cargo-llvm-cov, PostgreSQL) and starts a
+# throwaway PostgreSQL cluster on loopback for the run.
+set -euo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: nix/test.sh [--no-coverage] [--html] [-- NEXTEST_ARGS...]
+
+Runs the whole test suite with cargo-nextest: unit, integration, process,
+storage contract (redb and PostgreSQL) and property tests. By default under
+cargo-llvm-cov: prints line and branch coverage and fails below the gate
+(COVERAGE_MIN_LINES, default in this script).
+
+Options:
+  --no-coverage   plain `cargo nextest run` (faster while developing)
+  --html          also write an HTML report to target/llvm-cov/html
+  -h, --help      this help
+
+Environment:
+  COVERAGE_MIN_LINES  line coverage gate in percent
+  TEST_DATABASE_URL   use this PostgreSQL server instead of a throwaway cluster
+USAGE
+}
+
+coverage=1
+html=0
+extra=()
+while (($#)); do
+  case "$1" in
+    --no-coverage) coverage=0; shift ;;
+    --html) html=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    --) shift; extra=("$@"); break ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+cd "$(dirname "$0")/.."
+log() { printf '==> %s\n' "$*" >&2; }
+
+# Measured on the first honest run (see README, Coverage); raise it, never lower it quietly.
+min_lines="${COVERAGE_MIN_LINES:-85}"
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+if ((coverage)); then
+  if ! rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'; then
+    log "installing the llvm-tools component"
+    rustup component add llvm-tools-preview
+  fi
+  if ! cargo llvm-cov --version >/dev/null 2>&1; then
+    log "installing cargo-llvm-cov (once)"
+    cargo install --locked cargo-llvm-cov
+  fi
+  run=(cargo llvm-cov nextest --locked --branch --fail-under-lines "$min_lines")
+  ((html)) && run+=(--html)
+else
+  run=(cargo nextest run --locked)
+fi
+run+=(--workspace --all-targets "${extra[@]}")
+
+if [[ -n "${TEST_DATABASE_URL:-}" ]]; then
+  log "PostgreSQL: using TEST_DATABASE_URL"
+  "${run[@]}"
+else
+  # A throwaway cluster for the PostgreSQL tests; they fail (never skip) without one.
+  nix/postgres-test.sh --exec "${run[@]}"
+fi

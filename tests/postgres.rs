@@ -1,0 +1,847 @@
+//! The storage contract on PostgreSQL, plus PostgreSQL-only behaviour
+//! (tests named `pg_*`): migrations, the list query's plan, and losing the
+//! server under load.
+//!
+//! Every test gets a throwaway database created on the server at
+//! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
+//! `nix/postgres-test.sh` starts one). A missing server fails the tests: it
+//! never skips them. The restart test starts its own private cluster with
+//! `initdb` on a free loopback port, so stopping it disturbs nobody.
+
+mod contract;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use contract::Fixture;
+use devops_api::auth::{self, StaticTokens};
+use devops_api::domain::{Priority, Status};
+use devops_api::http::{ApiConfig, AppState, app};
+use devops_api::lifecycle::ShutdownPolicy;
+use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
+use devops_api::storage::{ListQuery, Order, PostgresConfig, PostgresStore, StorageError, Store};
+use serde_json::json;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// `url` with its database name replaced by `db`.
+fn with_dbname(url: &str, db: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = main.find("://").map_or(0, |i| i + 3);
+    let base = match main[authority_start..].find('/') {
+        Some(i) => &main[..authority_start + i],
+        None => main,
+    };
+    match query {
+        Some(q) => format!("{base}/{db}?{q}"),
+        None => format!("{base}/{db}"),
+    }
+}
+
+async fn admin_client(url: &str) -> tokio_postgres::Client {
+    let pg: tokio_postgres::Config = url.parse().expect("TEST_DATABASE_URL is a valid URL");
+    match postgres::connect_one(&pg).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot reach PostgreSQL at TEST_DATABASE_URL={url}: {e}\n\
+             Start a throwaway server with nix/postgres-test.sh (these tests never skip)."
+        ),
+    }
+}
+
+/// A database that exists for one test and is dropped after it.
+struct TestDb {
+    name: String,
+    server: String,
+    url: String,
+}
+
+impl TestDb {
+    async fn create() -> Self {
+        Self::create_on(&server_url()).await
+    }
+
+    async fn create_on(server: &str) -> Self {
+        let name = format!("devops_test_{}", hex::encode(rand_bytes()));
+        let admin = admin_client(server).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE on {server}: {e}"));
+        Self {
+            url: with_dbname(server, &name),
+            name,
+            server: server.to_owned(),
+        }
+    }
+
+    fn config(&self) -> PostgresConfig {
+        let mut c = PostgresConfig::new(&self.url);
+        c.pool_size = 4;
+        c
+    }
+
+    async fn client(&self) -> tokio_postgres::Client {
+        admin_client(&self.url).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (self.server.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let pg: tokio_postgres::Config = server.parse().ok()?;
+                let c = postgres::connect_one(&pg).await.ok()?;
+                c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+fn rand_bytes() -> [u8; 8] {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random bytes");
+    b
+}
+
+async fn pg_fixture() -> Fixture {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.config())
+        .await
+        .expect("connect to the test database");
+    Fixture {
+        store: Arc::new(store),
+        _guard: Box::new(db),
+    }
+}
+
+store_contract_tests!(pg_fixture);
+
+async fn versions(c: &tokio_postgres::Client) -> Vec<i32> {
+    c.query(
+        "SELECT version FROM schema_migrations ORDER BY version",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn all_versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|m| m.version).collect()
+}
+
+#[tokio::test]
+async fn pg_migrations_from_empty() {
+    let db = TestDb::create().await;
+    assert_eq!(
+        postgres::run_migrations(&db.config()).await.unwrap(),
+        all_versions()
+    );
+    assert_eq!(
+        postgres::run_migrations(&db.config()).await.unwrap(),
+        Vec::<i32>::new(),
+        "a second run does nothing"
+    );
+    let c = db.client().await;
+    assert_eq!(versions(&c).await, all_versions());
+    let tables: Vec<String> = c
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        [
+            "idempotency_keys",
+            "schema_migrations",
+            "task_counts",
+            "tasks",
+            "tokens"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn pg_migrations_from_previous_version() {
+    let db = TestDb::create().await;
+    let mut c = db.client().await;
+    let previous = SCHEMA_VERSION - 1;
+    assert_eq!(
+        postgres::migrate(&mut c, Some(previous)).await.unwrap(),
+        (1..=previous).collect::<Vec<_>>()
+    );
+    // Data written by the previous release.
+    let id = uuid::Uuid::now_v7();
+    c.execute(
+        "INSERT INTO tasks (owner, id, title, title_lower, status, priority, tags, created_at, updated_at, version)
+         VALUES ('alice', $1, 'Old Task', 'old task', 'todo', 'high', ARRAY['ops'], now(), now(), 3)",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    c.execute("INSERT INTO task_counts VALUES ('alice', 1)", &[])
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO tokens VALUES ($1, 'alice', now())",
+        &[&[5u8; 32].as_slice()],
+    )
+    .await
+    .unwrap();
+    // The current release starts: it applies the rest and reads the old data.
+    let store = PostgresStore::connect(&db.config()).await.unwrap();
+    assert_eq!(versions(&c).await, all_versions());
+    let t = store
+        .get_task("alice", devops_api::domain::TaskId::from_uuid(id))
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.fields.title.as_str(), t.fields.priority, t.version),
+        ("Old Task", Priority::High, 3)
+    );
+    assert_eq!(
+        store.principal(&[5; 32]).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    assert_eq!(store.count_tasks().await.unwrap(), 1);
+    let idx: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'idempotency_keys_created_at_idx'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 1);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_concurrent_migrators_migrate_once() {
+    let db = TestDb::create().await;
+    let runs = (0..3).map(|_| {
+        let cfg = db.config();
+        tokio::spawn(async move { postgres::run_migrations(&cfg).await })
+    });
+    let mut applied: Vec<Vec<i32>> = Vec::new();
+    for r in futures_join(runs.collect()).await {
+        applied.push(r.expect("migration succeeds"));
+    }
+    applied.sort();
+    assert_eq!(
+        applied,
+        [vec![], vec![], all_versions()],
+        "exactly one replica migrates"
+    );
+    assert_eq!(versions(&db.client().await).await, all_versions());
+
+    // Three stores starting together (what three replicas do) also agree.
+    let db = TestDb::create().await;
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let cfg = db.config();
+            tokio::spawn(async move { PostgresStore::connect(&cfg).await })
+        })
+        .collect();
+    for s in futures_join(starts).await {
+        s.expect("store starts").close().await;
+    }
+    assert_eq!(versions(&db.client().await).await, all_versions());
+}
+
+async fn futures_join<T>(handles: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+/// The list query on a table of 20 000 tasks: every variant walks the primary
+/// key `(owner, id)`, never the whole table, with custom and generic plans.
+#[tokio::test]
+async fn pg_list_query_uses_the_index() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.config()).await.unwrap();
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO tasks (owner, id, title, title_lower, status, priority, tags, due_at, created_at, updated_at, version)
+         SELECT 'owner' || (g % 20), gen_random_uuid(), 'Task ' || g, 'task ' || g,
+                (ARRAY['todo', 'in_progress', 'done'])[1 + g % 3], (ARRAY['low', 'normal', 'high'])[1 + g % 3],
+                ARRAY['t' || (g % 7)], now() + g * interval '1 minute', now(), now(), 1
+         FROM generate_series(1, 20000) AS g;
+         ANALYZE tasks;",
+    )
+    .await
+    .unwrap();
+    let after = store
+        .list_tasks(
+            "owner3",
+            &ListQuery {
+                limit: 50,
+                ..ListQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .next
+        .expect("a second page");
+    let queries = [
+        ListQuery {
+            limit: 20,
+            ..ListQuery::default()
+        },
+        ListQuery {
+            limit: 20,
+            order: Order::Desc,
+            after: Some(after),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            limit: 100,
+            after: Some(after),
+            status: Some(Status::Done),
+            tag: Some("t3".into()),
+            ..ListQuery::default()
+        },
+        ListQuery {
+            limit: 20,
+            order: Order::Desc,
+            priority: Some(Priority::High),
+            q: Some("task 1".into()),
+            due_before: Some(chrono::Utc::now() + chrono::Duration::days(3)),
+            ..ListQuery::default()
+        },
+    ];
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        c.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .await
+            .unwrap();
+        for q in &queries {
+            let (sql, params) = postgres::list_sql("owner3", q);
+            let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            // A named prepared statement, as the store's statement cache makes:
+            // plan_cache_mode decides between a custom and the generic plan.
+            c.batch_execute(&format!("DEALLOCATE ALL; PREPARE list_page AS {sql}"))
+                .await
+                .unwrap();
+            // EXECUTE takes literals: the parameters' text forms, quoted.
+            let typed = c.prepare(&sql).await.unwrap();
+            let casts = (1..=refs.len())
+                .map(|i| format!("${i}::text"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let as_text = c
+                .prepare_typed(&format!("SELECT {casts}"), typed.params())
+                .await
+                .unwrap();
+            let row = c.query_one(&as_text, &refs).await.unwrap();
+            let args = (0..refs.len())
+                .map(|i| format!("'{}'", row.get::<_, String>(i).replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let plan: Vec<String> = c
+                .query(&format!("EXPLAIN EXECUTE list_page({args})"), &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let plan = plan.join("\n");
+            println!("-- {mode}\n{sql}\n{plan}\n");
+            assert!(
+                !plan.contains("Seq Scan"),
+                "a list query scanned the table:\n{sql}\n{plan}"
+            );
+            assert!(
+                plan.contains("tasks_pkey"),
+                "a list query did not use the key:\n{sql}\n{plan}"
+            );
+        }
+    }
+    // And the pages themselves agree with the filters.
+    let page = store.list_tasks("owner3", &queries[2]).await.unwrap();
+    assert!(!page.items.is_empty());
+    assert!(page.items.iter().all(|t| queries[2].matches(t)));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn pg_q_matches_like_the_embedded_backend() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.config()).await.unwrap();
+    let titles = [
+        "ÉCOLE d'été",
+        "Straße",
+        "100% done",
+        "snake_case",
+        "back\\slash",
+        "ΣΟΦΟΣ",
+    ];
+    for t in titles {
+        contract::create(&store, "alice", json!({ "title": t })).await;
+    }
+    for q in [
+        "école",
+        "été",
+        "straße",
+        "100%",
+        "%",
+        "_",
+        "e_c",
+        "\\",
+        "σοφος",
+        "σοφοσ",
+        "ss",
+    ] {
+        let query = ListQuery {
+            limit: 100,
+            q: Some(q.to_lowercase()),
+            ..ListQuery::default()
+        };
+        let got: Vec<String> = store
+            .list_tasks("alice", &query)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|t| t.fields.title.as_str().to_owned())
+            .collect();
+        let want: Vec<String> = titles
+            .iter()
+            .filter(|t| t.to_lowercase().contains(&q.to_lowercase()))
+            .map(|t| (*t).to_owned())
+            .collect();
+        assert_eq!(got, want, "q = {q:?}");
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn pg_unreachable_server_is_unavailable() {
+    let port = free_port();
+    let mut cfg = PostgresConfig::new(format!("postgres://postgres@127.0.0.1:{port}/postgres"));
+    cfg.connect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let err = PostgresStore::connect(&cfg)
+        .await
+        .err()
+        .expect("no server there");
+    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn pg_statement_timeout_is_set_per_connection() {
+    let db = TestDb::create().await;
+    let mut cfg = db.config();
+    cfg.statement_timeout = Duration::from_millis(1234);
+    let c = postgres::connect_one(&cfg.pg_config().unwrap())
+        .await
+        .unwrap();
+    let v: String = c
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "1234ms");
+    let err = c.batch_execute("SELECT pg_sleep(3)").await.unwrap_err();
+    let db_err = err.as_db_error().expect("a server error");
+    assert!(db_err.message().contains("statement timeout"), "{db_err}");
+}
+
+/// `devops-api migrate` with the URL in a Docker-secret file (trailing newline).
+#[tokio::test]
+async fn pg_migrate_subcommand_reads_database_url_file() {
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("database_url");
+    std::fs::write(&secret, format!("{}\n", db.url)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_devops-api"))
+        .arg("migrate")
+        .env_remove("DATABASE_URL")
+        .env("DATABASE_URL_FILE", &secret)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("schema is at version {SCHEMA_VERSION}")),
+        "{stderr}"
+    );
+    assert_eq!(versions(&db.client().await).await, all_versions());
+    assert!(
+        !stderr.contains(&db.name),
+        "the URL is not printed: {stderr}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_devops-api"))
+        .arg("migrate")
+        .env("DATABASE_URL", &db.url)
+        .env_remove("DATABASE_URL_FILE")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("up to date"));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private PostgreSQL cluster in a temp dir on a free loopback port, which
+/// this test may stop and start. Stopped (immediately) when dropped.
+struct PrivateCluster {
+    bindir: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, b)| b).expect(
+        "PostgreSQL server binaries not found (install Debian's `postgresql` or set PG_BINDIR)",
+    )
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Runs a PostgreSQL program, as the `postgres` user when we are root
+/// (the server refuses to run as root).
+fn run_pg(bindir: &Path, program: &str, args: &[&str]) {
+    let exe = bindir.join(program);
+    let status = if is_root() {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(&exe)
+            .args(args)
+            .status()
+    } else {
+        Command::new(&exe).args(args).status()
+    }
+    .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+impl PrivateCluster {
+    fn start() -> Self {
+        let bindir = pg_bindir();
+        let dir = tempfile::Builder::new()
+            .prefix("devops-pg-")
+            .tempdir()
+            .unwrap();
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(ok.success(), "chown of the cluster directory");
+        }
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        run_pg(
+            &bindir,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let cluster = Self {
+            bindir,
+            data,
+            log,
+            port: free_port(),
+            _dir: dir,
+        };
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        run_pg(
+            &self.bindir,
+            "pg_ctl",
+            &[
+                "-D",
+                self.data.to_str().unwrap(),
+                "-l",
+                self.log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self, mode: &str) {
+        run_pg(
+            &self.bindir,
+            "pg_ctl",
+            &["-D", self.data.to_str().unwrap(), "-m", mode, "-w", "stop"],
+        );
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(if is_root() { "runuser" } else { "true" })
+            .args(if is_root() {
+                vec!["-u", "postgres", "--"]
+            } else {
+                vec![]
+            })
+            .arg(self.bindir.join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .status();
+    }
+}
+
+/// PostgreSQL stops under steady load: requests get 503 problems (never a
+/// panic or a dropped connection), `/ready` is 503, and once the server is
+/// back both recover without restarting the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_restart_under_load_gives_503_then_recovers() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::create_on(&cluster.url()).await;
+    let mut cfg = db.config();
+    cfg.connect_timeout = Duration::from_secs(2);
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&cfg).await.unwrap());
+    let token = auth::generate_token();
+    store
+        .create_token("alice", auth::digest(&token))
+        .await
+        .unwrap();
+    let config = ApiConfig {
+        rate_limit: None,
+        ..ApiConfig::default()
+    };
+    let state = AppState::new(store.clone(), config, StaticTokens::default());
+    let lifecycle = state.lifecycle.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(devops_api::server::serve(
+        listener,
+        app(state),
+        async {
+            let _ = stop_rx.await;
+        },
+        lifecycle,
+        ShutdownPolicy::default(),
+    ));
+    let client = reqwest::Client::new();
+
+    // Steady load: creates and readiness checks, bounded in time.
+    let running = Arc::new(AtomicBool::new(true));
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::<(Instant, u16, bool)>::new()));
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (client, base, token, running, statuses) = (
+            client.clone(),
+            base.clone(),
+            token.clone(),
+            running.clone(),
+            statuses.clone(),
+        );
+        load.spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut i = 0u32;
+            while running.load(Ordering::Relaxed) && Instant::now() < deadline {
+                i += 1;
+                let (status, is_problem) = if worker == 0 {
+                    let r = client
+                        .get(format!("{base}/ready"))
+                        .send()
+                        .await
+                        .expect("the API answers");
+                    let p = r.status() != 200
+                        && r.headers()["content-type"]
+                            .to_str()
+                            .unwrap()
+                            .starts_with("application/problem+json");
+                    (r.status().as_u16(), p)
+                } else {
+                    let r = client
+                        .post(format!("{base}/v1/tasks"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "title": format!("w{worker} #{i}") }))
+                        .send()
+                        .await
+                        .expect("the API answers");
+                    let p = r.status() != 201
+                        && r.headers()["content-type"]
+                            .to_str()
+                            .unwrap()
+                            .starts_with("application/problem+json");
+                    (r.status().as_u16(), p)
+                };
+                statuses
+                    .lock()
+                    .unwrap()
+                    .push((Instant::now(), status, is_problem));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stopped_at = Instant::now();
+    cluster.stop("fast");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = client.get(format!("{base}/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "/ready while PostgreSQL is down");
+    let r = client
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "while down"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a create while PostgreSQL is down");
+    assert!(matches!(
+        store.ping().await,
+        Err(StorageError::Unavailable(_))
+    ));
+    let restarted_at = Instant::now();
+    cluster.pg_ctl_start();
+
+    // Recovery: ready again, and writes succeed, without restarting the API.
+    let recovered = loop {
+        let r = client.get(format!("{base}/ready")).send().await.unwrap();
+        if r.status() == 200 {
+            break Instant::now();
+        }
+        assert!(
+            restarted_at.elapsed() < Duration::from_secs(20),
+            "no recovery within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    running.store(false, Ordering::Relaxed);
+    while let Some(r) = load.join_next().await {
+        r.expect("a load worker panicked: the API did not answer");
+    }
+    let r = client
+        .post(format!("{base}/v1/tasks"))
+        .bearer_auth(&token)
+        .json(&json!({"title": "after"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a create after recovery");
+
+    let statuses = std::mem::take(&mut *statuses.lock().unwrap());
+    let before: Vec<_> = statuses.iter().filter(|(t, ..)| *t < stopped_at).collect();
+    let down: Vec<_> = statuses
+        .iter()
+        .filter(|(t, ..)| *t > stopped_at + Duration::from_millis(500) && *t < restarted_at)
+        .collect();
+    let after: Vec<_> = statuses
+        .iter()
+        .filter(|(t, ..)| *t > recovered + Duration::from_millis(200))
+        .collect();
+    println!(
+        "requests: {} before the stop, {} while down, {} after recovery ({:?} to recover)",
+        before.len(),
+        down.len(),
+        after.len(),
+        recovered - restarted_at
+    );
+    assert!(!before.is_empty() && !down.is_empty() && !after.is_empty());
+    assert!(
+        before.iter().all(|(_, s, _)| *s == 200 || *s == 201),
+        "all served before the stop"
+    );
+    assert!(
+        down.iter().all(|(_, s, p)| *s == 503 && *p),
+        "only 503 problems while down: {down:?}"
+    );
+    assert!(
+        after.iter().all(|(_, s, _)| *s == 200 || *s == 201),
+        "all served after recovery: {after:?}"
+    );
+    // Everything acknowledged (and the create above) survived the restart.
+    let acknowledged = statuses.iter().filter(|(_, s, _)| *s == 201).count() as u64;
+    assert!(
+        store.count_tasks().await.unwrap() > acknowledged,
+        "an acknowledged create was lost"
+    );
+
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    store.close().await;
+    drop(db);
+}
