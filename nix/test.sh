@@ -11,7 +11,7 @@ Usage: nix/test.sh [--no-coverage] [--html] [-- NEXTEST_ARGS...]
 
 Runs the whole test suite with cargo-nextest: unit, integration, process,
 storage contract (redb and PostgreSQL) and property tests. By default under
-cargo-llvm-cov: prints line and branch coverage and fails below the gate
+cargo-llvm-cov: prints line, region and function coverage and fails below the gate
 (COVERAGE_MIN_LINES, default in this script).
 
 Options:
@@ -58,12 +58,15 @@ if ((coverage)); then
     log "installing cargo-llvm-cov (once)"
     cargo install --locked cargo-llvm-cov
   fi
-  run=(cargo llvm-cov nextest --locked --branch --fail-under-lines "$min_lines")
+  # Lines, regions and functions. Branch coverage needs the unstable
+  # `-Z coverage-options=branch`, and with rustc 1.95 the llvm-cov it ships
+  # crashes (SIGSEGV) reading such objects, so it is not measured (README).
+  run=(cargo llvm-cov nextest --locked --fail-under-lines "$min_lines")
   ((html)) && run+=(--html)
 else
   run=(cargo nextest run --locked)
 fi
-run+=(--workspace --all-targets "${extra[@]}")
+run+=(--workspace "${extra[@]}")
 
 if [[ -n "${TEST_DATABASE_URL:-}" ]]; then
   log "PostgreSQL: using TEST_DATABASE_URL"

@@ -73,3 +73,13 @@ async fn openapi_document_is_served_and_unchanged() {
     // Reviewed on change: `cargo insta review` after an intended change.
     insta::assert_snapshot!("openapi", devops_api::http::openapi::document_json());
 }
+
+#[tokio::test]
+async fn shutdown_finishes_and_closes_the_listener() {
+    let app = spawn_app().await;
+    let url = app.url("/health");
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+    app.shutdown().await;
+    let err = reqwest::Client::new().get(&url).send().await;
+    assert!(err.is_err(), "nothing listens after shutdown");
+}

@@ -58,8 +58,16 @@ async fn sigterm_drains_without_failing_a_request_then_exits_0() {
     for w in workers {
         w.await.unwrap();
     }
-    let status = tokio::task::spawn_blocking(move || server.wait(Duration::from_secs(10))).await.unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || {
+        let status = server.wait(Duration::from_secs(10));
+        (status, server.log.try_iter().collect::<Vec<_>>().join("\n"))
+    })
+    .await
+    .unwrap();
     assert!(status.success(), "exit status {status:?}");
+    for step in ["not ready, draining", "no longer accepting connections", "stopped"] {
+        assert!(log.contains(step), "log says `{step}`:\n{log}");
+    }
     assert!(signalled.elapsed() >= Duration::from_secs(2), "the drain lasted its delay");
     assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed ({served_before_stop} served)");
     assert!(served_before_stop > 50);
