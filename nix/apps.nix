@@ -21,6 +21,8 @@ let
     git
     jq
     openssh
+    openssl
+    python3
     docker-client
     skopeo
   ];

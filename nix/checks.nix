@@ -38,6 +38,7 @@ let
   nixFiles = lib.fileset.fileFilter (file: file.hasExt "nix") root;
   shellScripts = lib.fileset.fileFilter (file: file.hasExt "sh") (root + "/nix");
   workflows = root + "/.gitea/workflows";
+  actionlintConfig = root + "/nix/actionlint.yaml";
   stackFile = root + "/stack.yml";
 in
 {
@@ -77,9 +78,16 @@ in
 }
 // lib.optionalAttrs (image != null) { inherit image; }
 // lib.optionalAttrs (lib.pathExists workflows) {
-  actionlint = lint "actionlint" workflows [ pkgs.actionlint pkgs.shellcheck ] ''
-    actionlint .gitea/workflows/*.y*ml
-  '';
+  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/actionlint.yaml.
+  actionlint =
+    lint "actionlint"
+      (lib.fileset.unions (
+        [ workflows ] ++ lib.optional (lib.pathExists actionlintConfig) actionlintConfig
+      ))
+      [ pkgs.actionlint pkgs.shellcheck ]
+      ''
+        actionlint ${lib.optionalString (lib.pathExists actionlintConfig) "-config-file nix/actionlint.yaml"} .gitea/workflows/*.y*ml
+      '';
 }
 // lib.optionalAttrs (lib.pathExists stackFile) {
   # `docker stack config` validates the file against the compose schema without a daemon.

@@ -13,7 +13,6 @@ craneLib.cargoNextest (
   crate.commonArgs
   // {
     inherit (crate) cargoArtifacts;
-    pnameSuffix = "-coverage";
     withLlvmCov = true;
     cargoNextestExtraArgs = "--no-tests=pass -E '${crate.hermeticTests}'";
     LLVM_COV = "${llvm}/bin/llvm-cov";

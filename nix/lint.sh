@@ -15,7 +15,7 @@ Runs, printing each check's name and result (exit status non-zero if any check f
   flake-metadata   nix flake metadata --offline --no-update-lock-file: flake.lock covers every input
   pins             flake.lock nodes equal the shared pins (PINS_JSON, default ../shared/nix/pins.json)
   shellcheck       shellcheck nix/*.sh
-  actionlint       actionlint .gitea/workflows/* (when the directory exists)
+  actionlint       actionlint [-config-file nix/actionlint.yaml] .gitea/workflows/* (when it exists)
   stack-config     docker stack config -c stack.yml with placeholder variables (when stack.yml exists)
 
 Missing tools are installed unless --no-install: nixfmt and deadnix with `cargo install --locked`
@@ -170,7 +170,10 @@ check_actionlint() {
   local workflows=()
   mapfile -t workflows < <(find .gitea/workflows -maxdepth 1 -name '*.y*ml' | sort)
   [[ ${#workflows[@]} -gt 0 ]] || { echo "no workflow files in .gitea/workflows"; return 0; }
-  actionlint "${workflows[@]}"
+  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/actionlint.yaml.
+  local config=()
+  [[ -f nix/actionlint.yaml ]] && config=(-config-file nix/actionlint.yaml)
+  actionlint "${config[@]}" "${workflows[@]}"
 }
 
 # A docker client that has `stack config` (client >= 25; Debian's docker.io 20.10 has not).
