@@ -25,7 +25,10 @@ pub struct PrincipalName(String);
 
 impl PrincipalName {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let ok_first = raw.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+        let ok_first = raw
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
         let ok_rest = raw
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -76,7 +79,8 @@ impl StaticTokens {
             let (name, token) = line
                 .split_once(':')
                 .ok_or_else(|| format!("line {}: expected NAME:TOKEN", n + 1))?;
-            let name = PrincipalName::parse(name.trim()).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let name =
+                PrincipalName::parse(name.trim()).map_err(|e| format!("line {}: {e}", n + 1))?;
             let token = token.trim();
             if token.len() < 22 {
                 return Err(format!(

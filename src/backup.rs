@@ -41,7 +41,8 @@ pub async fn backup(store: &dyn Store, out: &Path, progress: Progress<'_>) -> an
     let total = records.len() as u64;
     let tmp = out.with_extension("partial");
     {
-        let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = BufWriter::new(file);
         let header = Header {
             format: FORMAT.into(),
@@ -72,8 +73,13 @@ pub async fn backup(store: &dyn Store, out: &Path, progress: Progress<'_>) -> an
     }
     progress("written", total, total);
     let back = read(&tmp, &mut |_, _, _| {}).context("verifying the backup just written")?;
-    ensure!(back.len() as u64 == total, "verification read {} records, wrote {total}", back.len());
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot move the backup to {}", out.display()))?;
+    ensure!(
+        back.len() as u64 == total,
+        "verification read {} records, wrote {total}",
+        back.len()
+    );
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("cannot move the backup to {}", out.display()))?;
     Ok(total)
 }
 
@@ -82,11 +88,21 @@ pub fn read(path: &Path, progress: Progress<'_>) -> anyhow::Result<Vec<BackupRec
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut lines = BufReader::new(file).lines();
     let header: Header = match lines.next() {
-        Some(line) => serde_json::from_str(&line?).context("the first line is not a backup header")?,
+        Some(line) => {
+            serde_json::from_str(&line?).context("the first line is not a backup header")?
+        }
         None => bail!("{} is empty", path.display()),
     };
-    ensure!(header.format == FORMAT, "{} is not a devops-api backup", path.display());
-    ensure!(header.version == VERSION, "backup format version {} is not supported (expected {VERSION})", header.version);
+    ensure!(
+        header.format == FORMAT,
+        "{} is not a devops-api backup",
+        path.display()
+    );
+    ensure!(
+        header.version == VERSION,
+        "backup format version {} is not supported (expected {VERSION})",
+        header.version
+    );
     let mut hash = Sha256::new();
     let mut records = Vec::new();
     let mut trailer = None;
@@ -111,7 +127,10 @@ pub fn read(path: &Path, progress: Progress<'_>) -> anyhow::Result<Vec<BackupRec
         }
     }
     let Some(trailer) = trailer else {
-        bail!("the backup is truncated: no trailer after {} records", records.len());
+        bail!(
+            "the backup is truncated: no trailer after {} records",
+            records.len()
+        );
     };
     ensure!(
         trailer.records == records.len() as u64,
@@ -128,7 +147,11 @@ pub fn read(path: &Path, progress: Progress<'_>) -> anyhow::Result<Vec<BackupRec
 
 /// Restores `path` into `store`, which must be empty, and verifies by reading
 /// everything back.
-pub async fn restore(store: &dyn Store, path: &Path, progress: Progress<'_>) -> anyhow::Result<u64> {
+pub async fn restore(
+    store: &dyn Store,
+    path: &Path,
+    progress: Progress<'_>,
+) -> anyhow::Result<u64> {
     let records = read(path, progress)?;
     let total = records.len() as u64;
     progress("checked", total, total);
@@ -140,15 +163,24 @@ pub async fn restore(store: &dyn Store, path: &Path, progress: Progress<'_>) -> 
         e => e.into(),
     })?;
     progress("imported", written, total);
-    let back = store.export().await.context("reading back the restored data")?;
-    ensure!(digest_of(&back) == expected, "verification failed: the restored data differs from the backup");
+    let back = store
+        .export()
+        .await
+        .context("reading back the restored data")?;
+    ensure!(
+        digest_of(&back) == expected,
+        "verification failed: the restored data differs from the backup"
+    );
     progress("verified", total, total);
     Ok(total)
 }
 
 /// An order-independent digest of records.
 fn digest_of(records: &[BackupRecord]) -> Vec<u8> {
-    let mut lines: Vec<Vec<u8>> = records.iter().map(|r| serde_json::to_vec(r).expect("records serialise")).collect();
+    let mut lines: Vec<Vec<u8>> = records
+        .iter()
+        .map(|r| serde_json::to_vec(r).expect("records serialise"))
+        .collect();
     lines.sort();
     let mut h = Sha256::new();
     for l in lines {

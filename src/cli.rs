@@ -46,7 +46,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{name} must be a non-negative number of seconds, got {v}"))
+    Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("{name} must be a non-negative number of seconds, got {v}"))
 }
 
 /// Opens the configured store: PostgreSQL when a database URL is configured
@@ -185,7 +186,9 @@ async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
                  Use it as `Authorization: Bearer {token}`.\n\
                  Manage tokens with `devops-api token create|list|revoke`.\n"
             );
-            tracing::warn!("created the bootstrap token for `admin`; it was printed on standard output");
+            tracing::warn!(
+                "created the bootstrap token for `admin`; it was printed on standard output"
+            );
             Ok(())
         }
         // Another process on the same file won the race: it printed the token.
@@ -211,7 +214,10 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                         ),
                         e => e.into(),
                     })?;
-                eprintln!("Token for `{}` (shown only now; store it safely):", name.as_str());
+                eprintln!(
+                    "Token for `{}` (shown only now; store it safely):",
+                    name.as_str()
+                );
                 println!("{token}");
             }
             TokenAction::List => {
@@ -220,7 +226,11 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                     eprintln!("no tokens");
                 }
                 for t in tokens {
-                    println!("{}\t{}", t.name, crate::domain::rfc3339::format(&t.created_at));
+                    println!(
+                        "{}\t{}",
+                        t.name,
+                        crate::domain::rfc3339::format(&t.created_at)
+                    );
                 }
             }
             TokenAction::Revoke { name } => {
@@ -252,7 +262,10 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<()> {
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
     store.close().await;
     let n = result?;
-    eprintln!("backup of {n} records written to {} and verified", args.out.display());
+    eprintln!(
+        "backup of {n} records written to {} and verified",
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -261,7 +274,10 @@ async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
     let result = crate::backup::restore(store.as_ref(), &args.file, &mut report).await;
     store.close().await;
     let n = result?;
-    eprintln!("restored {n} records from {} and verified", args.file.display());
+    eprintln!(
+        "restored {n} records from {} and verified",
+        args.file.display()
+    );
     Ok(())
 }
 
@@ -270,7 +286,10 @@ fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
         .url
         .clone()
         .unwrap_or_else(|| format!("http://127.0.0.1:{}/ready", args.listen.port()));
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("unhealthy: cannot start runtime: {e}");
@@ -302,8 +321,13 @@ async fn get_status(url: &str) -> anyhow::Result<u16> {
     use http_body_util::Empty;
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
-    let uri: hyper::Uri = url.parse().with_context(|| format!("invalid URL `{url}`"))?;
-    anyhow::ensure!(uri.scheme_str() == Some("http"), "only http:// URLs are supported");
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("invalid URL `{url}`"))?;
+    anyhow::ensure!(
+        uri.scheme_str() == Some("http"),
+        "only http:// URLs are supported"
+    );
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<axum::body::Bytes>>();
     let resp = client.get(uri).await.context("request failed")?;
     Ok(resp.status().as_u16())

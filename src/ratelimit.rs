@@ -27,10 +27,12 @@ impl RateLimiter {
     /// `Ok` to proceed, or the whole seconds to wait before retrying.
     pub fn check(&self, principal: &str) -> Result<(), u64> {
         // Allocates only for the key lookup; principals are few and short.
-        self.inner.check_key(&principal.to_owned()).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        })
+        self.inner
+            .check_key(&principal.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            })
     }
 
     /// Forget principals whose buckets are full again, so memory stays bounded.

@@ -22,7 +22,10 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         lifecycle.start_draining();
-        tracing::info!(drain_seconds = policy.drain.as_secs_f64(), "stop requested: not ready, draining");
+        tracing::info!(
+            drain_seconds = policy.drain.as_secs_f64(),
+            "stop requested: not ready, draining"
+        );
         tokio::time::sleep(policy.drain).await;
         tracing::info!("drain over: no longer accepting connections");
         let _ = drained_tx.send(());

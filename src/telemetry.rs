@@ -27,7 +27,11 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     }
     .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
 }

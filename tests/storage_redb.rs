@@ -70,7 +70,10 @@ async fn exclusive_file_is_locked_with_a_clear_error() {
     let _held = RedbStore::open(&cfg).unwrap();
     let err = RedbStore::open(&cfg).err().expect("second open fails");
     let msg = err.to_string();
-    assert!(msg.contains("locked by another process") && msg.contains("multi-writer"), "{msg}");
+    assert!(
+        msg.contains("locked by another process") && msg.contains("multi-writer"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -78,15 +81,26 @@ async fn unwritable_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let err = RedbStore::open(&RedbConfig::new(file.join("sub"))).err().expect("fails");
-    assert!(err.to_string().contains("cannot create data directory"), "{err}");
+    let err = RedbStore::open(&RedbConfig::new(file.join("sub")))
+        .err()
+        .expect("fails");
+    assert!(
+        err.to_string().contains("cannot create data directory"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn closed_store_reports_unavailable() {
     let fx = redb_fixture().await;
     fx.store.close().await;
-    assert!(matches!(fx.store.ping().await, Err(StorageError::Unavailable(_))));
-    let r = fx.store.create_task("alice", contract::new_task("late")).await;
+    assert!(matches!(
+        fx.store.ping().await,
+        Err(StorageError::Unavailable(_))
+    ));
+    let r = fx
+        .store
+        .create_task("alice", contract::new_task("late"))
+        .await;
     assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
 }

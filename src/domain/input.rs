@@ -23,7 +23,14 @@ impl FieldError {
     }
 }
 
-const FIELDS: [&str; 6] = ["title", "description", "status", "priority", "due_at", "tags"];
+const FIELDS: [&str; 6] = [
+    "title",
+    "description",
+    "status",
+    "priority",
+    "due_at",
+    "tags",
+];
 
 /// What a write asks for, validated against the task's current state by the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +105,9 @@ fn parse_full(body: &Value) -> Result<TaskFields, Vec<FieldError>> {
     });
     let status = opt(obj, "status", &mut errs, status);
     let priority = opt(obj, "priority", &mut errs, priority);
-    let due_at = opt(obj, "due_at", &mut errs, |v| string(v).and_then(DueAt::parse));
+    let due_at = opt(obj, "due_at", &mut errs, |v| {
+        string(v).and_then(DueAt::parse)
+    });
     let tags = match obj.get("tags") {
         None => Some(Tags::default()),
         Some(v) => tags(v, &mut errs),
@@ -124,13 +133,19 @@ pub fn parse_merge_patch(body: &Value) -> Result<TaskChange, Vec<FieldError>> {
     let mut patch = MergePatch::default();
     for (key, v) in obj {
         match key.as_str() {
-            "title" => patch.title = required(&mut errs, key, v, |v| string(v).and_then(Title::parse)),
+            "title" => {
+                patch.title = required(&mut errs, key, v, |v| string(v).and_then(Title::parse))
+            }
             "status" => patch.status = required(&mut errs, key, v, status),
             "priority" => patch.priority = required(&mut errs, key, v, priority),
             "description" => {
-                patch.description = nullable(&mut errs, key, v, |v| string(v).and_then(Description::parse))
+                patch.description = nullable(&mut errs, key, v, |v| {
+                    string(v).and_then(Description::parse)
+                })
             }
-            "due_at" => patch.due_at = nullable(&mut errs, key, v, |v| string(v).and_then(DueAt::parse)),
+            "due_at" => {
+                patch.due_at = nullable(&mut errs, key, v, |v| string(v).and_then(DueAt::parse))
+            }
             "tags" => {
                 patch.tags = if v.is_null() {
                     Some(Tags::default())
@@ -271,17 +286,27 @@ mod tests {
 
     #[test]
     fn merge_patch_null_removes_optional_and_rejects_required() {
-        let base = Task::create(parse_create(&json!({
-            "title": "a", "description": "d", "due_at": "2030-01-01T00:00:00Z", "tags": ["x"]
-        })).unwrap());
-        let change = parse_merge_patch(&json!({"description": null, "due_at": null, "tags": null})).unwrap();
+        let base = Task::create(
+            parse_create(&json!({
+                "title": "a", "description": "d", "due_at": "2030-01-01T00:00:00Z", "tags": ["x"]
+            }))
+            .unwrap(),
+        );
+        let change =
+            parse_merge_patch(&json!({"description": null, "due_at": null, "tags": null})).unwrap();
         let t = change.apply(&base);
         assert_eq!(t.fields.description, None);
         assert_eq!(t.fields.due_at, None);
         assert!(t.fields.tags.is_empty());
         assert_eq!(t.version, 2);
-        assert_eq!(fields(parse_merge_patch(&json!({"title": null})).unwrap_err()), ["title"]);
-        assert_eq!(fields(parse_merge_patch(&json!({"nope": 1})).unwrap_err()), ["nope"]);
+        assert_eq!(
+            fields(parse_merge_patch(&json!({"title": null})).unwrap_err()),
+            ["title"]
+        );
+        assert_eq!(
+            fields(parse_merge_patch(&json!({"nope": 1})).unwrap_err()),
+            ["nope"]
+        );
     }
 
     #[test]

@@ -105,7 +105,9 @@ impl Description {
             .chars()
             .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
         {
-            return Err("must not contain control characters other than line breaks and tabs".into());
+            return Err(
+                "must not contain control characters other than line breaks and tabs".into(),
+            );
         }
         Ok(Self(raw.to_owned()))
     }
@@ -417,7 +419,10 @@ mod tests {
     #[test]
     fn due_at_normalises_to_utc_micros() {
         let d = DueAt::parse("2026-01-31T18:00:00.123456789+01:00").unwrap();
-        assert_eq!(rfc3339::format(&d.as_datetime()), "2026-01-31T17:00:00.123456Z");
+        assert_eq!(
+            rfc3339::format(&d.as_datetime()),
+            "2026-01-31T17:00:00.123456Z"
+        );
         assert!(DueAt::parse("tomorrow").is_err());
     }
 

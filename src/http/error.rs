@@ -82,7 +82,11 @@ impl ApiError {
                 "about:blank",
                 "A valid bearer token is required.".into(),
             ),
-            NotFound => (StatusCode::NOT_FOUND, "about:blank", "No such resource.".into()),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "about:blank",
+                "No such resource.".into(),
+            ),
             MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 "about:blank",
@@ -101,7 +105,8 @@ impl ApiError {
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "about:blank",
-                "Send the body as application/json (or application/merge-patch+json for PATCH).".into(),
+                "Send the body as application/json (or application/merge-patch+json for PATCH)."
+                    .into(),
             ),
             IdempotencyMismatch => (
                 StatusCode::UNPROCESSABLE_ENTITY,

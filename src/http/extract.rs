@@ -79,7 +79,9 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        json_body(req, state, &["application/json"]).await.map(JsonBody)
+        json_body(req, state, &["application/json"])
+            .await
+            .map(JsonBody)
     }
 }
 
@@ -87,9 +89,13 @@ impl FromRequest<AppState> for MergePatchBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        json_body(req, state, &["application/merge-patch+json", "application/json"])
-            .await
-            .map(MergePatchBody)
+        json_body(
+            req,
+            state,
+            &["application/merge-patch+json", "application/json"],
+        )
+        .await
+        .map(MergePatchBody)
     }
 }
 
@@ -137,7 +143,10 @@ pub fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
 
 /// Whether `If-None-Match` matches `version` (weak comparison).
 pub fn if_none_match(headers: &HeaderMap, version: u64) -> bool {
-    let Some(raw) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+    let Some(raw) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     raw.split(',').any(|t| {

@@ -36,7 +36,10 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     }
 }
 
@@ -44,7 +47,8 @@ impl Modify for BearerAuth {
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+        let mut doc =
+            serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
         fix_link_field_names(&mut doc);
         serde_json::to_string_pretty(&doc).expect("JSON values serialise")
     })
@@ -53,7 +57,9 @@ pub fn document_json() -> &'static str {
 /// utoipa 5.5 writes Link Objects with Rust field names (`operation_id`);
 /// OpenAPI names them `operationId`, `operationRef`, `requestBody`.
 fn fix_link_field_names(doc: &mut serde_json::Value) {
-    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
     let responses = paths
         .values_mut()
         .filter_map(|item| item.as_object_mut())
@@ -61,9 +67,15 @@ fn fix_link_field_names(doc: &mut serde_json::Value) {
         .filter_map(|op| op.get_mut("responses").and_then(|r| r.as_object_mut()))
         .flat_map(|r| r.values_mut());
     for response in responses {
-        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else { continue };
+        let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else {
+            continue;
+        };
         for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
-            for (from, to) in [("operation_id", "operationId"), ("operation_ref", "operationRef"), ("request_body", "requestBody")] {
+            for (from, to) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
                 if let Some(v) = link.remove(from) {
                     link.insert(to.to_owned(), v);
                 }

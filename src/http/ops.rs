@@ -16,7 +16,11 @@ pub fn routes(with_metrics: bool) -> Router<AppState> {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi));
-    if with_metrics { r.merge(metrics_routes()) } else { r }
+    if with_metrics {
+        r.merge(metrics_routes())
+    } else {
+        r
+    }
 }
 
 pub fn metrics_routes() -> Router<AppState> {
@@ -72,8 +76,10 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
 pub async fn openapi() -> Response {
     let mut resp = super::openapi::document_json().into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -84,4 +90,3 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
-

@@ -16,7 +16,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{IfMatch, JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match};
+use super::extract::{
+    IfMatch, JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match,
+};
 use super::{ApiError, AppState, Problem};
 use crate::domain::{self, FieldError, Priority, Status, Task, TaskChange, TaskId};
 use crate::storage::{Created, Idempotency, ListQuery, NewTask, Order};
@@ -26,7 +28,10 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/tasks", get(list_tasks).post(create_task))
         .route(
             "/v1/tasks/{id}",
-            get(get_task).put(replace_task).patch(patch_task).delete(delete_task),
+            get(get_task)
+                .put(replace_task)
+                .patch(patch_task)
+                .delete(delete_task),
         )
 }
 
@@ -65,9 +70,16 @@ pub struct TaskSchema {
 #[allow(dead_code)]
 pub struct TaskInputSchema {
     /// 1–200 characters after trimming; no control characters.
-    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     title: String,
-    #[schema(max_length = 10000, pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        max_length = 10000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+    )]
     description: Option<String>,
     /// Default `todo`.
     status: Option<Status>,
@@ -87,9 +99,17 @@ pub struct TaskInputSchema {
 #[schema(as = TaskPatch)]
 #[allow(dead_code)]
 pub struct TaskPatchSchema {
-    #[schema(nullable = false, min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        nullable = false,
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     title: Option<String>,
-    #[schema(max_length = 10000, pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$")]
+    #[schema(
+        max_length = 10000,
+        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+    )]
     description: Option<String>,
     #[schema(nullable = false)]
     status: Option<Status>,
@@ -168,7 +188,10 @@ fn task_response(status: StatusCode, task: &Task) -> Response {
     resp
 }
 
-fn idempotency(headers: &HeaderMap, fields: &domain::TaskFields) -> Result<Option<Idempotency>, ApiError> {
+fn idempotency(
+    headers: &HeaderMap,
+    fields: &domain::TaskFields,
+) -> Result<Option<Idempotency>, ApiError> {
     let Some(raw) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -298,7 +321,8 @@ async fn list_tasks(
     Principal(owner): Principal,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
+    let Query(params) =
+        params.map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
     let query = parse_list_query(&params)?;
     let page = state.store.list_tasks(&owner, &query).await?;
     Ok(axum::Json(TaskPage {
@@ -427,7 +451,10 @@ async fn update(
     change: TaskChange,
 ) -> Result<Response, ApiError> {
     let expected = expected_version(&state, &owner, id, &headers).await?;
-    let task = state.store.update_task(&owner, id, change, expected).await?;
+    let task = state
+        .store
+        .update_task(&owner, id, change, expected)
+        .await?;
     Ok(task_response(StatusCode::OK, &task))
 }
 

@@ -12,15 +12,34 @@ async fn v1_needs_a_valid_bearer_token() {
     let r = app.client.get(app.url("/v1/tasks")).send().await.unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     problem(r, 401).await;
-    for header in ["Bearer nope", "Basic YWxpY2U6eA==", "Bearer", &format!("Token {}", app.alice)] {
-        let r = app.client.get(app.url("/v1/tasks")).header("authorization", header).send().await.unwrap();
+    for header in [
+        "Bearer nope",
+        "Basic YWxpY2U6eA==",
+        "Bearer",
+        &format!("Token {}", app.alice),
+    ] {
+        let r = app
+            .client
+            .get(app.url("/v1/tasks"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
         problem(r, 401).await;
     }
     // Both token sources work: the tokens file (alice) and the database (bob).
     assert_eq!(app.list(&app.alice, "").await.status(), 200);
     assert_eq!(app.list(&app.bob, "").await.status(), 200);
     // /health and /ready need no token.
-    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -37,7 +56,11 @@ async fn another_principals_task_is_404_everywhere() {
     let t = app.create_ok(&app.alice, json!({"title": "alice's"})).await;
     let id = t["id"].as_str().unwrap();
     problem(app.get(&app.bob, id).await, 404).await;
-    problem(app.patch(&app.bob, id, json!({"title": "bob's"})).await, 404).await;
+    problem(
+        app.patch(&app.bob, id, json!({"title": "bob's"})).await,
+        404,
+    )
+    .await;
     problem(app.put(&app.bob, id, json!({"title": "bob's"})).await, 404).await;
     problem(app.delete(&app.bob, id).await, 404).await;
     let page: Value = app.list(&app.bob, "").await.json().await.unwrap();
@@ -48,7 +71,11 @@ async fn another_principals_task_is_404_everywhere() {
 
 #[tokio::test]
 async fn rate_limit_answers_429_with_retry_after() {
-    let app = spawn_app_with(ApiConfig { rate_limit: Some(2), ..ApiConfig::default() }).await;
+    let app = spawn_app_with(ApiConfig {
+        rate_limit: Some(2),
+        ..ApiConfig::default()
+    })
+    .await;
     let mut limited = None;
     for _ in 0..10 {
         let r = app.list(&app.alice, "").await;
@@ -58,20 +85,33 @@ async fn rate_limit_answers_429_with_retry_after() {
         }
     }
     let r = limited.expect("limited within 10 requests at 2/s");
-    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry));
     problem(r, 429).await;
-    assert_eq!(app.list(&app.bob, "").await.status(), 200, "limits are per principal");
+    assert_eq!(
+        app.list(&app.bob, "").await.status(),
+        200,
+        "limits are per principal"
+    );
 }
 
 #[tokio::test]
 async fn task_quota_per_principal() {
-    let app = spawn_app_with(ApiConfig { max_tasks_per_principal: 2, ..ApiConfig::default() }).await;
+    let app = spawn_app_with(ApiConfig {
+        max_tasks_per_principal: 2,
+        ..ApiConfig::default()
+    })
+    .await;
     app.create_ok(&app.alice, json!({"title": "1"})).await;
     app.create_ok(&app.alice, json!({"title": "2"})).await;
     let body = problem(app.create(&app.alice, json!({"title": "3"})).await, 422).await;
     assert!(body["detail"].as_str().unwrap().contains("at most 2"));
-    app.create_ok(&app.bob, json!({"title": "bob's first"})).await;
+    app.create_ok(&app.bob, json!({"title": "bob's first"}))
+        .await;
 }
 
 #[tokio::test]

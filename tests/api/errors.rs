@@ -22,8 +22,14 @@ async fn malformed_json_is_400() {
 #[tokio::test]
 async fn wrong_content_type_is_415() {
     let app = spawn_app().await;
-    for ct in [Some("text/plain"), Some("application/merge-patch+json"), None] {
-        let mut req = app.req(Method::POST, "/v1/tasks", &app.alice).body("{\"title\":\"a\"}");
+    for ct in [
+        Some("text/plain"),
+        Some("application/merge-patch+json"),
+        None,
+    ] {
+        let mut req = app
+            .req(Method::POST, "/v1/tasks", &app.alice)
+            .body("{\"title\":\"a\"}");
         if let Some(ct) = ct {
             req = req.header("content-type", ct);
         }
@@ -46,7 +52,11 @@ async fn unknown_route_is_404_and_wrong_method_is_405() {
     problem(r, 404).await;
     let r = app.client.delete(app.url("/health")).send().await.unwrap();
     problem(r, 405).await;
-    let r = app.req(Method::PUT, "/v1/tasks", &app.alice).send().await.unwrap();
+    let r = app
+        .req(Method::PUT, "/v1/tasks", &app.alice)
+        .send()
+        .await
+        .unwrap();
     problem(r, 405).await;
 }
 
@@ -56,8 +66,17 @@ async fn malformed_id_is_400_and_unknown_id_is_404() {
     let body = problem(app.get(&app.alice, "not-a-uuid").await, 400).await;
     assert_eq!(error_fields(&body), ["id"]);
     // A UUID of another version is well formed but cannot name a task.
-    problem(app.get(&app.alice, "6ba7b810-9dad-11d1-80b4-00c04fd430c8").await, 404).await;
-    problem(app.get(&app.alice, &uuid::Uuid::now_v7().to_string()).await, 404).await;
+    problem(
+        app.get(&app.alice, "6ba7b810-9dad-11d1-80b4-00c04fd430c8")
+            .await,
+        404,
+    )
+    .await;
+    problem(
+        app.get(&app.alice, &uuid::Uuid::now_v7().to_string()).await,
+        404,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -68,14 +87,26 @@ async fn validation_is_422_listing_every_field() {
         (json!({"title": "   "}), vec!["title"]),
         (json!({"title": "x".repeat(201)}), vec!["title"]),
         (json!({"title": "a\u{0007}"}), vec!["title"]),
-        (json!({"title": "a", "description": "d".repeat(10_001)}), vec!["description"]),
-        (json!({"title": "a", "status": "later", "priority": "urgent"}), vec!["priority", "status"]),
+        (
+            json!({"title": "a", "description": "d".repeat(10_001)}),
+            vec!["description"],
+        ),
+        (
+            json!({"title": "a", "status": "later", "priority": "urgent"}),
+            vec!["priority", "status"],
+        ),
         (json!({"title": "a", "due_at": "next week"}), vec!["due_at"]),
         (json!({"title": "a", "tags": ["x", "x"]}), vec!["tags"]),
-        (json!({"title": "a", "tags": (0..21).map(|i| i.to_string()).collect::<Vec<_>>()}), vec!["tags"]),
+        (
+            json!({"title": "a", "tags": (0..21).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            vec!["tags"],
+        ),
         (json!({"title": "a", "tags": [""]}), vec!["tags[0]"]),
         (json!({"title": "a", "tags": "x"}), vec!["tags"]),
-        (json!({"title": "a", "id": "mine", "version": 3}), vec!["id", "version"]),
+        (
+            json!({"title": "a", "id": "mine", "version": 3}),
+            vec!["id", "version"],
+        ),
         (json!(["title"]), vec![""]),
     ];
     for (body, fields) in cases {

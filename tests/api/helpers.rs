@@ -32,14 +32,20 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&RedbConfig::new(dir.path())).expect("open store"));
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&RedbConfig::new(dir.path())).expect("open store"));
     let alice = auth::generate_token();
     let bob = auth::generate_token();
-    store.create_token("bob", auth::digest(&bob)).await.expect("token");
+    store
+        .create_token("bob", auth::digest(&bob))
+        .await
+        .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");
     let state = AppState::new(store.clone(), config, tokens);
     let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(devops_api::server::serve(
@@ -53,7 +59,10 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     ));
     TestApp {
         addr,
-        client: Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        client: Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
         alice,
         bob,
         store,
@@ -70,11 +79,17 @@ impl TestApp {
     }
 
     pub fn req(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
-        self.client.request(method, self.url(path)).bearer_auth(token)
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
     }
 
     pub async fn create(&self, token: &str, body: Value) -> Response {
-        self.req(Method::POST, "/v1/tasks", token).json(&body).send().await.unwrap()
+        self.req(Method::POST, "/v1/tasks", token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates a task and returns its JSON (asserting 201).
@@ -85,11 +100,17 @@ impl TestApp {
     }
 
     pub async fn get(&self, token: &str, id: &str) -> Response {
-        self.req(Method::GET, &format!("/v1/tasks/{id}"), token).send().await.unwrap()
+        self.req(Method::GET, &format!("/v1/tasks/{id}"), token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn list(&self, token: &str, query: &str) -> Response {
-        self.req(Method::GET, &format!("/v1/tasks{query}"), token).send().await.unwrap()
+        self.req(Method::GET, &format!("/v1/tasks{query}"), token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn patch(&self, token: &str, id: &str, body: Value) -> Response {
@@ -102,11 +123,18 @@ impl TestApp {
     }
 
     pub async fn put(&self, token: &str, id: &str, body: Value) -> Response {
-        self.req(Method::PUT, &format!("/v1/tasks/{id}"), token).json(&body).send().await.unwrap()
+        self.req(Method::PUT, &format!("/v1/tasks/{id}"), token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn delete(&self, token: &str, id: &str) -> Response {
-        self.req(Method::DELETE, &format!("/v1/tasks/{id}"), token).send().await.unwrap()
+        self.req(Method::DELETE, &format!("/v1/tasks/{id}"), token)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Stops the server the way SIGTERM does, and waits for it.
@@ -125,7 +153,8 @@ impl TestApp {
 pub async fn problem(r: Response, status: u16) -> Value {
     assert_eq!(r.status(), status);
     assert_eq!(
-        r.headers()["content-type"], "application/problem+json",
+        r.headers()["content-type"],
+        "application/problem+json",
         "problem content type"
     );
     let body: Value = r.json().await.unwrap();
@@ -140,9 +169,12 @@ pub async fn problem(r: Response, status: u16) -> Value {
 pub fn error_fields(body: &Value) -> Vec<String> {
     let mut f: Vec<String> = body["errors"]
         .as_array()
-        .map(|a| a.iter().map(|e| e["field"].as_str().unwrap().to_owned()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
         .unwrap_or_default();
     f.sort();
     f
 }
-

@@ -9,19 +9,42 @@ async fn health_is_the_documented_body() {
     let app = spawn_app().await;
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": "healthy"}));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"status": "healthy"})
+    );
 }
 
 #[tokio::test]
 async fn ready_fails_while_draining_and_when_storage_is_closed() {
     let app = spawn_app().await;
-    assert_eq!(app.client.get(app.url("/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     app.lifecycle.start_draining();
     let r = app.client.get(app.url("/ready")).send().await.unwrap();
-    assert_eq!(r.headers()["connection"], "close", "draining responses close the connection");
+    assert_eq!(
+        r.headers()["connection"],
+        "close",
+        "draining responses close the connection"
+    );
     problem(r, 503).await;
     // Liveness is unaffected.
-    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 
     let app = crate::helpers::spawn_app().await;
     app.store.close().await;
@@ -33,7 +56,13 @@ async fn ready_fails_while_draining_and_when_storage_is_closed() {
 #[tokio::test]
 async fn request_id_is_propagated_or_generated() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/health")).header("x-request-id", "abc-123").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/health"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
     let r = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(r.headers()["x-request-id"].len(), 36);
@@ -44,12 +73,34 @@ async fn metrics_label_routes_by_template() {
     let app = spawn_app().await;
     let t = app.create_ok(&app.alice, json!({"title": "a"})).await;
     app.get(&app.alice, t["id"].as_str().unwrap()).await;
-    app.client.get(app.url("/random/scan/path")).send().await.unwrap();
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    app.client
+        .get(app.url("/random/scan/path"))
+        .send()
+        .await
+        .unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains(r#"route="/v1/tasks/{id}""#), "{text}");
     assert!(text.contains(r#"route="unmatched""#));
-    assert!(!text.contains("/random/scan/path"), "raw paths never become labels");
-    for name in ["http_requests_total", "http_request_duration_seconds_bucket", "http_requests_in_flight", "tasks_total", "build_info", "store_commit_seconds"] {
+    assert!(
+        !text.contains("/random/scan/path"),
+        "raw paths never become labels"
+    );
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds_bucket",
+        "http_requests_in_flight",
+        "tasks_total",
+        "build_info",
+        "store_commit_seconds",
+    ] {
         assert!(text.contains(name), "missing {name}");
     }
 }
@@ -57,12 +108,24 @@ async fn metrics_label_routes_by_template() {
 #[tokio::test]
 async fn openapi_document_is_served_and_unchanged() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/openapi.json")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths: Vec<_> = doc["paths"].as_object().unwrap().keys().cloned().collect();
-    for p in ["/health", "/ready", "/metrics", "/openapi.json", "/v1/tasks", "/v1/tasks/{id}"] {
+    for p in [
+        "/health",
+        "/ready",
+        "/metrics",
+        "/openapi.json",
+        "/v1/tasks",
+        "/v1/tasks/{id}",
+    ] {
         assert!(paths.contains(&p.to_owned()), "{p} documented");
     }
     let ops = &doc["paths"]["/v1/tasks/{id}"];

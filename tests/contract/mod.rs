@@ -90,7 +90,11 @@ async fn all_pages(s: &dyn Store, owner: &str, mut q: ListQuery) -> Vec<TaskId> 
         ids.extend(page.items.iter().map(|t| t.id));
         match page.next {
             Some(n) => {
-                assert_eq!(Some(n), page.items.last().map(|t| t.id), "next is the last item");
+                assert_eq!(
+                    Some(n),
+                    page.items.last().map(|t| t.id),
+                    "next is the last item"
+                );
                 q.after = Some(n);
             }
             None => return ids,
@@ -121,25 +125,41 @@ pub async fn create_then_get(store: Arc<dyn Store>) {
 pub async fn other_owner_sees_nothing(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "secret"})).await;
-    assert!(matches!(s.get_task("bob", t.id).await, Err(StorageError::NotFound)));
-    let page = s.list_tasks("bob", &page_query(10, Order::Asc, None)).await.unwrap();
+    assert!(matches!(
+        s.get_task("bob", t.id).await,
+        Err(StorageError::NotFound)
+    ));
+    let page = s
+        .list_tasks("bob", &page_query(10, Order::Asc, None))
+        .await
+        .unwrap();
     assert!(page.items.is_empty());
     let change = TaskChange::Replace(fields(json!({"title": "mine now"})));
     assert!(matches!(
         s.update_task("bob", t.id, change, None).await,
         Err(StorageError::NotFound)
     ));
-    assert!(matches!(s.delete_task("bob", t.id, None).await, Err(StorageError::NotFound)));
+    assert!(matches!(
+        s.delete_task("bob", t.id, None).await,
+        Err(StorageError::NotFound)
+    ));
     assert_eq!(s.get_task("alice", t.id).await.unwrap(), t);
     // A prefix of another owner's name is a different owner.
-    assert!(matches!(s.get_task("alic", t.id).await, Err(StorageError::NotFound)));
+    assert!(matches!(
+        s.get_task("alic", t.id).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 pub async fn list_pages_in_creation_order(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let mut made = Vec::new();
     for i in 0..25 {
-        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+        made.push(
+            create(s, "alice", json!({"title": format!("t{i}")}))
+                .await
+                .id,
+        );
     }
     create(s, "bob", json!({"title": "other"})).await;
     let got = all_pages(s, "alice", page_query(7, Order::Asc, None)).await;
@@ -152,26 +172,44 @@ pub async fn list_pages_descending(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let mut made = Vec::new();
     for i in 0..12 {
-        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+        made.push(
+            create(s, "alice", json!({"title": format!("t{i}")}))
+                .await
+                .id,
+        );
     }
     made.reverse();
-    assert_eq!(all_pages(s, "alice", page_query(5, Order::Desc, None)).await, made);
+    assert_eq!(
+        all_pages(s, "alice", page_query(5, Order::Desc, None)).await,
+        made
+    );
 }
 
 pub async fn pagination_is_stable_under_inserts_and_deletes(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let mut made = Vec::new();
     for i in 0..10 {
-        made.push(create(s, "alice", json!({"title": format!("t{i}")})).await.id);
+        made.push(
+            create(s, "alice", json!({"title": format!("t{i}")}))
+                .await
+                .id,
+        );
     }
-    let first = s.list_tasks("alice", &page_query(4, Order::Asc, None)).await.unwrap();
+    let first = s
+        .list_tasks("alice", &page_query(4, Order::Asc, None))
+        .await
+        .unwrap();
     let cursor = first.next.expect("more pages");
     // Delete one already seen and one not yet seen; add a new one.
     s.delete_task("alice", made[1], None).await.unwrap();
     s.delete_task("alice", made[6], None).await.unwrap();
     let added = create(s, "alice", json!({"title": "new"})).await.id;
     let rest = all_pages(s, "alice", page_query(4, Order::Asc, Some(cursor))).await;
-    let mut expected: Vec<_> = made[4..].iter().copied().filter(|id| *id != made[6]).collect();
+    let mut expected: Vec<_> = made[4..]
+        .iter()
+        .copied()
+        .filter(|id| *id != made[6])
+        .collect();
     expected.push(added);
     assert_eq!(rest, expected, "no task skipped or repeated");
 }
@@ -180,25 +218,76 @@ pub async fn list_filters_combine(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let a = create(s, "alice", json!({"title": "Deploy API", "status": "done", "priority": "high", "tags": ["ops"], "due_at": "2030-01-01T00:00:00Z"})).await;
     let b = create(s, "alice", json!({"title": "deploy docs", "status": "todo", "priority": "high", "tags": ["docs", "ops"], "due_at": "2031-01-01T00:00:00Z"})).await;
-    let c = create(s, "alice", json!({"title": "Write tests", "status": "todo", "priority": "low"})).await;
+    let c = create(
+        s,
+        "alice",
+        json!({"title": "Write tests", "status": "todo", "priority": "low"}),
+    )
+    .await;
     let q = |f: fn(&mut ListQuery)| {
         let mut q = page_query(100, Order::Asc, None);
         f(&mut q);
         q
     };
     let ids = |p: devops_api::storage::Page| p.items.into_iter().map(|t| t.id).collect::<Vec<_>>();
-    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.status = Some(domain::Status::Todo))).await.unwrap()), [b.id, c.id]);
-    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.priority = Some(domain::Priority::High))).await.unwrap()), [a.id, b.id]);
-    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.tag = Some("docs".into()))).await.unwrap()), [b.id]);
-    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.q = Some("deploy".into()))).await.unwrap()), [a.id, b.id]);
-    assert_eq!(ids(s.list_tasks("alice", &q(|q| q.q = Some("%".into()))).await.unwrap()), Vec::<TaskId>::new(), "no wildcards");
     assert_eq!(
-        ids(s.list_tasks("alice", &q(|q| q.due_before = Some("2030-06-01T00:00:00Z".parse().unwrap()))).await.unwrap()),
+        ids(s
+            .list_tasks("alice", &q(|q| q.status = Some(domain::Status::Todo)))
+            .await
+            .unwrap()),
+        [b.id, c.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_tasks("alice", &q(|q| q.priority = Some(domain::Priority::High)))
+            .await
+            .unwrap()),
+        [a.id, b.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_tasks("alice", &q(|q| q.tag = Some("docs".into())))
+            .await
+            .unwrap()),
+        [b.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_tasks("alice", &q(|q| q.q = Some("deploy".into())))
+            .await
+            .unwrap()),
+        [a.id, b.id]
+    );
+    assert_eq!(
+        ids(s
+            .list_tasks("alice", &q(|q| q.q = Some("%".into())))
+            .await
+            .unwrap()),
+        Vec::<TaskId>::new(),
+        "no wildcards"
+    );
+    assert_eq!(
+        ids(s
+            .list_tasks(
+                "alice",
+                &q(|q| q.due_before = Some("2030-06-01T00:00:00Z".parse().unwrap()))
+            )
+            .await
+            .unwrap()),
         [a.id],
         "tasks without due date never match due_before"
     );
     assert_eq!(
-        ids(s.list_tasks("alice", &q(|q| { q.tag = Some("ops".into()); q.status = Some(domain::Status::Todo); })).await.unwrap()),
+        ids(s
+            .list_tasks(
+                "alice",
+                &q(|q| {
+                    q.tag = Some("ops".into());
+                    q.status = Some(domain::Status::Todo);
+                })
+            )
+            .await
+            .unwrap()),
         [b.id]
     );
     // Filters and pagination together: pages hold only matches.
@@ -211,7 +300,10 @@ pub async fn update_checks_version(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "a"})).await;
     let change = |title: &str| TaskChange::Replace(fields(json!({"title": title})));
-    let t2 = s.update_task("alice", t.id, change("b"), Some(1)).await.unwrap();
+    let t2 = s
+        .update_task("alice", t.id, change("b"), Some(1))
+        .await
+        .unwrap();
     assert_eq!((t2.version, t2.fields.title.as_str()), (2, "b"));
     assert!(t2.updated_at >= t.updated_at);
     assert_eq!(t2.created_at, t.created_at);
@@ -219,16 +311,23 @@ pub async fn update_checks_version(store: Arc<dyn Store>) {
         s.update_task("alice", t.id, change("c"), Some(1)).await,
         Err(StorageError::VersionMismatch { current: 2 })
     ));
-    let t3 = s.update_task("alice", t.id, change("c"), None).await.unwrap();
+    let t3 = s
+        .update_task("alice", t.id, change("c"), None)
+        .await
+        .unwrap();
     assert_eq!(t3.version, 3);
     assert_eq!(s.get_task("alice", t.id).await.unwrap(), t3);
     assert!(matches!(
-        s.update_task("alice", TaskId::new(), change("x"), None).await,
+        s.update_task("alice", TaskId::new(), change("x"), None)
+            .await,
         Err(StorageError::NotFound)
     ));
     let merged = domain::parse_merge_patch(&json!({"status": "done"})).unwrap();
     let t4 = s.update_task("alice", t.id, merged, Some(3)).await.unwrap();
-    assert_eq!((t4.version, t4.fields.status, t4.fields.title.as_str()), (4, domain::Status::Done, "c"));
+    assert_eq!(
+        (t4.version, t4.fields.status, t4.fields.title.as_str()),
+        (4, domain::Status::Done, "c")
+    );
 }
 
 pub async fn noop_update_keeps_version(store: Arc<dyn Store>) {
@@ -244,14 +343,27 @@ pub async fn concurrent_conflicting_updates_one_wins(store: Arc<dyn Store>) {
     for round in 0..5 {
         let t = create(s, "alice", json!({"title": format!("r{round}")})).await;
         let (a, b) = tokio::join!(
-            s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "A"}))), Some(1)),
-            s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "B"}))), Some(1)),
+            s.update_task(
+                "alice",
+                t.id,
+                TaskChange::Replace(fields(json!({"title": "A"}))),
+                Some(1)
+            ),
+            s.update_task(
+                "alice",
+                t.id,
+                TaskChange::Replace(fields(json!({"title": "B"}))),
+                Some(1)
+            ),
         );
         let wins = [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count();
         assert_eq!(wins, 1, "exactly one of two conflicting updates wins");
         for r in [a, b] {
             if let Err(e) = r {
-                assert!(matches!(e, StorageError::VersionMismatch { current: 2 }), "{e:?}");
+                assert!(
+                    matches!(e, StorageError::VersionMismatch { current: 2 }),
+                    "{e:?}"
+                );
             }
         }
         assert_eq!(s.get_task("alice", t.id).await.unwrap().version, 2);
@@ -266,8 +378,14 @@ pub async fn delete_checks_version_and_owner(store: Arc<dyn Store>) {
         Err(StorageError::VersionMismatch { current: 1 })
     ));
     s.delete_task("alice", t.id, Some(1)).await.unwrap();
-    assert!(matches!(s.get_task("alice", t.id).await, Err(StorageError::NotFound)));
-    assert!(matches!(s.delete_task("alice", t.id, None).await, Err(StorageError::NotFound)));
+    assert!(matches!(
+        s.get_task("alice", t.id).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(matches!(
+        s.delete_task("alice", t.id, None).await,
+        Err(StorageError::NotFound)
+    ));
 }
 
 pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn Store>) {
@@ -281,9 +399,17 @@ pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn S
         idempotency: Some(idem),
         max_tasks: 100,
     };
-    let first = s.create_task("alice", with("a", key("k1", 1))).await.unwrap();
-    let Created::New(t) = first else { panic!("first use creates") };
-    let again = s.create_task("alice", with("a", key("k1", 1))).await.unwrap();
+    let first = s
+        .create_task("alice", with("a", key("k1", 1)))
+        .await
+        .unwrap();
+    let Created::New(t) = first else {
+        panic!("first use creates")
+    };
+    let again = s
+        .create_task("alice", with("a", key("k1", 1)))
+        .await
+        .unwrap();
     assert_eq!(again, Created::Replayed(t.clone()));
     assert!(matches!(
         s.create_task("alice", with("b", key("k1", 2))).await,
@@ -294,13 +420,26 @@ pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn S
         s.create_task("bob", with("a", key("k1", 1))).await.unwrap(),
         Created::New(_)
     ));
-    let page = s.list_tasks("alice", &page_query(10, Order::Asc, None)).await.unwrap();
-    assert_eq!(page.items.len(), 1, "a replay creates nothing");
-    // A replay returns the original even after the task changed.
-    s.update_task("alice", t.id, TaskChange::Replace(fields(json!({"title": "z"}))), None)
+    let page = s
+        .list_tasks("alice", &page_query(10, Order::Asc, None))
         .await
         .unwrap();
-    assert_eq!(s.create_task("alice", with("a", key("k1", 1))).await.unwrap(), Created::Replayed(t));
+    assert_eq!(page.items.len(), 1, "a replay creates nothing");
+    // A replay returns the original even after the task changed.
+    s.update_task(
+        "alice",
+        t.id,
+        TaskChange::Replace(fields(json!({"title": "z"}))),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.create_task("alice", with("a", key("k1", 1)))
+            .await
+            .unwrap(),
+        Created::Replayed(t)
+    );
 }
 
 pub async fn quota_limits_creates(store: Arc<dyn Store>) {
@@ -317,7 +456,9 @@ pub async fn quota_limits_creates(store: Arc<dyn Store>) {
     ));
     s.create_task("bob", capped("other owner")).await.unwrap();
     s.delete_task("alice", t2.task().id, None).await.unwrap();
-    s.create_task("alice", capped("3")).await.expect("room after a delete");
+    s.create_task("alice", capped("3"))
+        .await
+        .expect("room after a delete");
 }
 
 pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
@@ -332,21 +473,42 @@ pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
         Err(StorageError::AlreadyExists(_))
     ));
     s.create_token("admin", [1; 32]).await.unwrap();
-    let names: Vec<_> = s.list_tokens().await.unwrap().into_iter().map(|t| t.name).collect();
+    let names: Vec<_> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(names, ["admin", "ci"]);
     s.revoke_token("ci").await.unwrap();
     assert_eq!(s.principal(&[7; 32]).await.unwrap(), None);
-    assert!(matches!(s.revoke_token("ci").await, Err(StorageError::NotFound)));
-    s.create_token("ci", [9; 32]).await.expect("a revoked name can get a new token");
+    assert!(matches!(
+        s.revoke_token("ci").await,
+        Err(StorageError::NotFound)
+    ));
+    s.create_token("ci", [9; 32])
+        .await
+        .expect("a revoked name can get a new token");
 }
 
 pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     let s = store.as_ref();
-    let a = create(s, "alice", json!({"title": "a", "tags": ["x"], "due_at": "2030-01-01T00:00:00.123456Z"})).await;
+    let a = create(
+        s,
+        "alice",
+        json!({"title": "a", "tags": ["x"], "due_at": "2030-01-01T00:00:00.123456Z"}),
+    )
+    .await;
     let b = create(s, "bob", json!({"title": "b"})).await;
-    s.update_task("alice", a.id, domain::parse_merge_patch(&json!({"status": "done"})).unwrap(), None)
-        .await
-        .unwrap();
+    s.update_task(
+        "alice",
+        a.id,
+        domain::parse_merge_patch(&json!({"status": "done"})).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
     s.create_token("alice", [3; 32]).await.unwrap();
     let records = s.export().await.unwrap();
     assert_eq!(records.len(), 3);
@@ -362,9 +524,15 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     orig.sort_by_key(key);
     assert_eq!(again, orig);
     assert_eq!(s.get_task("alice", a.id).await.unwrap().version, 2);
-    assert_eq!(s.principal(&[3; 32]).await.unwrap().as_deref(), Some("alice"));
+    assert_eq!(
+        s.principal(&[3; 32]).await.unwrap().as_deref(),
+        Some("alice")
+    );
     // Counts were rebuilt: quota still applies per owner.
-    let capped = NewTask { max_tasks: 1, ..new_task("over") };
+    let capped = NewTask {
+        max_tasks: 1,
+        ..new_task("over")
+    };
     assert!(matches!(
         s.create_task("bob", capped).await,
         Err(StorageError::QuotaExceeded { max: 1 })
@@ -375,7 +543,10 @@ pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
     let s = store.as_ref();
     create(s, "alice", json!({"title": "a"})).await;
     let records = s.export().await.unwrap();
-    assert!(matches!(s.import(records).await, Err(StorageError::AlreadyExists(_))));
+    assert!(matches!(
+        s.import(records).await,
+        Err(StorageError::AlreadyExists(_))
+    ));
 }
 
 pub async fn concurrent_creates_are_all_durable_and_distinct(store: Arc<dyn Store>) {

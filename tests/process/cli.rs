@@ -30,7 +30,13 @@ fn token_create_list_revoke() {
     let out = run(&["token", "list"], &data, &[]);
     assert!(stdout(&out).starts_with("ci\t"));
     assert!(!stdout(&out).contains(&token), "list never shows tokens");
-    assert!(!std::fs::read(data.join("devops-api.redb")).unwrap().windows(token.len()).any(|w| w == token.as_bytes()), "only the hash is stored");
+    assert!(
+        !std::fs::read(data.join("devops-api.redb"))
+            .unwrap()
+            .windows(token.len())
+            .any(|w| w == token.as_bytes()),
+        "only the hash is stored"
+    );
     let out = run(&["token", "create", "bad name"], &data, &[]);
     assert!(!out.status.success() && stderr(&out).contains("invalid principal name"));
     assert!(run(&["token", "revoke", "ci"], &data, &[]).status.success());
@@ -71,7 +77,12 @@ async fn first_start_prints_a_working_bootstrap_token_once() {
             break v["addr"].as_str().unwrap().to_owned();
         }
     };
-    let r = client().get(format!("http://{addr}/v1/tasks")).bearer_auth(&token).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{addr}/v1/tasks"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     child.kill().unwrap();
     child.wait().unwrap();
@@ -84,15 +95,36 @@ async fn first_start_prints_a_working_bootstrap_token_once() {
 async fn healthcheck_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"), &[]);
-    let ok = run(&["healthcheck", "--url", &server.url("/ready")], dir.path(), &[]);
+    let ok = run(
+        &["healthcheck", "--url", &server.url("/ready")],
+        dir.path(),
+        &[],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let listen = server.addr.to_string();
     let default = run(&["healthcheck"], dir.path(), &[("LISTEN_ADDR", &listen)]);
-    assert!(default.status.success(), "defaults to /ready on LISTEN_ADDR's port");
-    let missing = run(&["healthcheck", "--url", &server.url("/nope")], dir.path(), &[]);
+    assert!(
+        default.status.success(),
+        "defaults to /ready on LISTEN_ADDR's port"
+    );
+    let missing = run(
+        &["healthcheck", "--url", &server.url("/nope")],
+        dir.path(),
+        &[],
+    );
     assert_eq!(missing.status.code(), Some(1));
     drop(server);
-    let down = run(&["healthcheck", "--url", "http://127.0.0.1:9/ready", "--timeout", "1"], dir.path(), &[]);
+    let down = run(
+        &[
+            "healthcheck",
+            "--url",
+            "http://127.0.0.1:9/ready",
+            "--timeout",
+            "1",
+        ],
+        dir.path(),
+        &[],
+    );
     assert_eq!(down.status.code(), Some(1));
     assert!(stderr(&down).contains("unhealthy"));
 }
@@ -104,7 +136,11 @@ fn startup_errors_are_clear() {
     std::fs::write(&file, "x").unwrap();
     let out = run(&[], &file.join("data"), &[("LISTEN_ADDR", "127.0.0.1:0")]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("cannot create data directory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot create data directory"),
+        "{}",
+        stderr(&out)
+    );
     let out = run(&["serve", "--listen", "not-an-address"], dir.path(), &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("invalid value"), "{}", stderr(&out));
@@ -123,10 +159,17 @@ async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
                 "description": "x".repeat(i % 50),
             }))
             .unwrap();
-            records.push(BackupRecord::Task { owner: format!("owner{o}"), task: Task::create(fields) });
+            records.push(BackupRecord::Task {
+                owner: format!("owner{o}"),
+                task: Task::create(fields),
+            });
         }
     }
-    records.push(BackupRecord::Token { name: "alice".into(), digest: hex::encode([5u8; 32]), created_at: devops_api::domain::now() });
+    records.push(BackupRecord::Token {
+        name: "alice".into(),
+        digest: hex::encode([5u8; 32]),
+        created_at: devops_api::domain::now(),
+    });
     store.import(records).await.unwrap();
     store
 }
@@ -142,7 +185,11 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     let file = dir.path().join("backup.jsonl");
     let out = run(&["backup", "--out", file.to_str().unwrap()], &src, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("100001/100001") && stderr(&out).contains("verified"), "progress shown: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("100001/100001") && stderr(&out).contains("verified"),
+        "progress shown: {}",
+        stderr(&out)
+    );
     let dst = dir.path().join("dst");
     let out = run(&["restore", file.to_str().unwrap()], &dst, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -169,7 +216,11 @@ fn damaged_backups_are_refused() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async { seed(&src, 2, 10).await.close().await });
     let file = dir.path().join("b.jsonl");
-    assert!(run(&["backup", "--out", file.to_str().unwrap()], &src, &[]).status.success());
+    assert!(
+        run(&["backup", "--out", file.to_str().unwrap()], &src, &[])
+            .status
+            .success()
+    );
     let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let cases = [
@@ -179,7 +230,11 @@ fn damaged_backups_are_refused() {
     ];
     for (name, content) in cases {
         std::fs::write(&file, content).unwrap();
-        let out = run(&["restore", file.to_str().unwrap()], &dir.path().join(name.replace(' ', "-")), &[]);
+        let out = run(
+            &["restore", file.to_str().unwrap()],
+            &dir.path().join(name.replace(' ', "-")),
+            &[],
+        );
         assert!(!out.status.success(), "{name} accepted");
     }
 }
@@ -203,13 +258,25 @@ async fn online_backup_while_the_server_writes() {
     let file = dir.path().join("online.jsonl");
     let f = file.clone();
     let d = data.clone();
-    let out = tokio::task::spawn_blocking(move || run(&["backup", "--out", f.to_str().unwrap()], &d, &[("DB_SHARING", "multi-writer")]))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &["backup", "--out", f.to_str().unwrap()],
+            &d,
+            &[("DB_SHARING", "multi-writer")],
+        )
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     writer.await.unwrap();
     let text = std::fs::read_to_string(&file).unwrap();
-    let tasks = text.lines().filter(|l| l.contains("\"kind\":\"task\"")).count();
-    assert!((50..=250).contains(&tasks), "a consistent snapshot between 50 and 250 tasks: {tasks}");
+    let tasks = text
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"task\""))
+        .count();
+    assert!(
+        (50..=250).contains(&tasks),
+        "a consistent snapshot between 50 and 250 tasks: {tasks}"
+    );
     let _ = ALICE;
 }

@@ -32,14 +32,21 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
                     if r.status() != 201 {
                         break;
                     }
-                    let Ok(v) = r.json::<serde_json::Value>().await else { break };
-                    acked.lock().unwrap().insert(v["id"].as_str().unwrap().to_owned(), title);
+                    let Ok(v) = r.json::<serde_json::Value>().await else {
+                        break;
+                    };
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert(v["id"].as_str().unwrap().to_owned(), title);
                 }
             }));
         }
         // Kill at a varying moment while writes are in flight.
         tokio::time::sleep(Duration::from_millis(150 + (cycle * 37) % 200)).await;
-        tokio::task::spawn_blocking(move || server.kill9()).await.unwrap();
+        tokio::task::spawn_blocking(move || server.kill9())
+            .await
+            .unwrap();
         for w in writers {
             w.await.unwrap();
         }
@@ -47,14 +54,26 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
     let server = Server::start(&data, &[]);
     let c = client();
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 200, "the load wrote something ({})", acked.len());
+    assert!(
+        acked.len() > 200,
+        "the load wrote something ({})",
+        acked.len()
+    );
     for (id, title) in &acked {
-        let r = c.get(server.url(&format!("/v1/tasks/{id}"))).bearer_auth(ALICE).send().await.unwrap();
+        let r = c
+            .get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "acknowledged task {id} is missing");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["title"], title.as_str(), "task {id} intact");
     }
     drop(server);
     let db = data.join("devops-api.redb");
-    assert!(devops_api::storage::RedbStore::check_integrity(&db).unwrap(), "file passes check_integrity");
+    assert!(
+        devops_api::storage::RedbStore::check_integrity(&db).unwrap(),
+        "file passes check_integrity"
+    );
 }

@@ -51,13 +51,21 @@ impl Server {
         let addr = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("server did not log `ready` (exit: {:?})", child.try_wait()));
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                .unwrap_or_else(|_| {
+                    panic!("server did not log `ready` (exit: {:?})", child.try_wait())
+                });
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
             if v["message"] == "ready" {
                 break v["addr"].as_str().unwrap().parse().unwrap();
             }
         };
-        Server { child, addr, log: rx }
+        Server {
+            child,
+            addr,
+            log: rx,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -65,7 +73,11 @@ impl Server {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 
@@ -75,7 +87,10 @@ impl Server {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return s;
             }
-            assert!(std::time::Instant::now() < deadline, "server did not exit in {timeout:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit in {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -95,7 +110,10 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// Creates a task; `Some(id)` only for a 201.

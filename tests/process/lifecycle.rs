@@ -9,7 +9,10 @@ use crate::helpers::{Server, client, create};
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_drains_without_failing_a_request_then_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&dir.path().join("data"), &[("DRAIN_SECONDS", "2"), ("SHUTDOWN_TIMEOUT", "5")]);
+    let mut server = Server::start(
+        &dir.path().join("data"),
+        &[("DRAIN_SECONDS", "2"), ("SHUTDOWN_TIMEOUT", "5")],
+    );
     let base = server.url("");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -21,7 +24,11 @@ async fn sigterm_drains_without_failing_a_request_then_exits_0() {
             let keepalive = client();
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
-                let c = if w % 2 == 0 { keepalive.clone() } else { client() };
+                let c = if w % 2 == 0 {
+                    keepalive.clone()
+                } else {
+                    client()
+                };
                 match create(&c, &base, &format!("w{w}-{i}")).await {
                     Some(_) => ok.fetch_add(1, Ordering::SeqCst),
                     None => failed.fetch_add(1, Ordering::SeqCst),
@@ -33,14 +40,24 @@ async fn sigterm_drains_without_failing_a_request_then_exits_0() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let c = client();
-    assert_eq!(c.get(server.url("/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(server.url("/ready")).send().await.unwrap().status(),
+        200
+    );
 
     server.signal("TERM");
     let signalled = Instant::now();
     // Not ready almost at once.
     let mut flipped = None;
     while signalled.elapsed() < Duration::from_secs(1) {
-        if client().get(server.url("/ready")).send().await.unwrap().status() == 503 {
+        if client()
+            .get(server.url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
+        {
             flipped = Some(signalled.elapsed());
             break;
         }
@@ -50,7 +67,10 @@ async fn sigterm_drains_without_failing_a_request_then_exits_0() {
     // New connections are still accepted and served during the drain.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let during = create(&client(), &base, "during drain").await;
-    assert!(during.is_some(), "a new connection during the drain is served");
+    assert!(
+        during.is_some(),
+        "a new connection during the drain is served"
+    );
     let served_before_stop = ok.load(Ordering::SeqCst);
     // Stop the load before the drain ends, as a proxy would after its next poll.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -65,11 +85,22 @@ async fn sigterm_drains_without_failing_a_request_then_exits_0() {
     .await
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
-    for step in ["not ready, draining", "no longer accepting connections", "stopped"] {
+    for step in [
+        "not ready, draining",
+        "no longer accepting connections",
+        "stopped",
+    ] {
         assert!(log.contains(step), "log says `{step}`:\n{log}");
     }
-    assert!(signalled.elapsed() >= Duration::from_secs(2), "the drain lasted its delay");
-    assert_eq!(failed.load(Ordering::SeqCst), 0, "no request failed ({served_before_stop} served)");
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the drain lasted its delay"
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no request failed ({served_before_stop} served)"
+    );
     assert!(served_before_stop > 50);
 }
 

@@ -20,13 +20,21 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
     let from_a = create(&c, &a.url(""), "from a").await.unwrap();
     let from_b = create(&c, &b.url(""), "from b").await.unwrap();
     for (server, id) in [(&b, &from_a), (&a, &from_b)] {
-        let r = c.get(server.url(&format!("/v1/tasks/{id}"))).bearer_auth(ALICE).send().await.unwrap();
+        let r = c
+            .get(server.url(&format!("/v1/tasks/{id}")))
+            .bearer_auth(ALICE)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     // Mixed load on both; then kill -9 one of them mid-load.
     let acked: Arc<Mutex<HashMap<String, String>>> = Default::default();
     let mut load = Vec::new();
-    for (n, base) in [a.url(""), b.url(""), a.url(""), b.url("")].into_iter().enumerate() {
+    for (n, base) in [a.url(""), b.url(""), a.url(""), b.url("")]
+        .into_iter()
+        .enumerate()
+    {
         let acked = acked.clone();
         load.push(tokio::spawn(async move {
             let c = client();
@@ -34,7 +42,11 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
                 let title = format!("l{n}-{i}");
                 match create(&c, &base, &title).await {
                     Some(id) => {
-                        let r = c.get(format!("{base}/v1/tasks/{id}")).bearer_auth(ALICE).send().await;
+                        let r = c
+                            .get(format!("{base}/v1/tasks/{id}"))
+                            .bearer_auth(ALICE)
+                            .send()
+                            .await;
                         assert!(r.is_err() || r.unwrap().status() == 200);
                         acked.lock().unwrap().insert(id, title);
                     }
@@ -47,7 +59,9 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    tokio::task::spawn_blocking(move || b.kill9()).await.unwrap();
+    tokio::task::spawn_blocking(move || b.kill9())
+        .await
+        .unwrap();
     for l in load {
         l.await.unwrap();
     }
@@ -69,7 +83,12 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
     // A restarted second server sees everything too.
     let b2 = Server::start(&data, &[MULTI]);
     let some = acked.keys().next().unwrap();
-    let r = c.get(b2.url(&format!("/v1/tasks/{some}"))).bearer_auth(ALICE).send().await.unwrap();
+    let r = c
+        .get(b2.url(&format!("/v1/tasks/{some}")))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -80,17 +99,31 @@ async fn a_token_created_by_the_cli_works_on_both_running_servers() {
     let a = Server::start(&data, &[MULTI]);
     let b = Server::start(&data, &[MULTI]);
     let out = run(&["token", "create", "carol"], &data, &[MULTI]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let c = client();
     for s in [&a, &b] {
-        let r = c.get(s.url("/v1/tasks")).bearer_auth(&token).send().await.unwrap();
+        let r = c
+            .get(s.url("/v1/tasks"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let out = run(&["token", "revoke", "carol"], &data, &[MULTI]);
     assert!(out.status.success());
     for s in [&a, &b] {
-        let r = c.get(s.url("/v1/tasks")).bearer_auth(&token).send().await.unwrap();
+        let r = c
+            .get(s.url("/v1/tasks"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401);
     }
 }
@@ -103,5 +136,8 @@ fn exclusive_mode_refuses_a_second_process_with_a_clear_error() {
     let out = run(&["token", "list"], &data, &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("locked by another process") && err.contains("multi-writer"), "{err}");
+    assert!(
+        err.contains("locked by another process") && err.contains("multi-writer"),
+        "{err}"
+    );
 }
