@@ -41,8 +41,8 @@ done
 cd "$(dirname "$0")/.."
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Measured on the first honest run (see README, Coverage); raise it, never lower it quietly.
-min_lines="${COVERAGE_MIN_LINES:-85}"
+# First honest measurement: 92.0 % of lines (README, Coverage). Raise it, never lower it quietly.
+min_lines="${COVERAGE_MIN_LINES:-90}"
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   log "installing cargo-nextest"
