@@ -140,3 +140,31 @@ async fn errors_leak_no_internals() {
         assert!(!body.contains(leak), "{body}");
     }
 }
+
+/// Raw HTTP/1.1 so the client library's own limits do not interfere.
+async fn raw_status_line(addr: std::net::SocketAddr, request: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(&request).await;
+    let mut buf = vec![0u8; 256];
+    let n = s.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn oversized_uri_and_headers_are_refused() {
+    let app = spawn_app().await;
+    let mut uri = b"GET /health?".to_vec();
+    uri.extend(std::iter::repeat_n(b'a', 70_000));
+    uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw_status_line(app.addr, uri).await, "HTTP/1.1 414 URI Too Long");
+    let mut headers = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..200 {
+        headers.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+    }
+    headers.extend_from_slice(b"\r\n");
+    assert_eq!(
+        raw_status_line(app.addr, headers).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+}
