@@ -60,6 +60,18 @@ pub fn metrics_handle() -> PrometheusHandle {
                 "git_commit" => option_env!("GIT_COMMIT").unwrap_or("unknown"),
             )
             .set(1.0);
+            // Histograms buffer every sample until upkeep folds them into their
+            // buckets; without it memory grows with traffic between scrapes.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("the metrics upkeep thread starts");
             handle
         })
         .clone()

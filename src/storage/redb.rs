@@ -28,12 +28,19 @@ use redb::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::codec::{decode, encode};
+use super::codec::{decode, decode_task, encode};
 use super::{
-    BackupRecord, Created, IDEMPOTENCY_TTL, ListQuery, NewTask, Order, Page, StorageError, Store, StoreResult,
-    TokenDigest, TokenInfo,
+    BackupRecord, Created, IDEMPOTENCY_TTL, ListQuery, NewTask, Order, Page, StorageError, Store,
+    StoreResult, TokenDigest, TokenInfo,
 };
 use crate::domain::{Owner, Task, TaskChange, TaskId};
+
+/// How much a read may do; see `RedbStore::read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadCost {
+    Short,
+    Long,
+}
 
 /// Tasks by `owner 0x00 id(16 bytes, big-endian)`: one owner's tasks are
 /// contiguous and in creation order, so a page is one range scan.
@@ -139,14 +146,19 @@ impl RedbStore {
             ))
         })?;
         let path = config.db_path();
-        let db = builder(config).create(&path).map_err(|e| open_error(&path, e))?;
+        let db = builder(config)
+            .create(&path)
+            .map_err(|e| open_error(&path, e))?;
         Self::start(config, db)
     }
 
     /// Opens (or creates) the database on `backend` instead of a file in
     /// `config.data_dir` (tests: in-memory and fault-injecting backends).
     /// Backends without byte-range locks support only `DbSharing::Exclusive`.
-    pub fn open_with_backend(config: &RedbConfig, backend: impl redb::StorageBackend) -> StoreResult<Self> {
+    pub fn open_with_backend(
+        config: &RedbConfig,
+        backend: impl redb::StorageBackend,
+    ) -> StoreResult<Self> {
         let db = builder(config)
             .create_with_backend(backend)
             .map_err(|e| StorageError::Unavailable(format!("cannot open the database: {e}")))?;
@@ -159,7 +171,11 @@ impl RedbStore {
         let (jobs, rx) = mpsc::channel();
         let writer = Writer {
             db: db.clone(),
-            max_batch: if config.group_commit { config.max_batch.max(1) } else { 1 },
+            max_batch: if config.group_commit {
+                config.max_batch.max(1)
+            } else {
+                1
+            },
             ack_before_commit: config.ack_before_commit,
         };
         let writer = std::thread::Builder::new()
@@ -170,7 +186,7 @@ impl RedbStore {
             db,
             jobs,
             writer: Mutex::new(Some(writer)),
-            reads_inline: config.sharing == DbSharing::Exclusive && std::env::var_os("TMP_READS_BLOCKING").is_none(),
+            reads_inline: config.sharing == DbSharing::Exclusive,
         })
     }
 
@@ -199,16 +215,22 @@ impl RedbStore {
     }
 
     /// Runs `op` in a read transaction of its own, which never waits for the
-    /// writer: redb readers see the last committed snapshot.
+    /// writer: redb readers see the last committed snapshot. `Short` reads
+    /// (a handful of records) run on the calling task when the file is not
+    /// shared: measured, the hand-off to the blocking pool cost a quarter of
+    /// `GET /v1/tasks/{id}` throughput. `Long` reads (scans whose length the
+    /// caller does not bound) always go to the blocking pool, so one of them
+    /// cannot stall the async workers.
     async fn read<T: Send + 'static>(
         &self,
+        cost: ReadCost,
         op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let run = |db: &Database| {
             let txn = db.begin_read().map_err(StorageError::unavailable)?;
             op(&txn)
         };
-        if self.reads_inline {
+        if self.reads_inline && cost == ReadCost::Short {
             return run(&self.db);
         }
         let db = self.db.clone();
@@ -231,7 +253,8 @@ fn builder(config: &RedbConfig) -> Builder {
         DbSharing::MultiWriter => ConcurrencyMode::MultiWriter,
     };
     let mut b = Builder::new();
-    b.set_concurrency_mode(mode).set_cache_size(config.cache_size);
+    b.set_concurrency_mode(mode)
+        .set_cache_size(config.cache_size);
     b
 }
 
@@ -255,8 +278,10 @@ fn init_tables(db: &Database) -> StoreResult<()> {
         txn.open_table(TASKS).map_err(StorageError::unavailable)?;
         txn.open_table(COUNTS).map_err(StorageError::unavailable)?;
         txn.open_table(TOKENS).map_err(StorageError::unavailable)?;
-        txn.open_table(TOKEN_NAMES).map_err(StorageError::unavailable)?;
-        txn.open_table(IDEMPOTENCY).map_err(StorageError::unavailable)?;
+        txn.open_table(TOKEN_NAMES)
+            .map_err(StorageError::unavailable)?;
+        txn.open_table(IDEMPOTENCY)
+            .map_err(StorageError::unavailable)?;
     }
     txn.commit().map_err(StorageError::unavailable)
 }
@@ -374,7 +399,10 @@ fn task_key(owner: &Owner, id: TaskId) -> Vec<u8> {
 }
 
 fn owner_prefix_bounds(owner: &Owner) -> (Vec<u8>, Vec<u8>) {
-    (task_key(owner, TaskId::from_u128(0)), task_key(owner, TaskId::from_u128(u128::MAX)))
+    (
+        task_key(owner, TaskId::from_u128(0)),
+        task_key(owner, TaskId::from_u128(u128::MAX)),
+    )
 }
 
 fn id_of_key(key: &[u8]) -> TaskId {
@@ -416,7 +444,7 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     id: TaskId,
 ) -> StoreResult<Task> {
     match table.get(task_key(owner, id).as_slice()).map_err(io)? {
-        Some(v) => decode(id, v.value()),
+        Some(v) => decode_task(id, v.value()),
         None => Err(StorageError::NotFound),
     }
 }
@@ -429,10 +457,14 @@ impl Store for RedbStore {
             let mut idem_table = txn.open_table(IDEMPOTENCY).map_err(io)?;
             if let Some(idem) = &new.idempotency {
                 let key = idem_key(&owner, &idem.key);
-                let existing = idem_table.get(key.as_slice()).map_err(io)?.map(|v| v.value().to_vec());
+                let existing = idem_table
+                    .get(key.as_slice())
+                    .map_err(io)?
+                    .map(|v| v.value().to_vec());
                 if let Some(bytes) = existing {
                     let rec: IdempotencyRecord = decode("idempotency record", &bytes)?;
-                    let fresh = (Utc::now() - rec.created_at).to_std().unwrap_or_default() < IDEMPOTENCY_TTL;
+                    let fresh = (Utc::now() - rec.created_at).to_std().unwrap_or_default()
+                        < IDEMPOTENCY_TTL;
                     if fresh {
                         return if rec.request_digest == hex::encode(idem.request_digest) {
                             Ok(Created::Replayed(rec.task))
@@ -443,14 +475,20 @@ impl Store for RedbStore {
                 }
             }
             let mut counts = txn.open_table(COUNTS).map_err(io)?;
-            let count = counts.get(owner.as_str()).map_err(io)?.map_or(0, |v| v.value());
+            let count = counts
+                .get(owner.as_str())
+                .map_err(io)?
+                .map_or(0, |v| v.value());
             if count >= new.max_tasks {
                 return Err(StorageError::QuotaExceeded { max: new.max_tasks });
             }
             let task = Task::create(new.fields);
             let mut tasks = txn.open_table(TASKS).map_err(io)?;
             tasks
-                .insert(task_key(&owner, task.id).as_slice(), encode(&task).as_slice())
+                .insert(
+                    task_key(&owner, task.id).as_slice(),
+                    encode(&task).as_slice(),
+                )
                 .map_err(io)?;
             counts.insert(owner.as_str(), count + 1).map_err(io)?;
             if let Some(idem) = &new.idempotency {
@@ -460,7 +498,10 @@ impl Store for RedbStore {
                     task: task.clone(),
                 };
                 idem_table
-                    .insert(idem_key(&owner, &idem.key).as_slice(), encode(&rec).as_slice())
+                    .insert(
+                        idem_key(&owner, &idem.key).as_slice(),
+                        encode(&rec).as_slice(),
+                    )
                     .map_err(io)?;
             }
             Ok(Created::New(task))
@@ -470,7 +511,7 @@ impl Store for RedbStore {
 
     async fn get_task(&self, owner: &Owner, id: TaskId) -> StoreResult<Task> {
         let owner = owner.to_owned();
-        self.read(move |txn| {
+        self.read(ReadCost::Short, move |txn| {
             let table = txn.open_table(TASKS).map_err(io)?;
             get_task_in(&table, &owner, id)
         })
@@ -480,13 +521,28 @@ impl Store for RedbStore {
     async fn list_tasks(&self, owner: &Owner, query: &ListQuery) -> StoreResult<Page> {
         let owner = owner.to_owned();
         let query = query.clone();
-        self.read(move |txn| {
+        // Unfiltered, a page reads at most `limit + 1` records; a filter may
+        // scan all of the owner's tasks to fill one.
+        let unfiltered = query.status.is_none()
+            && query.priority.is_none()
+            && query.tag.is_none()
+            && query.due_before.is_none()
+            && query.q.is_none();
+        let cost = if unfiltered {
+            ReadCost::Short
+        } else {
+            ReadCost::Long
+        };
+        self.read(cost, move |txn| {
             let table = txn.open_table(TASKS).map_err(io)?;
             let (lo, hi) = owner_prefix_bounds(&owner);
             let range = match (query.order, query.after) {
                 (Order::Asc, Some(after)) => {
                     let Some(next) = after.as_u128().checked_add(1) else {
-                        return Ok(Page { items: vec![], next: None });
+                        return Ok(Page {
+                            items: vec![],
+                            next: None,
+                        });
                     };
                     let start = task_key(&owner, TaskId::from_u128(next));
                     table.range(start.as_slice()..=hi.as_slice())
@@ -500,10 +556,14 @@ impl Store for RedbStore {
             .map_err(io)?;
             let mut items = Vec::with_capacity(query.limit);
             let mut next = None;
-            let mut visit = |entry: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>), redb::StorageError>| -> StoreResult<bool> {
+            let mut visit = |entry: Result<
+                (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>),
+                redb::StorageError,
+            >|
+             -> StoreResult<bool> {
                 let (k, v) = entry.map_err(io)?;
                 let id = id_of_key(k.value());
-                let task: Task = decode(id, v.value())?;
+                let task = decode_task(id, v.value())?;
                 if query.matches(&task) {
                     if items.len() == query.limit {
                         next = items.last().map(|t: &Task| t.id);
@@ -546,7 +606,9 @@ impl Store for RedbStore {
             let mut tasks = txn.open_table(TASKS).map_err(io)?;
             let current = get_task_in(&tasks, &owner, id)?;
             if expected.is_some_and(|v| v != current.version) {
-                return Err(StorageError::VersionMismatch { current: current.version });
+                return Err(StorageError::VersionMismatch {
+                    current: current.version,
+                });
             }
             let updated = change.apply(&current);
             if updated.version != current.version {
@@ -559,25 +621,40 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn delete_task(&self, owner: &Owner, id: TaskId, expected: Option<u64>) -> StoreResult<()> {
+    async fn delete_task(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        expected: Option<u64>,
+    ) -> StoreResult<()> {
         let owner = owner.to_owned();
         self.write(move |txn| {
             let mut tasks = txn.open_table(TASKS).map_err(io)?;
             let current = get_task_in(&tasks, &owner, id)?;
             if expected.is_some_and(|v| v != current.version) {
-                return Err(StorageError::VersionMismatch { current: current.version });
+                return Err(StorageError::VersionMismatch {
+                    current: current.version,
+                });
             }
             let mut counts = txn.open_table(COUNTS).map_err(io)?;
-            let count = counts.get(owner.as_str()).map_err(io)?.map_or(0, |v| v.value());
+            let count = counts
+                .get(owner.as_str())
+                .map_err(io)?
+                .map_or(0, |v| v.value());
             tasks.remove(task_key(&owner, id).as_slice()).map_err(io)?;
-            counts.insert(owner.as_str(), count.saturating_sub(1)).map_err(io)?;
+            counts
+                .insert(owner.as_str(), count.saturating_sub(1))
+                .map_err(io)?;
             Ok(())
         })
         .await
     }
 
     async fn count_tasks(&self) -> StoreResult<u64> {
-        self.read(|txn| txn.open_table(TASKS).map_err(io)?.len().map_err(io)).await
+        self.read(ReadCost::Short, |txn| {
+            txn.open_table(TASKS).map_err(io)?.len().map_err(io)
+        })
+        .await
     }
 
     async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo> {
@@ -587,23 +664,34 @@ impl Store for RedbStore {
             if names.get(name.as_str()).map_err(io)?.is_some() {
                 return Err(StorageError::AlreadyExists(format!("a token for `{name}`")));
             }
-            let rec = TokenRecord { name: name.clone(), created_at: crate::domain::now() };
+            let rec = TokenRecord {
+                name: name.clone(),
+                created_at: crate::domain::now(),
+            };
             let mut tokens = txn.open_table(TOKENS).map_err(io)?;
-            tokens.insert(digest.as_slice(), encode(&rec).as_slice()).map_err(io)?;
+            tokens
+                .insert(digest.as_slice(), encode(&rec).as_slice())
+                .map_err(io)?;
             names.insert(name.as_str(), digest.as_slice()).map_err(io)?;
-            Ok(TokenInfo { name: rec.name, created_at: rec.created_at })
+            Ok(TokenInfo {
+                name: rec.name,
+                created_at: rec.created_at,
+            })
         })
         .await
     }
 
     async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        self.read(|txn| {
+        self.read(ReadCost::Long, |txn| {
             let tokens = txn.open_table(TOKENS).map_err(io)?;
             let mut out = Vec::new();
             for e in tokens.iter().map_err(io)? {
                 let (_, v) = e.map_err(io)?;
                 let rec: TokenRecord = decode("token", v.value())?;
-                out.push(TokenInfo { name: rec.name, created_at: rec.created_at });
+                out.push(TokenInfo {
+                    name: rec.name,
+                    created_at: rec.created_at,
+                });
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(out)
@@ -630,7 +718,7 @@ impl Store for RedbStore {
 
     async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>> {
         let digest = *digest;
-        self.read(move |txn| {
+        self.read(ReadCost::Short, move |txn| {
             let tokens = txn.open_table(TOKENS).map_err(io)?;
             match tokens.get(digest.as_slice()).map_err(io)? {
                 Some(v) => Ok(Some(decode::<TokenRecord>("token", v.value())?.name)),
@@ -641,7 +729,7 @@ impl Store for RedbStore {
     }
 
     async fn export(&self) -> StoreResult<Vec<BackupRecord>> {
-        self.read(|txn| {
+        self.read(ReadCost::Long, |txn| {
             let mut out = Vec::new();
             let tokens = txn.open_table(TOKENS).map_err(io)?;
             for e in tokens.iter().map_err(io)? {
@@ -658,9 +746,12 @@ impl Store for RedbStore {
                 let (k, v) = e.map_err(io)?;
                 let key = k.value();
                 let owner = std::str::from_utf8(&key[..key.len() - 17])
-                    .map_err(|_| StorageError::Corrupt { key: hex::encode(key), reason: "owner is not UTF-8".into() })?
+                    .map_err(|_| StorageError::Corrupt {
+                        key: hex::encode(key),
+                        reason: "owner is not UTF-8".into(),
+                    })?
                     .to_owned();
-                let task: Task = decode(id_of_key(key), v.value())?;
+                let task = decode_task(id_of_key(key), v.value())?;
                 out.push(BackupRecord::Task { owner, task });
             }
             Ok(out)
@@ -673,7 +764,9 @@ impl Store for RedbStore {
             let mut tasks = txn.open_table(TASKS).map_err(io)?;
             let mut tokens = txn.open_table(TOKENS).map_err(io)?;
             if !tasks.is_empty().map_err(io)? || !tokens.is_empty().map_err(io)? {
-                return Err(StorageError::AlreadyExists("data in the target store".into()));
+                return Err(StorageError::AlreadyExists(
+                    "data in the target store".into(),
+                ));
             }
             let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
             let mut counts = txn.open_table(COUNTS).map_err(io)?;
@@ -685,7 +778,10 @@ impl Store for RedbStore {
                     let d = hex::decode(digest)
                         .ok()
                         .filter(|d| d.len() == 32)
-                        .ok_or_else(|| StorageError::Corrupt { key: "token".into(), reason: "digest is not 32 hex bytes".into() })?;
+                        .ok_or_else(|| StorageError::Corrupt {
+                            key: "token".into(),
+                            reason: "digest is not 32 hex bytes".into(),
+                        })?;
                     digests.push(d);
                 }
             }
@@ -693,13 +789,22 @@ impl Store for RedbStore {
             for r in &records {
                 match r {
                     BackupRecord::Task { owner, task } => {
-                        tasks.insert(task_key(owner, task.id).as_slice(), encode(task).as_slice()).map_err(io)?;
+                        tasks
+                            .insert(task_key(owner, task.id).as_slice(), encode(task).as_slice())
+                            .map_err(io)?;
                         *per_owner.entry(owner.clone()).or_default() += 1;
                     }
-                    BackupRecord::Token { name, created_at, .. } => {
+                    BackupRecord::Token {
+                        name, created_at, ..
+                    } => {
                         let d = digests.next().expect("one digest per token record");
-                        let rec = TokenRecord { name: name.clone(), created_at: *created_at };
-                        tokens.insert(d.as_slice(), encode(&rec).as_slice()).map_err(io)?;
+                        let rec = TokenRecord {
+                            name: name.clone(),
+                            created_at: *created_at,
+                        };
+                        tokens
+                            .insert(d.as_slice(), encode(&rec).as_slice())
+                            .map_err(io)?;
                         names.insert(name.as_str(), d.as_slice()).map_err(io)?;
                     }
                 }
@@ -719,9 +824,14 @@ impl Store for RedbStore {
             .map(|w| w.as_ref().is_some_and(|h| !h.is_finished()))
             .unwrap_or(false);
         if !writer_alive {
-            return Err(StorageError::Unavailable("the writer is not running".into()));
+            return Err(StorageError::Unavailable(
+                "the writer is not running".into(),
+            ));
         }
-        self.read(|txn| txn.open_table(TASKS).map(|_| ()).map_err(io)).await
+        self.read(ReadCost::Short, |txn| {
+            txn.open_table(TASKS).map(|_| ()).map_err(io)
+        })
+        .await
     }
 
     async fn close(&self) {

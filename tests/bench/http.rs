@@ -18,6 +18,9 @@
 //!   --tasks N            tasks to seed (default 100000)
 //!   --out FILE           JSON output (default <target>/bench/http.json)
 //!   --binary FILE        server binary (default: the release binary cargo built)
+//!   --perf               record a CPU profile of the server (`perf record`) during
+//!                        the GET id, list and POST phases into <target>/bench/;
+//!                        use an unstripped binary (see the README) with --binary
 //!   --soak               instead: open-loop mixed load (90 % reads) at half the
 //!                        measured capacity, p99/RSS/fds per minute (not for CI)
 //!   --soak-minutes N     soak length (default 10)
@@ -48,6 +51,7 @@ pub struct Options {
     pub binary: PathBuf,
     pub soak: bool,
     pub soak_minutes: u64,
+    pub perf: bool,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -59,6 +63,7 @@ fn parse_args() -> anyhow::Result<Options> {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_devops-api")),
         soak: false,
         soak_minutes: 10,
+        perf: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -66,6 +71,7 @@ fn parse_args() -> anyhow::Result<Options> {
         match a.as_str() {
             "--quick" => o.duration = 3,
             "--soak" => o.soak = true,
+            "--perf" => o.perf = true,
             "--duration" => o.duration = value("--duration")?.parse()?,
             "--concurrency" => o.concurrency = value("--concurrency")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
@@ -75,7 +81,15 @@ fn parse_args() -> anyhow::Result<Options> {
             // What cargo passes to every bench target.
             "--bench" => {}
             "-h" | "--help" => {
-                println!("{}", include_str!("http.rs").lines().take_while(|l| l.starts_with("//!")).map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or("")).collect::<Vec<_>>().join("\n"));
+                println!(
+                    "{}",
+                    include_str!("http.rs")
+                        .lines()
+                        .take_while(|l| l.starts_with("//!"))
+                        .map(|l| l.trim_start_matches("//!").strip_prefix(' ').unwrap_or(""))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
                 std::process::exit(0);
             }
             other if other.starts_with('-') => bail!("unknown option {other} (see --help)"),
@@ -92,18 +106,26 @@ fn target_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("own path");
     // <target>/release/deps/http-<hash>
-    exe.ancestors().nth(3).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("target"))
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
 }
 
 fn main() -> anyhow::Result<()> {
     let opts = parse_args()?;
     if !opts.binary.is_file() {
-        bail!("server binary {} not found: run `cargo build --release`", opts.binary.display());
+        bail!(
+            "server binary {} not found: run `cargo build --release`",
+            opts.binary.display()
+        );
     }
     if !opts.soak && Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: `apt-get install -y wrk`");
     }
-    let dir = tempfile::Builder::new().prefix("devops-api-bench").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("devops-api-bench")
+        .tempdir()?;
     let fixture = seed(dir.path(), opts.tasks)?;
     if opts.soak {
         return soak::run(&opts, &fixture, &target_dir());
@@ -128,7 +150,9 @@ pub struct Fixture {
 
 fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
     let data_dir = dir.join("data");
-    let tokens: Vec<String> = (0..PRINCIPALS).map(|_| devops_api::auth::generate_token()).collect();
+    let tokens: Vec<String> = (0..PRINCIPALS)
+        .map(|_| devops_api::auth::generate_token())
+        .collect();
     let tokens_file = dir.join("tokens");
     let mut f = std::fs::File::create(&tokens_file)?;
     for (i, t) in tokens.iter().enumerate() {
@@ -152,9 +176,14 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         if n % 5 == 0 {
             sample.push((owner, task.id.to_string()));
         }
-        records.push(BackupRecord::Task { owner: format!("bench{owner:02}"), task });
+        records.push(BackupRecord::Task {
+            owner: format!("bench{owner:02}"),
+            task,
+        });
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let store = RedbStore::open(&RedbConfig::new(&data_dir))?;
         store.import(records).await?;
@@ -169,9 +198,15 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
     }
     f.flush()?;
     let tokens_only_file = dir.join("token-lines");
-    std::fs::write(&tokens_only_file, tokens.iter().map(|t| format!("{t}\n")).collect::<String>())?;
+    std::fs::write(
+        &tokens_only_file,
+        tokens.iter().map(|t| format!("{t}\n")).collect::<String>(),
+    )?;
     let file_bytes = std::fs::metadata(RedbConfig::new(&data_dir).db_path())?.len();
-    eprintln!("seeded {tasks} tasks in {seed_seconds:.2} s ({:.1} MiB file)", file_bytes as f64 / 1048576.0);
+    eprintln!(
+        "seeded {tasks} tasks in {seed_seconds:.2} s ({:.1} MiB file)",
+        file_bytes as f64 / 1048576.0
+    );
     Ok(Fixture {
         data_dir,
         tokens_file,
@@ -193,10 +228,51 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.split(' ').nth(1)?.parse().ok()
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split(' ')
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A GET over a fresh connection; the whole response, headers and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Mean writes per commit and commits so far, from the server's metrics.
+fn commit_batches(addr: SocketAddr) -> Option<(f64, f64)> {
+    let text = http_get(addr, "/metrics")?;
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    let (sum, count) = (
+        value("store_commit_batch_size_sum")?,
+        value("store_commit_batch_size_count")?,
+    );
+    Some((sum / count.max(1.0), count))
 }
 
 /// The server under test.
@@ -207,7 +283,12 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn start(binary: &Path, fx: &Fixture, group_commit: bool, log: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        binary: &Path,
+        fx: &Fixture,
+        group_commit: bool,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::fs::File::create(log)?;
         let started = Instant::now();
@@ -232,7 +313,11 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut server = Server { child, addr, startup_ms: 0.0 };
+        let mut server = Server {
+            child,
+            addr,
+            startup_ms: 0.0,
+        };
         loop {
             if http_status(addr, "/ready") == Some(200) {
                 break;
@@ -255,7 +340,10 @@ impl Server {
 
     /// SIGTERM, then wait for the graceful stop.
     pub fn stop(mut self) -> anyhow::Result<()> {
-        Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status()?;
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.child.try_wait()?.is_none() {
             if Instant::now() > deadline {
@@ -302,6 +390,8 @@ struct Phase {
     p999_ms: f64,
     requests: u64,
     errors: u64,
+    /// The ceiling this phase is compared with (the ones measured around it).
+    ceiling: Option<f64>,
 }
 
 impl Phase {
@@ -310,6 +400,7 @@ impl Phase {
             "name": self.name, "requests_per_s": round(self.rps, 0), "p50_ms": round(self.p50_ms, 3),
             "p99_ms": round(self.p99_ms, 3), "p999_ms": round(self.p999_ms, 3),
             "requests": self.requests, "errors": self.errors,
+            "ceiling_rps": self.ceiling.map(|c| round(c, 0)),
         })
     }
 }
@@ -320,12 +411,22 @@ fn round(v: f64, digits: i32) -> f64 {
 }
 
 /// Runs wrk in `mode` against `addr` for `seconds`.
-fn wrk(opts: &Options, fx: &Fixture, name: &str, mode: &str, addr: SocketAddr, seconds: u64) -> anyhow::Result<Phase> {
+fn wrk(
+    opts: &Options,
+    fx: &Fixture,
+    name: &str,
+    mode: &str,
+    addr: SocketAddr,
+    seconds: u64,
+) -> anyhow::Result<Phase> {
     let script = fx.work_dir.join("load.lua");
     if !script.exists() {
         std::fs::write(&script, LUA)?;
     }
-    let slug: String = name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let slug: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let out = fx.work_dir.join(format!("wrk-{slug}.json"));
     let ids = match mode {
         "get" | "patch" => &fx.ids_file,
@@ -351,7 +452,11 @@ fn wrk(opts: &Options, fx: &Fixture, name: &str, mode: &str, addr: SocketAddr, s
     }
     let v: Value = serde_json::from_slice(&std::fs::read(&out)?).context("wrk result")?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);
-    let errors = n("errors_connect") + n("errors_read") + n("errors_write") + n("errors_status") + n("errors_timeout");
+    let errors = n("errors_connect")
+        + n("errors_read")
+        + n("errors_write")
+        + n("errors_status")
+        + n("errors_timeout");
     Ok(Phase {
         name: name.to_owned(),
         rps: n("requests") as f64 / (n("duration_us") as f64 / 1e6),
@@ -360,15 +465,75 @@ fn wrk(opts: &Options, fx: &Fixture, name: &str, mode: &str, addr: SocketAddr, s
         p999_ms: n("p999_us") as f64 / 1000.0,
         requests: n("requests"),
         errors,
+        ceiling: None,
     })
 }
 
 /// Runs a phase after a short warm-up (connections open, caches warm).
-fn measured(opts: &Options, fx: &Fixture, name: &str, mode: &str, addr: SocketAddr) -> anyhow::Result<Phase> {
+fn measured(
+    opts: &Options,
+    fx: &Fixture,
+    name: &str,
+    mode: &str,
+    addr: SocketAddr,
+) -> anyhow::Result<Phase> {
+    measured_profiled(opts, fx, name, mode, addr, None)
+}
+
+fn measured_profiled(
+    opts: &Options,
+    fx: &Fixture,
+    name: &str,
+    mode: &str,
+    addr: SocketAddr,
+    profile_pid: Option<u32>,
+) -> anyhow::Result<Phase> {
     if matches!(mode, "health" | "get" | "list") {
         wrk(opts, fx, &format!("{name}-warmup"), mode, addr, 1)?;
     }
+    let perf = match profile_pid.filter(|_| opts.perf) {
+        Some(pid) => {
+            let dir = target_dir().join("bench");
+            std::fs::create_dir_all(&dir)?;
+            let data = dir.join(format!("perf-{mode}.data"));
+            let child = Command::new("perf")
+                .args(["record", "-F", "499", "-g", "-o"])
+                .arg(&data)
+                .arg("-p")
+                .arg(pid.to_string())
+                .arg("--")
+                .arg("sleep")
+                .arg(opts.duration.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot run perf")?;
+            Some((child, data))
+        }
+        None => None,
+    };
     let p = wrk(opts, fx, name, mode, addr, opts.duration)?;
+    if let Some((mut child, data)) = perf {
+        child.wait()?;
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--stdio",
+                "--no-children",
+                "--sort",
+                "dso,symbol",
+                "--percent-limit",
+                "0.7",
+                "-g",
+                "none",
+                "-i",
+            ])
+            .arg(&data)
+            .output()?;
+        let txt = data.with_extension("txt");
+        std::fs::write(&txt, &report.stdout)?;
+        eprintln!("  profile: {}", txt.display());
+    }
     eprintln!(
         "  {:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
         p.name, p.rps, p.p50_ms, p.p99_ms, p.p999_ms, p.errors
@@ -392,7 +557,10 @@ impl Ceiling {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 #[derive(serde::Serialize)]
                 struct Health {
@@ -411,7 +579,11 @@ impl Ceiling {
                     .expect("ceiling server");
             });
         });
-        Ok(Self { addr, stop: Some(stop), thread: Some(thread) })
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
 }
 
@@ -442,7 +614,9 @@ pub fn machine() -> Value {
         .unwrap_or("?")
         .trim()
         .to_owned();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     json!({ "cores": cores, "cpu": model, "loadavg_at_start": load.trim() })
 }
@@ -455,7 +629,12 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     // Start-up to ready with the seeded file: three cold process starts.
     let mut startups = Vec::new();
     for i in 0..3 {
-        let s = Server::start(&opts.binary, fx, true, &logs.join(format!("startup-{i}.log")))?;
+        let s = Server::start(
+            &opts.binary,
+            fx,
+            true,
+            &logs.join(format!("startup-{i}.log")),
+        )?;
         startups.push(s.startup_ms);
         s.stop()?;
     }
@@ -463,18 +642,49 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let startup_ms = startups[1];
     eprintln!("start-up to ready: {startups:?} ms (median {startup_ms:.1})");
 
-    let mut phases = Vec::new();
-    eprintln!("framework ceiling (in-bench axum):");
-    let ceiling_a = ceiling_phase(opts, fx, "ceiling /health (before)")?;
-
-    eprintln!("server, group commit on:");
+    // The read phases are bracketed by ceiling phases (C0 health C1 get C2
+    // list C3), each ratio taken against the mean of the two ceilings around
+    // it: on a shared 2-core machine the available CPU drifts within a run,
+    // and bracketing keeps the drift out of the ratios. The server idles while
+    // the in-bench ceiling runs, and the other way round.
     let server = Server::start(&opts.binary, fx, true, &logs.join("server-group.log"))?;
     let addr = server.addr;
-    let health = measured(opts, fx, "GET /health", "health", addr)?;
-    let get = measured(opts, fx, "GET /v1/tasks/{id}", "get", addr)?;
-    let list = measured(opts, fx, "GET /v1/tasks?limit=50", "list", addr)?;
-    let post = measured(opts, fx, "POST /v1/tasks", "post", addr)?;
+    let pid = Some(server.pid());
+    let mut ceilings = vec![ceiling_phase(opts, fx, "ceiling /health #1")?];
+    let mut reads = Vec::new();
+    for (name, mode) in [
+        ("GET /health", "health"),
+        ("GET /v1/tasks/{id}", "get"),
+        ("GET /v1/tasks?limit=50", "list"),
+    ] {
+        let mut p = measured_profiled(opts, fx, name, mode, addr, pid)?;
+        ceilings.push(ceiling_phase(
+            opts,
+            fx,
+            &format!("ceiling /health #{}", ceilings.len() + 1),
+        )?);
+        p.ceiling =
+            Some((ceilings[ceilings.len() - 2].rps + ceilings[ceilings.len() - 1].rps) / 2.0);
+        reads.push(p);
+    }
+    eprintln!("server, group commit on:");
+    // No write yet: the histogram does not exist yet.
+    let before = commit_batches(addr).or(Some((0.0, 0.0)));
+    let post = measured_profiled(opts, fx, "POST /v1/tasks", "post", addr, pid)?;
+    let after = commit_batches(addr);
     let patch = measured(opts, fx, "PATCH /v1/tasks/{id}", "patch", addr)?;
+    // Writes per commit during the POST phase.
+    let post_batch = match (before, after) {
+        (Some((m0, c0)), Some((m1, c1))) if c1 > c0 => Some((m1 * c1 - m0 * c0) / (c1 - c0)),
+        _ => None,
+    };
+    let post_commits_per_s = match (before, after) {
+        (Some((_, c0)), Some((_, c1))) => Some((c1 - c0) / opts.duration as f64),
+        _ => None,
+    };
+    if let (Some(b), Some(c)) = (post_batch, post_commits_per_s) {
+        eprintln!("  POST phase: {b:.1} writes per commit, {c:.0} commits/s");
+    }
     let peak_kib = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
     let rss_kib = proc_kib(server.pid(), "VmRSS").unwrap_or(0);
     let fds = open_fds(server.pid()).unwrap_or(0);
@@ -483,29 +693,71 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     eprintln!("server, group commit off (naive store):");
     let naive = Server::start(&opts.binary, fx, false, &logs.join("server-naive.log"))?;
     let post_naive = measured(opts, fx, "POST /v1/tasks (naive)", "post", naive.addr)?;
-    let patch_naive = measured(opts, fx, "PATCH /v1/tasks/{id} (naive)", "patch", naive.addr)?;
+    let patch_naive = measured(
+        opts,
+        fx,
+        "PATCH /v1/tasks/{id} (naive)",
+        "patch",
+        naive.addr,
+    )?;
     let naive_peak_kib = proc_kib(naive.pid(), "VmHWM").unwrap_or(0);
     naive.stop()?;
 
-    eprintln!("framework ceiling again:");
-    let ceiling_b = ceiling_phase(opts, fx, "ceiling /health (after)")?;
-    let ceiling_rps = (ceiling_a.rps + ceiling_b.rps) / 2.0;
-
+    let ceiling_rps = ceilings.iter().map(|c| c.rps).sum::<f64>() / ceilings.len() as f64;
+    let ratio = |p: &Phase| p.rps / p.ceiling.unwrap_or(ceiling_rps);
+    let (get_ratio, list_ratio) = (ratio(&reads[1]), ratio(&reads[2]));
     let peak_mib = peak_kib as f64 / 1024.0;
-    let get_ratio = get.rps / ceiling_rps;
-    let list_ratio = list.rps / ceiling_rps;
     let post_ratio = post.rps / post_naive.rps;
     let targets = vec![
-        target("GET /v1/tasks/{id} vs ceiling", get_ratio, ">= 0.6", get_ratio >= 0.6),
-        target("GET /v1/tasks?limit=50 vs ceiling", list_ratio, ">= 0.25", list_ratio >= 0.25),
-        target("POST group vs naive", post_ratio, ">= 12", post_ratio >= 12.0),
-        target("POST group p99 ms (c=64)", post.p99_ms, "<= 25", post.p99_ms <= 25.0),
+        target(
+            "GET /v1/tasks/{id} vs ceiling",
+            get_ratio,
+            ">= 0.6",
+            get_ratio >= 0.6,
+        ),
+        target(
+            "GET /v1/tasks?limit=50 vs ceiling",
+            list_ratio,
+            ">= 0.25",
+            list_ratio >= 0.25,
+        ),
+        target(
+            "POST group vs naive",
+            post_ratio,
+            ">= 12",
+            post_ratio >= 12.0,
+        ),
+        target(
+            "POST group p99 ms (c=64)",
+            post.p99_ms,
+            "<= 25",
+            post.p99_ms <= 25.0,
+        ),
         target("peak RSS MiB", peak_mib, "<= 64", peak_mib <= 64.0),
-        target("start-up to ready ms", startup_ms, "<= 200", startup_ms <= 200.0),
+        target(
+            "start-up to ready ms",
+            startup_ms,
+            "<= 200",
+            startup_ms <= 200.0,
+        ),
     ];
 
-    phases.extend([ceiling_a.clone(), ceiling_b.clone(), health, get, list, post, patch, post_naive, patch_naive]);
-    print_table(opts, fx, &machine, &phases, ceiling_rps, &targets, peak_mib, startup_ms);
+    let mut phases = ceilings;
+    phases.extend(reads);
+    phases.extend([post, patch, post_naive, patch_naive]);
+    print_table(
+        opts,
+        fx,
+        &machine,
+        &phases,
+        ceiling_rps,
+        &targets,
+        peak_mib,
+        startup_ms,
+    );
+    if let (Some(b), Some(c)) = (post_batch, post_commits_per_s) {
+        println!("POST with group commit: {b:.1} writes per commit, {c:.0} commits/s");
+    }
 
     let report = json!({
         "machine": machine,
@@ -521,11 +773,16 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         "rss_at_end_mib": round(rss_kib as f64 / 1024.0, 1),
         "open_fds_at_end": fds,
         "naive_peak_rss_mib": round(naive_peak_kib as f64 / 1024.0, 1),
+        "post_writes_per_commit": post_batch.map(|b| round(b, 1)),
+        "post_commits_per_s": post_commits_per_s.map(|c| round(c, 0)),
         "ceiling_rps": round(ceiling_rps, 0),
         "phases": phases.iter().map(Phase::to_json).collect::<Vec<_>>(),
         "targets": targets,
     });
-    let out = opts.out.clone().unwrap_or_else(|| target_dir().join("bench").join("http.json"));
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench").join("http.json"));
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -552,18 +809,32 @@ fn print_table(
     println!();
     println!(
         "devops-api HTTP benchmark: {} cores, {}; c={}, {} s phases, {} tasks / {} principals",
-        machine["cores"], machine["cpu"].as_str().unwrap_or("?"), opts.concurrency, opts.duration, opts.tasks, PRINCIPALS
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("?"),
+        opts.concurrency,
+        opts.duration,
+        opts.tasks,
+        PRINCIPALS
     );
     println!();
-    println!("| phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs ceiling |");
+    println!("| phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs ceiling* |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     for p in phases {
         println!(
             "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2}× |",
-            p.name, p.rps, p.p50_ms, p.p99_ms, p.p999_ms, p.errors, p.rps / ceiling_rps
+            p.name,
+            p.rps,
+            p.p50_ms,
+            p.p99_ms,
+            p.p999_ms,
+            p.errors,
+            p.rps / p.ceiling.unwrap_or(ceiling_rps)
         );
     }
     println!();
+    println!(
+        "* read phases: against the mean of the two ceiling phases around them; others: the mean of all ceiling phases ({ceiling_rps:.0} req/s)"
+    );
     println!(
         "peak RSS {peak_mib:.1} MiB; start-up to ready {startup_ms:.1} ms (median of 3); seed {:.1} s, file {:.1} MiB",
         fx.seed_seconds,
@@ -578,7 +849,11 @@ fn print_table(
             t["target"].as_str().unwrap_or(""),
             t["value"],
             t["goal"].as_str().unwrap_or(""),
-            if t["met"].as_bool() == Some(true) { "yes" } else { "NO" }
+            if t["met"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO"
+            }
         );
     }
 }

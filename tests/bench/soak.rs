@@ -38,13 +38,25 @@ impl Mix {
         let pick = r % 100;
         let (owner, id) = &self.sample[(r >> 8) as usize % self.sample.len()];
         let auth = format!("Bearer {}", self.tokens[*owner]);
-        let b = Request::builder().header("host", "bench").header("authorization", auth);
+        let b = Request::builder()
+            .header("host", "bench")
+            .header("authorization", auth);
         let (b, body) = match pick {
-            0..70 => (b.method(Method::GET).uri(format!("/v1/tasks/{id}")), Bytes::new()),
-            70..90 => (b.method(Method::GET).uri("/v1/tasks?limit=50"), Bytes::new()),
+            0..70 => (
+                b.method(Method::GET).uri(format!("/v1/tasks/{id}")),
+                Bytes::new(),
+            ),
+            70..90 => (
+                b.method(Method::GET).uri("/v1/tasks?limit=50"),
+                Bytes::new(),
+            ),
             90..95 => (
-                b.method(Method::POST).uri("/v1/tasks").header("content-type", "application/json"),
-                Bytes::from(format!(r#"{{"title":"soak task {counter}","tags":["soak"]}}"#)),
+                b.method(Method::POST)
+                    .uri("/v1/tasks")
+                    .header("content-type", "application/json"),
+                Bytes::from(format!(
+                    r#"{{"title":"soak task {counter}","tags":["soak"]}}"#
+                )),
             ),
             _ => (
                 b.method(Method::PATCH)
@@ -82,7 +94,9 @@ async fn send(sender: &mut Option<Sender>, addr: SocketAddr, req: Request<Full<B
     if sender.as_ref().is_none_or(|s| s.is_closed()) {
         *sender = connect(addr).await.ok();
     }
-    let Some(s) = sender.as_mut() else { return false };
+    let Some(s) = sender.as_mut() else {
+        return false;
+    };
     if s.ready().await.is_err() {
         *sender = None;
         return false;
@@ -131,18 +145,27 @@ pub fn run(opts: &Options, fx: &Fixture, target: &std::path::Path) -> anyhow::Re
     let server = Server::start(&opts.binary, fx, true, &fx.work_dir.join("server-soak.log"))?;
     let addr = server.addr;
     let pid = server.pid();
-    let mix = Arc::new(Mix { tokens: fx.tokens.clone(), sample: fx.sample.clone() });
+    let mix = Arc::new(Mix {
+        tokens: fx.tokens.clone(),
+        sample: fx.sample.clone(),
+    });
     let conns = opts.concurrency;
     let minutes = opts.soak_minutes as usize;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let (cap, cap_errors) = rt.block_on(capacity(addr, mix.clone(), conns, 15));
     if cap_errors > 0 {
         bail!("{cap_errors} errors while measuring capacity");
     }
     let rate = cap / 2.0;
-    eprintln!("mixed capacity {cap:.0} req/s; soaking at {rate:.0} req/s for {minutes} min over {conns} connections");
+    eprintln!(
+        "mixed capacity {cap:.0} req/s; soaking at {rate:.0} req/s for {minutes} min over {conns} connections"
+    );
 
-    let stats: Arc<Mutex<Vec<Minute>>> = Arc::new(Mutex::new((0..minutes).map(|_| Minute::default()).collect()));
+    let stats: Arc<Mutex<Vec<Minute>>> = Arc::new(Mutex::new(
+        (0..minutes).map(|_| Minute::default()).collect(),
+    ));
     let start = tokio::time::Instant::now() + Duration::from_millis(100);
     let total = Duration::from_secs(60 * minutes as u64);
     let interval = Duration::from_secs_f64(conns as f64 / rate);
@@ -164,7 +187,8 @@ pub fn run(opts: &Options, fx: &Fixture, target: &std::path::Path) -> anyhow::Re
                     {
                         let mut s = stats.lock().expect("stats");
                         let m = &mut s[minute.min(minutes - 1)];
-                        m.latencies_us.push(latency.as_micros().min(u32::MAX as u128) as u32);
+                        m.latencies_us
+                            .push(latency.as_micros().min(u32::MAX as u128) as u32);
                         m.errors += u64::from(!ok);
                     }
                     i += 1;
@@ -175,9 +199,20 @@ pub fn run(opts: &Options, fx: &Fixture, target: &std::path::Path) -> anyhow::Re
         // Server RSS and fds at the end of every minute.
         let mut samples = Vec::new();
         for m in 1..=minutes {
-            tokio::time::sleep_until(start + Duration::from_secs(60 * m as u64)).await;
-            samples.push((proc_kib(pid, "VmRSS").unwrap_or(0), open_fds(pid).unwrap_or(0)));
-            eprintln!("  minute {m}: rss {} KiB, fds {}", samples[m - 1].0, samples[m - 1].1);
+            // Just before the minute ends, while every connection is open.
+            tokio::time::sleep_until(
+                start + Duration::from_secs(60 * m as u64) - Duration::from_millis(500),
+            )
+            .await;
+            samples.push((
+                proc_kib(pid, "VmRSS").unwrap_or(0),
+                open_fds(pid).unwrap_or(0),
+            ));
+            eprintln!(
+                "  minute {m}: rss {} KiB, fds {}",
+                samples[m - 1].0,
+                samples[m - 1].1
+            );
         }
         for w in workers {
             let _ = w.await;
@@ -202,7 +237,11 @@ pub fn run(opts: &Options, fx: &Fixture, target: &std::path::Path) -> anyhow::Re
         m.latencies_us.sort_unstable();
         let pct = |p: f64| {
             let v = &m.latencies_us;
-            if v.is_empty() { 0.0 } else { v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0 }
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * p) as usize] as f64 / 1000.0
+            }
         };
         let (rss, fds) = samples.get(i).copied().unwrap_or_default();
         println!(
@@ -227,7 +266,10 @@ pub fn run(opts: &Options, fx: &Fixture, target: &std::path::Path) -> anyhow::Re
         "machine": machine, "capacity_rps": cap, "rate_rps": rate, "connections": conns,
         "peak_rss_mib": peak_kib as f64 / 1024.0, "minutes": rows,
     });
-    let out = opts.out.clone().unwrap_or_else(|| target.join("bench").join("soak.json"));
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| target.join("bench").join("soak.json"));
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent)?;
     }
