@@ -6,7 +6,8 @@ mod task;
 
 pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_replace};
 pub use task::{
-    now, rfc3339, Description, DueAt, MAX_TAGS, Priority, Status, Tag, Tags, Task, TaskFields, TaskId, Title,
+    Description, DueAt, MAX_TAGS, Priority, Status, Tag, Tags, Task, TaskFields, TaskId, Title,
+    now, rfc3339,
 };
 
 /// The owner of a task: the name of the principal whose token created it.

@@ -151,7 +151,10 @@ pub struct TokenInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackupRecord {
-    Task { owner: String, task: Task },
+    Task {
+        owner: String,
+        task: Task,
+    },
     Token {
         name: String,
         /// Hex SHA-256 of the token: backups never contain tokens.
@@ -177,7 +180,12 @@ pub trait Store: Send + Sync + 'static {
         change: TaskChange,
         expected: Option<u64>,
     ) -> StoreResult<Task>;
-    async fn delete_task(&self, owner: &Owner, id: TaskId, expected: Option<u64>) -> StoreResult<()>;
+    async fn delete_task(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        expected: Option<u64>,
+    ) -> StoreResult<()>;
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
 

@@ -148,7 +148,11 @@ async fn raw_status_line(addr: std::net::SocketAddr, request: Vec<u8>) -> String
     let _ = s.write_all(&request).await;
     let mut buf = vec![0u8; 256];
     let n = s.read(&mut buf).await.unwrap();
-    String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -157,7 +161,10 @@ async fn oversized_uri_and_headers_are_refused() {
     let mut uri = b"GET /health?".to_vec();
     uri.extend(std::iter::repeat_n(b'a', 70_000));
     uri.extend_from_slice(b" HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert_eq!(raw_status_line(app.addr, uri).await, "HTTP/1.1 414 URI Too Long");
+    assert_eq!(
+        raw_status_line(app.addr, uri).await,
+        "HTTP/1.1 414 URI Too Long"
+    );
     let mut headers = b"GET /health HTTP/1.1\r\nHost: x\r\n".to_vec();
     for i in 0..200 {
         headers.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
