@@ -130,6 +130,9 @@ svc=${stack}_api
 inspect() { docker service inspect --format "$1" "$svc" 2>/dev/null || true; }
 prev_image=$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}')
 if [ "$previous" = true ]; then
+  # After Swarm's own rollback the previous spec is the failed one: make the operator name the image.
+  [ "$(inspect '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}')" != rollback_completed ] \
+    || die "Swarm already rolled $svc back; it runs ${prev_image}. Name the commit SHA to go further back"
   image=$(inspect '{{if .PreviousSpec}}{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}{{end}}')
   [ -n "$image" ] || die "service $svc has no previous spec to return to; name the image (rollback SHA)"
 fi

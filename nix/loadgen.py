@@ -83,7 +83,7 @@ class Stats:
         self.lock = threading.Lock()
         self.latencies = []
         self.failures = Counter()
-        self.fail_times = []
+        self.fail_times = []  # when the failed requests were due (sent), seconds from the start
         self.acked = []
         self.requests = 0
 
@@ -107,9 +107,14 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
-def worker(args, token, jobs, stats, t0):
+def worker(args, token, jobs, stats, start, warm):
     client = Client(args, token)
     rnd = random.Random()
+    try:  # open the connection (TLS handshake) before the clock starts
+        client.request("GET", "/health")
+    except Exception:
+        client.close()
+    warm.release()
     while True:
         job = jobs.get()
         if job is None:
@@ -130,15 +135,15 @@ def worker(args, token, jobs, stats, t0):
                         stats.acked.append(str(task_id))
                     stats.ok(time.monotonic() - due)
                 else:
-                    stats.fail(f"POST {status}", time.monotonic() - due, time.monotonic() - t0)
+                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"])
             else:
                 status, _ = client.request("GET", f"/v1/tasks/{target}")
                 if status == 200:
                     stats.ok(time.monotonic() - due)
                 else:
-                    stats.fail(f"GET {status}", time.monotonic() - due, time.monotonic() - t0)
+                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"])
         except Exception as exc:  # connection refused/reset, timeout, bad JSON
-            stats.fail(type(exc).__name__, time.monotonic() - due, time.monotonic() - t0)
+            stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"])
 
 
 def readback(args, token, ids):
@@ -190,7 +195,7 @@ def main():
     p.add_argument("--duration", type=float, default=300.0, help="maximum seconds of load (default 300)")
     p.add_argument("--stop-file", help="stop the load as soon as this file exists")
     p.add_argument("--write-ratio", type=float, default=0.5, help="share of writes (default 0.5)")
-    p.add_argument("--workers", type=int, default=96, help="concurrent connections (default 96)")
+    p.add_argument("--workers", type=int, default=256, help="concurrent connections (default 256)")
     p.add_argument("--readback-workers", type=int, default=16)
     p.add_argument("--timeout", type=float, default=10.0, help="per-request timeout in seconds")
     p.add_argument("--insecure", action="store_true", help="do not verify the TLS certificate")
@@ -205,11 +210,16 @@ def main():
 
     stats = Stats()
     jobs = queue.Queue()
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(args, token, jobs, stats, t0), daemon=True)
+    warm = threading.Semaphore(0)
+    start = {"t0": time.monotonic()}  # set again once every worker is connected
+    threads = [threading.Thread(target=worker, args=(args, token, jobs, stats, start, warm), daemon=True)
                for _ in range(args.workers)]
     for t in threads:
         t.start()
+    for _ in threads:
+        warm.acquire()
+    t0 = time.monotonic()
+    start["t0"] = t0
 
     seq = 0
     interval = 1.0 / args.rate

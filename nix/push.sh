@@ -13,7 +13,7 @@ pushed). Prints one line on stdout: REGISTRY/NAME:SHA@sha256:DIGEST (what nix/de
 
 Environment (optional, from CI secrets; never printed):
   REGISTRY_USER, REGISTRY_PASSWORD   credentials (a token with package scope for Gitea's registry)
-  --insecure                         plain HTTP / unverified TLS (loopback test registry only)
+  --insecure                         plain HTTP / unverified TLS (implied for a registry on loopback)
 USAGE
 }
 
@@ -46,6 +46,10 @@ if [ -x "$archive" ] && ! tar -tf "$archive" >/dev/null 2>&1 && ! gzip -t "$arch
   src=$work/image.tar
 fi
 
+# Like Docker, a registry on loopback is spoken to without TLS (the end-to-end test's local registry).
+case "${image%%/*}" in
+  localhost|localhost:*|127.*) insecure=true ;;
+esac
 args=(--quiet)
 if [ "$insecure" = true ]; then
   args+=(--dest-tls-verify=false)
