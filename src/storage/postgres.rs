@@ -381,8 +381,10 @@ fn task_from_row(row: &Row, at: usize) -> StoreResult<Task> {
     })
 }
 
-/// The mutable columns of a task as statement parameters, owned.
+/// A task's row as statement parameters, owned.
 struct TaskColumns {
+    owner: String,
+    id: uuid::Uuid,
     title: String,
     title_lower: String,
     description: Option<String>,
@@ -390,13 +392,17 @@ struct TaskColumns {
     priority: &'static str,
     due_at: Option<DateTime<Utc>>,
     tags: Vec<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
     version: i64,
 }
 
 impl TaskColumns {
-    fn of(task: &Task) -> Self {
+    fn of(owner: &str, task: &Task) -> Self {
         let f = &task.fields;
         Self {
+            owner: owner.to_owned(),
+            id: task.id.as_uuid(),
             title: f.title.as_str().to_owned(),
             title_lower: f.title.as_str().to_lowercase(),
             description: f.description.as_ref().map(|d| d.as_str().to_owned()),
@@ -404,8 +410,28 @@ impl TaskColumns {
             priority: f.priority.as_str(),
             due_at: f.due_at.map(|d| d.as_datetime()),
             tags: f.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            created_at: task.created_at,
+            updated_at: task.updated_at,
             version: to_i64(task.version),
         }
+    }
+
+    /// The whole row in the column order of the `tasks` INSERT and COPY.
+    fn row(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            &self.owner,
+            &self.id,
+            &self.title,
+            &self.title_lower,
+            &self.description,
+            &self.status,
+            &self.priority,
+            &self.due_at,
+            &self.tags,
+            &self.created_at,
+            &self.updated_at,
+            &self.version,
+        ]
     }
 }
 
@@ -573,7 +599,7 @@ impl Store for PostgresStore {
         {
             return Err(StorageError::QuotaExceeded { max: new.max_tasks });
         }
-        let c = TaskColumns::of(&task);
+        let c = TaskColumns::of(owner, &task);
         let stmt = txn
             .prepare_cached(
                 "INSERT INTO tasks (owner, id, title, title_lower, description, status, priority,
@@ -582,25 +608,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(db)?;
-        txn.execute(
-            &stmt,
-            &[
-                &owner,
-                &task.id.as_uuid(),
-                &c.title,
-                &c.title_lower,
-                &c.description,
-                &c.status,
-                &c.priority,
-                &c.due_at,
-                &c.tags,
-                &task.created_at,
-                &task.updated_at,
-                &c.version,
-            ],
-        )
-        .await
-        .map_err(db)?;
+        txn.execute(&stmt, &c.row()).await.map_err(db)?;
         txn.commit().await.map_err(db)?;
         Ok(Created::New(task))
     }
@@ -658,7 +666,7 @@ impl Store for PostgresStore {
             if updated.version == current.version {
                 return Ok(updated);
             }
-            let c = TaskColumns::of(&updated);
+            let c = TaskColumns::of(owner, &updated);
             let written = client
                 .execute(
                     &stmt,
@@ -936,25 +944,8 @@ impl Store for PostgresStore {
         let mut per_owner: HashMap<&str, i64> = HashMap::new();
         for r in &records {
             if let BackupRecord::Task { owner, task } = r {
-                let c = TaskColumns::of(task);
-                writer
-                    .as_mut()
-                    .write(&[
-                        owner,
-                        &task.id.as_uuid(),
-                        &c.title,
-                        &c.title_lower,
-                        &c.description,
-                        &c.status,
-                        &c.priority,
-                        &c.due_at,
-                        &c.tags,
-                        &task.created_at,
-                        &task.updated_at,
-                        &c.version,
-                    ])
-                    .await
-                    .map_err(db)?;
+                let c = TaskColumns::of(owner, task);
+                writer.as_mut().write(&c.row()).await.map_err(db)?;
                 *per_owner.entry(owner.as_str()).or_default() += 1;
             }
         }
