@@ -105,7 +105,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    telemetry::init_logging(&args.log.log_level, args.log.log_format)?;
+    // Held to the end of `serve`: dropping it flushes the last log lines.
+    let _log = telemetry::init_logging(&args.log.log_level, args.log.log_format)?;
     let started = std::time::Instant::now();
     let policy = ShutdownPolicy {
         drain: seconds("--drain-seconds", args.drain_seconds)?,

@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
@@ -16,15 +17,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer thread running; dropping it writes out every line
+/// still queued and stops the thread. Hold it until the process is done.
+#[must_use = "dropping the guard stops the log writer"]
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
+
 /// Installs the global subscriber. `level` is an `EnvFilter` directive such as
 /// `info` or `devops_api=debug,tower_http=info`.
-pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+///
+/// Lines are formatted on the calling thread and written to standard error by
+/// a dedicated thread, so a request never waits for a `write` system call.
+/// The queue is bounded and blocks when full instead of dropping lines: every
+/// request keeps its log line.
+pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| anyhow::anyhow!("invalid log level `{level}`: {e}"))?;
+    let (writer, worker) = NonBlockingBuilder::default()
+        .lossy(false)
+        // About 2 MiB of queued lines at most (the default, 128 000 lines, is
+        // ~30 MiB when standard error is slow to drain); beyond it the caller
+        // waits, as it did for a direct write.
+        .buffered_lines_limit(8_192)
+        .thread_name("log-writer")
+        // The worker flushes whenever its queue runs empty.
+        .finish(std::io::BufWriter::new(std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_span_events(FmtSpan::NONE)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder
@@ -33,7 +55,8 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
             .with_current_span(false)
             .try_init(),
     }
-    .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))
+    .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
+    Ok(LogGuard { _worker: worker })
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -16,8 +16,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 
@@ -81,38 +79,26 @@ impl AppState {
 
 /// The whole API as a router: what the binary serves and what tests call.
 pub fn app(state: AppState) -> Router {
-    let x_request_id = HeaderName::from_static("x-request-id");
     let mut router = Router::new()
         .merge(ops::routes(state.config.metrics_on_main))
         .merge(tasks::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);
+    // Request ids, the log line and metrics, the fixed response headers and
+    // `Connection: close` while draining are one middleware (outermost, so it
+    // sees CORS preflight answers too); the deadline stays inside CORS, so a
+    // timed-out answer still carries the CORS headers.
     router = router
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.config.request_timeout,
             middleware::timeout,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::connection_close_when_draining,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(cors(&state.config.cors_origins))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(axum::middleware::from_fn(middleware::observe))
-        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
-        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid));
+        .layer(axum::middleware::from_fn_with_state(
+            middleware::Observe::new(state.lifecycle.clone()),
+            middleware::observe,
+        ));
     router.with_state(state)
 }
 

@@ -21,12 +21,20 @@
 //!   --perf               record a CPU profile of the server (`perf record`) during
 //!                        the GET id, list and POST phases into <target>/bench/;
 //!                        use an unstripped binary (see the README) with --binary
+//!   --pg                 also run the store phases (GET id, list, POST, PATCH)
+//!                        against PostgreSQL: a throwaway cluster the bench
+//!                        starts (needs Debian's `postgresql`), or --pg-url
+//!   --pg-url URL         use this server instead (a fresh database is created
+//!                        and dropped); default $TEST_DATABASE_URL if set, so
+//!                        `nix/postgres-test.sh --exec cargo bench --bench http -- --pg`
+//!                        works too (that cluster runs with fsync=off)
 //!   --soak               instead: open-loop mixed load (90 % reads) at half the
 //!                        measured capacity, p99/RSS/fds per minute (not for CI)
 //!   --soak-minutes N     soak length (default 10)
 //!
 //! Needs `wrk` (Debian package `wrk`) for the closed-loop phases.
 
+mod pg;
 mod soak;
 
 use std::io::{Read, Write};
@@ -52,6 +60,8 @@ pub struct Options {
     pub soak: bool,
     pub soak_minutes: u64,
     pub perf: bool,
+    pub pg: bool,
+    pub pg_url: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -64,6 +74,8 @@ fn parse_args() -> anyhow::Result<Options> {
         soak: false,
         soak_minutes: 10,
         perf: false,
+        pg: false,
+        pg_url: std::env::var("TEST_DATABASE_URL").ok(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -72,6 +84,8 @@ fn parse_args() -> anyhow::Result<Options> {
             "--quick" => o.duration = 3,
             "--soak" => o.soak = true,
             "--perf" => o.perf = true,
+            "--pg" => o.pg = true,
+            "--pg-url" => o.pg_url = Some(value("--pg-url")?),
             "--duration" => o.duration = value("--duration")?.parse()?,
             "--concurrency" => o.concurrency = value("--concurrency")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
@@ -146,6 +160,8 @@ pub struct Fixture {
     pub seed_seconds: f64,
     pub file_bytes: u64,
     pub work_dir: PathBuf,
+    /// What was seeded, for seeding PostgreSQL the same way (`--pg`).
+    pub records: Vec<BackupRecord>,
 }
 
 fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
@@ -186,7 +202,7 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         .build()?;
     rt.block_on(async {
         let store = RedbStore::open(&RedbConfig::new(&data_dir))?;
-        store.import(records).await?;
+        store.import(records.clone()).await?;
         store.close().await;
         anyhow::Ok(())
     })?;
@@ -217,6 +233,7 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         seed_seconds,
         file_bytes,
         work_dir: dir.to_path_buf(),
+        records,
     })
 }
 
@@ -289,10 +306,26 @@ impl Server {
         group_commit: bool,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_on(binary, fx, group_commit, None, log)
+    }
+
+    /// Like `start`, on PostgreSQL when `database_url` is given.
+    pub fn start_on(
+        binary: &Path,
+        fx: &Fixture,
+        group_commit: bool,
+        database_url: Option<&str>,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::fs::File::create(log)?;
         let started = Instant::now();
-        let child = Command::new(binary)
+        let mut cmd = Command::new(binary);
+        match database_url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(addr.to_string())
@@ -307,7 +340,6 @@ impl Server {
             .env("LOG_FORMAT", "json")
             .env("LOG_LEVEL", "info")
             .env_remove("METRICS_ADDR")
-            .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -703,6 +735,81 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let naive_peak_kib = proc_kib(naive.pid(), "VmHWM").unwrap_or(0);
     naive.stop()?;
 
+    // PostgreSQL (`--pg`): the same store phases against the same binary on a
+    // database seeded with the same tasks, read phases bracketed by ceilings
+    // like the redb ones.
+    let mut pg_phases = Vec::new();
+    let mut pg_report = Value::Null;
+    if opts.pg {
+        let db = pg::prepare(opts.pg_url.as_deref(), fx.records.clone())?;
+        let mut startups = Vec::new();
+        for i in 0..3 {
+            let s = Server::start_on(
+                &opts.binary,
+                fx,
+                true,
+                Some(&db.url),
+                &logs.join(format!("startup-pg-{i}.log")),
+            )?;
+            startups.push(s.startup_ms);
+            s.stop()?;
+        }
+        startups.sort_by(f64::total_cmp);
+        eprintln!("PostgreSQL start-up to ready: {startups:?} ms");
+        let server = Server::start_on(
+            &opts.binary,
+            fx,
+            true,
+            Some(&db.url),
+            &logs.join("server-pg.log"),
+        )?;
+        eprintln!("server on PostgreSQL:");
+        ceilings.push(ceiling_phase(
+            opts,
+            fx,
+            &format!("ceiling /health #{}", ceilings.len() + 1),
+        )?);
+        for (name, mode) in [
+            ("GET /v1/tasks/{id} (PostgreSQL)", "get"),
+            ("GET /v1/tasks?limit=50 (PostgreSQL)", "list"),
+        ] {
+            let mut p = measured(opts, fx, name, mode, server.addr)?;
+            ceilings.push(ceiling_phase(
+                opts,
+                fx,
+                &format!("ceiling /health #{}", ceilings.len() + 1),
+            )?);
+            p.ceiling =
+                Some((ceilings[ceilings.len() - 2].rps + ceilings[ceilings.len() - 1].rps) / 2.0);
+            pg_phases.push(p);
+        }
+        pg_phases.push(measured(
+            opts,
+            fx,
+            "POST /v1/tasks (PostgreSQL)",
+            "post",
+            server.addr,
+        )?);
+        pg_phases.push(measured(
+            opts,
+            fx,
+            "PATCH /v1/tasks/{id} (PostgreSQL)",
+            "patch",
+            server.addr,
+        )?);
+        let pg_peak = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
+        server.stop()?;
+        pg_report = json!({
+            "settings": db.settings,
+            "pool_size": 10,
+            "own_cluster": opts.pg_url.is_none(),
+            "seed_seconds": round(db.seed_seconds, 2),
+            "startup_ms": { "median": round(startups[1], 1), "runs": startups.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
+            "peak_rss_mib": round(pg_peak as f64 / 1024.0, 1),
+        });
+        drop(db);
+    }
+
     let ceiling_rps = ceilings.iter().map(|c| c.rps).sum::<f64>() / ceilings.len() as f64;
     let ratio = |p: &Phase| p.rps / p.ceiling.unwrap_or(ceiling_rps);
     let (get_ratio, list_ratio) = (ratio(&reads[1]), ratio(&reads[2]));
@@ -745,6 +852,15 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let mut phases = ceilings;
     phases.extend(reads);
     phases.extend([post, patch, post_naive, patch_naive]);
+    // GET id, list, POST, PATCH on redb (group commit), beside PostgreSQL.
+    let redb_store_phases: Vec<Phase> = phases
+        .iter()
+        .filter(|p| !p.name.starts_with("ceiling"))
+        .skip(1)
+        .take(4)
+        .cloned()
+        .collect();
+    phases.extend(pg_phases.iter().cloned());
     print_table(
         opts,
         fx,
@@ -757,6 +873,38 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     );
     if let (Some(b), Some(c)) = (post_batch, post_commits_per_s) {
         println!("POST with group commit: {b:.1} writes per commit, {c:.0} commits/s");
+    }
+    let mut store_comparison = Vec::new();
+    if !pg_phases.is_empty() {
+        println!();
+        println!(
+            "| phase | redb req/s | PostgreSQL req/s | PostgreSQL / redb | redb p99 ms | PostgreSQL p99 ms |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (r, p) in redb_store_phases.iter().zip(&pg_phases) {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |",
+                r.name,
+                r.rps,
+                p.rps,
+                p.rps / r.rps,
+                r.p99_ms,
+                p.p99_ms
+            );
+            store_comparison.push(json!({
+                "phase": r.name, "redb_rps": round(r.rps, 0), "postgres_rps": round(p.rps, 0),
+                "postgres_vs_redb": round(p.rps / r.rps, 3),
+                "redb_p99_ms": round(r.p99_ms, 3), "postgres_p99_ms": round(p.p99_ms, 3),
+            }));
+        }
+        println!();
+        println!(
+            "PostgreSQL: {} (pool 10, the default); start-up to ready {} ms; peak RSS {} MiB; seed {} s",
+            pg_report["settings"],
+            pg_report["startup_ms"]["median"],
+            pg_report["peak_rss_mib"],
+            pg_report["seed_seconds"]
+        );
     }
 
     let report = json!({
@@ -778,6 +926,8 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         "ceiling_rps": round(ceiling_rps, 0),
         "phases": phases.iter().map(Phase::to_json).collect::<Vec<_>>(),
         "targets": targets,
+        "postgres": pg_report,
+        "redb_vs_postgres": store_comparison,
     });
     let out = opts
         .out
