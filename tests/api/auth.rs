@@ -9,7 +9,7 @@ use crate::helpers::{problem, spawn_app, spawn_app_with};
 #[tokio::test]
 async fn v1_needs_a_valid_bearer_token() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/v1/tasks")).send().await.unwrap();
+    let r = app.get_public("/v1/tasks").await;
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     problem(r, 401).await;
     for header in [
@@ -31,15 +31,7 @@ async fn v1_needs_a_valid_bearer_token() {
     assert_eq!(app.list(&app.alice, "").await.status(), 200);
     assert_eq!(app.list(&app.bob, "").await.status(), 200);
     // /health and /ready need no token.
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_public("/health").await.status(), 200);
 }
 
 #[tokio::test]

@@ -48,7 +48,7 @@ async fn wrong_content_type_is_415() {
 #[tokio::test]
 async fn unknown_route_is_404_and_wrong_method_is_405() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/nope")).send().await.unwrap();
+    let r = app.get_public("/nope").await;
     problem(r, 404).await;
     let r = app.client.delete(app.url("/health")).send().await.unwrap();
     problem(r, 405).await;

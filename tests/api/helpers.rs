@@ -78,6 +78,11 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `GET path` without a token.
+    pub async fn get_public(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     pub fn req(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
         self.client
             .request(method, self.url(path))

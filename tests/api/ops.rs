@@ -7,7 +7,7 @@ use crate::helpers::{problem, spawn_app};
 #[tokio::test]
 async fn health_is_the_documented_body() {
     let app = spawn_app().await;
-    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    let r = app.get_public("/health").await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -18,17 +18,9 @@ async fn health_is_the_documented_body() {
 #[tokio::test]
 async fn ready_fails_while_draining_and_when_storage_is_closed() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_public("/ready").await.status(), 200);
     app.lifecycle.start_draining();
-    let r = app.client.get(app.url("/ready")).send().await.unwrap();
+    let r = app.get_public("/ready").await;
     assert_eq!(
         r.headers()["connection"],
         "close",
@@ -36,19 +28,11 @@ async fn ready_fails_while_draining_and_when_storage_is_closed() {
     );
     problem(r, 503).await;
     // Liveness is unaffected.
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_public("/health").await.status(), 200);
 
     let app = crate::helpers::spawn_app().await;
     app.store.close().await;
-    problem(app.client.get(app.url("/ready")).send().await.unwrap(), 503).await;
+    problem(app.get_public("/ready").await, 503).await;
     // Static tokens still authenticate; writes to the closed store are 503, not 500.
     problem(app.create(&app.alice, json!({"title": "late"})).await, 503).await;
 }
@@ -64,7 +48,7 @@ async fn request_id_is_propagated_or_generated() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
-    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    let r = app.get_public("/health").await;
     assert_eq!(r.headers()["x-request-id"].len(), 36);
 }
 
@@ -73,20 +57,8 @@ async fn metrics_label_routes_by_template() {
     let app = spawn_app().await;
     let t = app.create_ok(&app.alice, json!({"title": "a"})).await;
     app.get(&app.alice, t["id"].as_str().unwrap()).await;
-    app.client
-        .get(app.url("/random/scan/path"))
-        .send()
-        .await
-        .unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    app.get_public("/random/scan/path").await;
+    let text = app.get_public("/metrics").await.text().await.unwrap();
     assert!(text.contains(r#"route="/v1/tasks/{id}""#), "{text}");
     assert!(text.contains(r#"route="unmatched""#));
     assert!(
@@ -108,12 +80,7 @@ async fn metrics_label_routes_by_template() {
 #[tokio::test]
 async fn openapi_document_is_served_and_unchanged() {
     let app = spawn_app().await;
-    let r = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let r = app.get_public("/openapi.json").await;
     assert_eq!(r.status(), 200);
     let doc: Value = r.json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");

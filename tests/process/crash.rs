@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{ALICE, Server, client};
+use crate::helpers::{ALICE, Server, client, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_load_loses_no_acknowledged_write() {
@@ -60,12 +60,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
         acked.len()
     );
     for (id, title) in &acked {
-        let r = c
-            .get(server.url(&format!("/v1/tasks/{id}")))
-            .bearer_auth(ALICE)
-            .send()
-            .await
-            .unwrap();
+        let r = get(&c, server.url(&format!("/v1/tasks/{id}")), ALICE).await;
         assert_eq!(r.status(), 200, "acknowledged task {id} is missing");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["title"], title.as_str(), "task {id} intact");

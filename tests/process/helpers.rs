@@ -116,6 +116,15 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// `GET url` with a bearer token.
+pub async fn get(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    token: &str,
+) -> reqwest::Response {
+    c.get(url).bearer_auth(token).send().await.unwrap()
+}
+
 /// Creates a task; `Some(id)` only for a 201.
 pub async fn create(c: &reqwest::Client, base: &str, title: &str) -> Option<String> {
     let r = c

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{ALICE, Server, client, create, run};
+use crate::helpers::{ALICE, Server, client, create, get, run};
 
 const MULTI: (&str, &str) = ("DB_SHARING", "multi-writer");
 
@@ -20,12 +20,7 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
     let from_a = create(&c, &a.url(""), "from a").await.unwrap();
     let from_b = create(&c, &b.url(""), "from b").await.unwrap();
     for (server, id) in [(&b, &from_a), (&a, &from_b)] {
-        let r = c
-            .get(server.url(&format!("/v1/tasks/{id}")))
-            .bearer_auth(ALICE)
-            .send()
-            .await
-            .unwrap();
+        let r = get(&c, server.url(&format!("/v1/tasks/{id}")), ALICE).await;
         assert_eq!(r.status(), 200);
     }
     // Mixed load on both; then kill -9 one of them mid-load.
@@ -69,12 +64,8 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 100);
     for (id, title) in &acked {
-        let v: serde_json::Value = c
-            .get(a.url(&format!("/v1/tasks/{id}")))
-            .bearer_auth(ALICE)
-            .send()
+        let v: serde_json::Value = get(&c, a.url(&format!("/v1/tasks/{id}")), ALICE)
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -83,12 +74,7 @@ async fn two_servers_share_one_file_and_survive_kill_9() {
     // A restarted second server sees everything too.
     let b2 = Server::start(&data, &[MULTI]);
     let some = acked.keys().next().unwrap();
-    let r = c
-        .get(b2.url(&format!("/v1/tasks/{some}")))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&c, b2.url(&format!("/v1/tasks/{some}")), ALICE).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -107,23 +93,13 @@ async fn a_token_created_by_the_cli_works_on_both_running_servers() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let c = client();
     for s in [&a, &b] {
-        let r = c
-            .get(s.url("/v1/tasks"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = get(&c, s.url("/v1/tasks"), &token).await;
         assert_eq!(r.status(), 200);
     }
     let out = run(&["token", "revoke", "carol"], &data, &[MULTI]);
     assert!(out.status.success());
     for s in [&a, &b] {
-        let r = c
-            .get(s.url("/v1/tasks"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = get(&c, s.url("/v1/tasks"), &token).await;
         assert_eq!(r.status(), 401);
     }
 }
