@@ -1,4 +1,4 @@
-# `nix run .#NAME`: the service and the pipeline scripts under nix/. Each script is wrapped with
+# `nix run .#NAME`: the service and the pipeline scripts under nix/deploy and nix/e2e. Each script is wrapped with
 # writeShellApplication, which puts its tools on PATH; the scripts themselves are shellchecked by
 # checks.shellcheck. A script that does not exist (yet) simply yields no app.
 {
@@ -27,12 +27,13 @@ let
     skopeo
   ];
 
+  # `nix run .#NAME` runs nix/DIR/NAME.sh.
   script =
-    name: extraInputs: env:
+    dir: name: extraInputs: env:
     let
       exports = lib.mapAttrsToList (k: v: "export ${k}=\"\${${k}:-${v}}\"") env;
     in
-    lib.optionalAttrs (lib.pathExists (scriptsDir + "/${name}.sh")) {
+    lib.optionalAttrs (lib.pathExists (scriptsDir + "/${dir}/${name}.sh")) {
       ${name} = {
         type = "app";
         program = lib.getExe (
@@ -41,10 +42,10 @@ let
             runtimeInputs = pipelineTools ++ extraInputs;
             # The scripts act on the checkout in the working directory; nix/ is copied whole so
             # that a script finds its siblings (image.json, helpers).
-            text = lib.concatLines (exports ++ [ ''exec bash ${scriptsDir}/${name}.sh "$@"'' ]);
+            text = lib.concatLines (exports ++ [ ''exec bash ${scriptsDir}/${dir}/${name}.sh "$@"'' ]);
           }
         );
-        meta.description = "nix/${name}.sh";
+        meta.description = "nix/${dir}/${name}.sh";
       };
     };
 
@@ -60,8 +61,8 @@ in
     meta.description = "Run devops-api (default subcommand: serve)";
   };
 }
-// script "build-image" [ pkgs.binutils ] imageEnv
-// script "push" [ ] imageEnv
-// script "deploy" [ ] { }
-// script "rollback" [ ] { }
-// script "e2e" [ pkgs.oha ] imageEnv
+// script "deploy" "build-image" [ pkgs.binutils ] imageEnv
+// script "deploy" "push" [ ] imageEnv
+// script "deploy" "deploy" [ ] { }
+// script "deploy" "rollback" [ ] { }
+// script "e2e" "e2e" [ pkgs.oha ] imageEnv

@@ -38,7 +38,7 @@ let
   nixFiles = lib.fileset.fileFilter (file: file.hasExt "nix") root;
   shellScripts = lib.fileset.fileFilter (file: file.hasExt "sh") (root + "/nix");
   workflows = root + "/.gitea/workflows";
-  actionlintConfig = root + "/nix/actionlint.yaml";
+  actionlintConfig = root + "/nix/lint/actionlint.yaml";
   stackFile = root + "/stack.yml";
 in
 {
@@ -73,12 +73,12 @@ in
   '';
 
   shellcheck = lint "shellcheck" shellScripts [ pkgs.shellcheck ] ''
-    shellcheck nix/*.sh
+    find nix -name '*.sh' -print0 | sort -z | xargs -0 shellcheck
   '';
 }
 // lib.optionalAttrs (image != null) { inherit image; }
 // lib.optionalAttrs (lib.pathExists workflows) {
-  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/actionlint.yaml.
+  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/lint/actionlint.yaml.
   actionlint =
     lint "actionlint"
       (lib.fileset.unions (
@@ -86,7 +86,7 @@ in
       ))
       [ pkgs.actionlint pkgs.shellcheck ]
       ''
-        actionlint ${lib.optionalString (lib.pathExists actionlintConfig) "-config-file nix/actionlint.yaml"} .gitea/workflows/*.y*ml
+        actionlint ${lib.optionalString (lib.pathExists actionlintConfig) "-config-file nix/lint/actionlint.yaml"} .gitea/workflows/*.y*ml
       '';
 }
 // lib.optionalAttrs (lib.pathExists stackFile) {

@@ -1,4 +1,4 @@
-# The container image, described by nix/image.json (shared with nix/build-image.sh, the CI twin).
+# The container image, described by nix/image.json (shared with nix/deploy/build-image.sh, the CI twin).
 # `config` is copied verbatim; only the version and revision labels are computed here.
 {
   pkgs,

@@ -4,7 +4,7 @@
 //!
 //! Every test gets a throwaway database created on the server at
 //! `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`;
-//! `nix/postgres-test.sh` starts one). A missing server fails the tests: it
+//! `nix/test/postgres.sh` starts one). A missing server fails the tests: it
 //! never skips them. The restart test starts its own private cluster with
 //! `initdb` on a free loopback port, so stopping it disturbs nobody.
 
@@ -55,7 +55,7 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
         Ok(c) => c,
         Err(e) => panic!(
             "cannot reach PostgreSQL at TEST_DATABASE_URL={url}: {e}\n\
-             Start a throwaway server with nix/postgres-test.sh (these tests never skip)."
+             Start a throwaway server with nix/test/postgres.sh (these tests never skip)."
         ),
     }
 }

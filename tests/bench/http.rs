@@ -26,7 +26,7 @@
 //!                        starts (needs Debian's `postgresql`), or --pg-url
 //!   --pg-url URL         use this server instead (a fresh database is created
 //!                        and dropped); default $TEST_DATABASE_URL if set, so
-//!                        `nix/postgres-test.sh --exec cargo bench --bench http -- --pg`
+//!                        `nix/test/postgres.sh --exec cargo bench --bench http -- --pg`
 //!                        works too (that cluster runs with fsync=off)
 //!   --soak               instead: open-loop mixed load (90 % reads) at half the
 //!                        measured capacity, p99/RSS/fds per minute (not for CI)

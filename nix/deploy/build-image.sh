@@ -8,7 +8,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/build-image.sh --tag NAME:TAG [options]
+Usage: nix/deploy/build-image.sh --tag NAME:TAG [options]
 
 Build the devops-api image (FROM scratch, static musl binary) with the config of nix/image.json.
 
@@ -63,16 +63,16 @@ done
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -z "${REPO_ROOT:-}" ]]; then
-  if [[ -f "$script_dir/../Cargo.toml" ]]; then
-    REPO_ROOT="$(cd "$script_dir/.." && pwd)"
+  if [[ -f "$script_dir/../../Cargo.toml" ]]; then
+    REPO_ROOT="$(cd "$script_dir/../.." && pwd)"
   else
     REPO_ROOT="$(git rev-parse --show-toplevel 2>/dev/null || pwd)"
   fi
 fi
 [[ -f "$REPO_ROOT/Cargo.toml" ]] || die "no Cargo.toml in $REPO_ROOT (set REPO_ROOT)"
 if [[ -z "${IMAGE_JSON:-}" ]]; then
-  if [[ -f "$script_dir/image.json" ]]; then
-    IMAGE_JSON="$script_dir/image.json"
+  if [[ -f "$script_dir/../image.json" ]]; then
+    IMAGE_JSON="$script_dir/../image.json"
   else
     IMAGE_JSON="$REPO_ROOT/nix/image.json"
   fi

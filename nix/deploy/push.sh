@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# Push an image archive (what `nix build .#image` or nix/build-image.sh --out produces) to a registry with
+# Push an image archive (what `nix build .#image` or nix/deploy/build-image.sh --out produces) to a registry with
 # skopeo, tagged with the commit SHA (plus optional moving tags), and print the pinned reference.
 set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: nix/push.sh --archive FILE --image REGISTRY/NAME --tag SHA [--also-tag TAG]... [--insecure]
+Usage: nix/deploy/push.sh --archive FILE --image REGISTRY/NAME --tag SHA [--also-tag TAG]... [--insecure]
 
 Pushes FILE (a docker-archive tar, gzipped or not, or a streamLayeredImage script that writes one) to
 REGISTRY/NAME:SHA with skopeo, then to each --also-tag (a moving tag such as `main`; the SHA tag is always
-pushed). Prints one line on stdout: REGISTRY/NAME:SHA@sha256:DIGEST (what nix/deploy.sh --image takes).
+pushed). Prints one line on stdout: REGISTRY/NAME:SHA@sha256:DIGEST (what nix/deploy/deploy.sh --image takes).
 
 Environment (optional, from CI secrets; never printed):
   REGISTRY_USER, REGISTRY_PASSWORD   credentials (a token with package scope for Gitea's registry)

@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers for nix/e2e.sh: machine setup (Docker, swarm, registry, sshd), load runs and the result table.
+# Helpers for nix/e2e/e2e.sh: machine setup (Docker, swarm, registry, sshd), load runs and the result table.
 # Sourced, not run. Expects: W (work dir), ROOT (repository), and the variables e2e.sh sets.
 
 log() { printf '\n==> %s\n' "$*" >&2; }
@@ -175,7 +175,7 @@ wait_api_ready() { # TIMEOUT
 # --- load ---------------------------------------------------------------------------------------------------
 load_start() { # NAME
   rm -f "$W/$1.stop" "$W/$1.json"
-  python3 "$ROOT/nix/loadgen.py" --url "https://127.0.0.1:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
+  python3 "$ROOT/nix/e2e/loadgen.py" --url "https://127.0.0.1:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
     --token-file "$W/token" --rate "$RATE" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
     --out "$W/$1.json" 2> "$W/$1.log" &
   echo $! > "$W/$1.pid"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: nix/deploy.sh --image REF|--previous [--stack NAME] [--compose FILE]... [--timeout SECONDS]
+Usage: nix/deploy/deploy.sh --image REF|--previous [--stack NAME] [--compose FILE]... [--timeout SECONDS]
 
 Runs, against DOCKER_HOST=ssh://DEPLOY_USER@DEPLOY_HOST (host key checked against the pinned line):
   docker stack deploy --with-registry-auth --detach=false -c stack.yml STACK   (API_IMAGE=REF)
@@ -14,7 +14,7 @@ GET /health, GET /ready and an authenticated POST+GET /v1/tasks on https://api.$
 If the rollout fails and Swarm did not roll back by itself, the previous image is redeployed.
 Exit status: 0 deployed and verified; 1 failed (message says why); 2 usage.
 
-  --image REF      image to run, e.g. git.example.com/team/devops-api:SHA@sha256:... (from nix/push.sh)
+  --image REF      image to run, e.g. git.example.com/team/devops-api:SHA@sha256:... (from nix/deploy/push.sh)
   --previous       redeploy the image of the API service's previous spec (what Swarm recorded)
   --stack NAME     stack name (default: $STACK_NAME or devops)
   --compose FILE   compose file(s), repeatable (default: ./stack.yml, the checkout being deployed)
@@ -55,7 +55,7 @@ ref=${image%@*}
 [ "${ref##*:}" != latest ] || die "refusing to deploy the moving 'latest' tag; deploy the commit SHA"
 # stack.yml of the checkout in the working directory (flake apps run from the store), else beside nix/.
 if [ ${#compose[@]} -eq 0 ]; then
-  if [ -f stack.yml ]; then compose=("$PWD/stack.yml"); else compose=("$(dirname "${BASH_SOURCE[0]}")/../stack.yml"); fi
+  if [ -f stack.yml ]; then compose=("$PWD/stack.yml"); else compose=("$(dirname "${BASH_SOURCE[0]}")/../../stack.yml"); fi
 fi
 for f in "${compose[@]}"; do [ -f "$f" ] || die "compose file not found: $f"; done
 : "${DEPLOY_HOST:?set DEPLOY_HOST (swarm manager)}"

@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint.sh [--no-install] [-h|--help]
+Usage: nix/lint/lint.sh [--no-install] [-h|--help]
 
 Runs, printing each check's name and result (exit status non-zero if any check fails):
   nix-parse        nix-instantiate --parse on every .nix file
@@ -14,8 +14,8 @@ Runs, printing each check's name and result (exit status non-zero if any check f
   image-json       nix/image.json parses with jq and with Nix, and has the fields both builders use
   flake-metadata   nix flake metadata --offline --no-update-lock-file: flake.lock covers every input
   pins             flake.lock nodes equal the shared pins (PINS_JSON, default ../shared/nix/pins.json)
-  shellcheck       shellcheck nix/*.sh
-  actionlint       actionlint [-config-file nix/actionlint.yaml] .gitea/workflows/* (when it exists)
+  shellcheck       shellcheck nix/**/*.sh
+  actionlint       actionlint [-config-file nix/lint/actionlint.yaml] .gitea/workflows/* (when it exists)
   stack-config     docker stack config -c stack.yml with placeholder variables (when stack.yml exists)
 
 Missing tools are installed unless --no-install: nixfmt and deadnix with `cargo install --locked`
@@ -33,7 +33,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
 PINS_JSON="${PINS_JSON:-$repo/../shared/nix/pins.json}"
 LINT_CARGO_ROOT="${LINT_CARGO_ROOT:-$HOME/.cargo}"
@@ -84,7 +84,7 @@ run() {
 }
 
 mapfile -t nix_files < <(git ls-files --cached --others --exclude-standard '*.nix' 2>/dev/null || find . -name '*.nix' -not -path './target/*')
-mapfile -t shell_files < <(find nix -maxdepth 1 -name '*.sh' | sort)
+mapfile -t shell_files < <(find nix -name '*.sh' | sort)
 
 check_parse() {
   ensure nix-instantiate apt nix-bin || { echo "nix-instantiate not available"; return 1; }
@@ -170,9 +170,9 @@ check_actionlint() {
   local workflows=()
   mapfile -t workflows < <(find .gitea/workflows -maxdepth 1 -name '*.y*ml' | sort)
   [[ ${#workflows[@]} -gt 0 ]] || { echo "no workflow files in .gitea/workflows"; return 0; }
-  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/actionlint.yaml.
+  # Gitea keeps no .github/: the config (self-hosted runner labels) lives in nix/lint/actionlint.yaml.
   local config=()
-  [[ -f nix/actionlint.yaml ]] && config=(-config-file nix/actionlint.yaml)
+  [[ -f nix/lint/actionlint.yaml ]] && config=(-config-file nix/lint/actionlint.yaml)
   actionlint "${config[@]}" "${workflows[@]}"
 }
 

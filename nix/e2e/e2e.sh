@@ -6,15 +6,15 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: nix/e2e.sh [--rate N] [--keep]
+Usage: nix/e2e/e2e.sh [--rate N] [--keep]
 
 Run as root on a Debian machine (CI runs it from .ci/run). It installs what is missing (docker.io,
 docker-registry, skopeo, openssh-server, ...), starts dockerd if needed, and turns this machine into a
 single-node swarm (left running afterwards), then:
-  builds the API image (nix/build-image.sh) and a Traefik image (nix/traefik-image.sh),
+  builds the API image (nix/deploy/build-image.sh) and a Traefik image (nix/e2e/traefik-image.sh),
   starts a registry on 127.0.0.1:5000 and sshd on 127.0.0.1:$E2E_SSH_PORT (throwaway keys, pinned host key),
   deploys stack.yml (Gitea and its runner at 0 replicas: their images cannot be obtained here),
-  and runs the scenarios of the stack and pipeline issues under open-loop load (nix/loadgen.py):
+  and runs the scenarios of the stack and pipeline issues under open-loop load (nix/e2e/loadgen.py):
     S1 endpoints, TLS, redirect, /metrics not routed     S2 rolling update of 3 replicas, 0 failures
     S2c control: drain 0 + Traefik's default 15 s poll + no retry must show failures
     S3 scale 3 -> 1 -> 3, 0 failures   S4 broken image rolls back by itself, 0 failures
@@ -44,7 +44,7 @@ done
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # The checkout: the working directory when run as a flake app (scripts live in the store), else nix/..
-if [ -f stack.yml ] && [ -f nix/build-image.sh ]; then ROOT=$PWD; else ROOT=$(cd "$here/.." && pwd); fi
+if [ -f stack.yml ] && [ -f nix/deploy/build-image.sh ]; then ROOT=$PWD; else ROOT=$(cd "$here/../.." && pwd); fi
 W=${E2E_WORK:-/tmp/devops-e2e}
 STACK=${E2E_STACK:-e2e}
 HTTP_PORT=${E2E_HTTP_PORT:-18080}
@@ -54,8 +54,8 @@ REG=127.0.0.1:5000
 DOMAIN=e2e.test
 export ROOT W STACK RATE HTTPS_PORT SSH_PORT DOMAIN
 
-# shellcheck source=nix/e2e-lib.sh
-. "$here/e2e-lib.sh"
+# shellcheck source=nix/e2e/lib.sh
+. "$here/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages, starts dockerd and sshd)"
 rm -rf "$W"
@@ -119,20 +119,20 @@ docker secret create "$RUNNER_TOKEN_SECRET" "$W/runner-token" >/dev/null
 SECRETS+=("$RUNNER_TOKEN_SECRET")
 
 # --- images ---------------------------------------------------------------------------------------------------
-log "building the API image (nix/build-image.sh) and the Traefik image (nix/traefik-image.sh)"
+log "building the API image (nix/deploy/build-image.sh) and the Traefik image (nix/e2e/traefik-image.sh)"
 t=$SECONDS
-(cd "$ROOT" && nix/build-image.sh --tag devops-api:e2e --out "$W/api.tar") > "$W/build.log" 2>&1 \
-  || { tail -n 30 "$W/build.log" >&2; die "nix/build-image.sh failed"; }
-(cd "$ROOT" && nix/build-image.sh --tag devops-api:e2e-broken --healthcheck-url http://127.0.0.1:9/ready \
+(cd "$ROOT" && nix/deploy/build-image.sh --tag devops-api:e2e --out "$W/api.tar") > "$W/build.log" 2>&1 \
+  || { tail -n 30 "$W/build.log" >&2; die "nix/deploy/build-image.sh failed"; }
+(cd "$ROOT" && nix/deploy/build-image.sh --tag devops-api:e2e-broken --healthcheck-url http://127.0.0.1:9/ready \
   --out "$W/api-broken.tar") >> "$W/build.log" 2>&1 || { tail -n 30 "$W/build.log" >&2; die "broken image build failed"; }
 note "API images built in $((SECONDS - t)) s ($(du -h "$W/api.tar" | cut -f1) archive)"
-"$ROOT/nix/traefik-image.sh" --tag traefik:v3.7.15 >&2
+"$ROOT/nix/e2e/traefik-image.sh" --tag traefik:v3.7.15 >&2
 docker tag traefik:v3.7.15 "$REG/traefik:v3.7.15"
 docker push -q "$REG/traefik:v3.7.15" >/dev/null
 for tag in e2e-1 e2e-2 e2e-3; do
-  "$ROOT/nix/push.sh" --archive "$W/api.tar" --image "$REG/devops-api" --tag "$tag" > /dev/null 2>> "$W/push.log"
+  "$ROOT/nix/deploy/push.sh" --archive "$W/api.tar" --image "$REG/devops-api" --tag "$tag" > /dev/null 2>> "$W/push.log"
 done
-"$ROOT/nix/push.sh" --archive "$W/api-broken.tar" --image "$REG/devops-api" --tag e2e-broken > /dev/null 2>> "$W/push.log"
+"$ROOT/nix/deploy/push.sh" --archive "$W/api-broken.tar" --image "$REG/devops-api" --tag e2e-broken > /dev/null 2>> "$W/push.log"
 
 # --- the stack ------------------------------------------------------------------------------------------------
 export DOMAIN ACME_EMAIL=e2e@example.invalid ACME_CA_SERVER=https://127.0.0.1:9/directory \
@@ -140,7 +140,7 @@ export DOMAIN ACME_EMAIL=e2e@example.invalid ACME_CA_SERVER=https://127.0.0.1:9/
   TRAEFIK_IMAGE=$REG/traefik:v3.7.15 API_REPLICAS=3 API_RATE_LIMIT=0 API_MAX_TASKS_PER_PRINCIPAL=10000000
 log "docker stack config + deploy of stack.yml (stack $STACK)"
 API_IMAGE=x docker stack config -c "$ROOT/stack.yml" > /dev/null
-API_IMAGE=x API_PLACEMENT="node.role == worker" docker stack config -c "$ROOT/stack.yml" -c "$ROOT/nix/stack.postgres.yml" > /dev/null
+API_IMAGE=x API_PLACEMENT="node.role == worker" docker stack config -c "$ROOT/stack.yml" -c "$ROOT/nix/deploy/stack.postgres.yml" > /dev/null
 t=$SECONDS
 stack_deploy "$REG/devops-api:e2e-1" || die "stack deploy failed"
 wait_api_ready 120 || die "the API did not become ready through Traefik (see docker service ps ${STACK}_api)"
@@ -290,8 +290,8 @@ SMOKE_TOKEN=$(cat "$W/token")
 export DEPLOY_SSH_KEY DEPLOY_KNOWN_HOSTS SMOKE_TOKEN
 sha() { printf '%s-%s' "$1" "$suffix" | sha1sum | cut -c1-40; }
 SHA_A=$(sha a) SHA_B=$(sha b) SHA_C=$(sha c)
-push() { "$ROOT/nix/push.sh" --archive "$1" --image "$REGISTRY/$IMAGE_NAME" --tag "$2" --also-tag main 2>> "$W/push.log"; }
-deploy() { (cd "$ROOT" && "$ROOT/nix/deploy.sh" --image "$1") >> "$W/$2.deploy.log" 2>&1; }
+push() { "$ROOT/nix/deploy/push.sh" --archive "$1" --image "$REGISTRY/$IMAGE_NAME" --tag "$2" --also-tag main 2>> "$W/push.log"; }
+deploy() { (cd "$ROOT" && "$ROOT/nix/deploy/deploy.sh" --image "$1") >> "$W/$2.deploy.log" 2>&1; }
 on_image() { case "$(svc_field '{{.Spec.TaskTemplate.ContainerSpec.Image}}')" in "$REGISTRY/$IMAGE_NAME:$1"*) return 0 ;; esac; return 1; }
 
 log "P0: first pipeline deploy (push.sh + deploy.sh over SSH) of commit A"
@@ -336,7 +336,7 @@ log "P4: rollback.sh to commit A under load"
 load_start p4
 t=$SECONDS
 rc=0
-(cd "$ROOT" && "$ROOT/nix/rollback.sh" "$SHA_A") >> "$W/p4.deploy.log" 2>&1 || rc=$?
+(cd "$ROOT" && "$ROOT/nix/deploy/rollback.sh" "$SHA_A") >> "$W/p4.deploy.log" 2>&1 || rc=$?
 DUR=$((SECONDS - t))
 sleep 2
 load_stop p4
