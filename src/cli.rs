@@ -196,6 +196,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
         db_sharing = ?args.storage.db_sharing,
         max_connections = limits.max_connections,
+        header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
+        idle_timeout_s = limits.idle_timeout.as_secs_f64(),
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ready"
     );

@@ -188,7 +188,7 @@ pub struct ServeArgs {
     pub no_bootstrap_token: bool,
     /// Most client connections open at once; at the cap the server stops
     /// accepting until one closes. Default: the open-file limit minus 64
-    /// (plus the PostgreSQL pool and 16 for --metrics-listen), at most 8192.
+    /// (plus the PostgreSQL pool and 16 for --metrics-listen), at most 4096.
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a client may take to send a request's line and headers,

@@ -247,3 +247,28 @@ async fn silent_connections_beyond_the_cap_only_delay_other_clients() {
         closed_after(&mut c, t, Duration::from_secs(3)).await;
     }
 }
+
+#[tokio::test]
+async fn request_heads_are_limited_to_16_kib() {
+    let s = serve(limits(5_000, 5_000, 16)).await;
+    let head = |filler: usize| {
+        format!(
+            "GET /hello HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+            "f".repeat(filler)
+        )
+    };
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(head(15 * 1024).as_bytes()).await.unwrap();
+    read_hello(&mut c).await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    let _ = c.write_all(head(17 * 1024).as_bytes()).await;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "the server closes the connection");
+    let answer = String::from_utf8_lossy(&answer);
+    // 431, or a reset when the server closes with bytes still unread.
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+}
