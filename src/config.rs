@@ -187,8 +187,8 @@ pub struct ServeArgs {
     #[arg(long, env = "NO_BOOTSTRAP_TOKEN")]
     pub no_bootstrap_token: bool,
     /// Most client connections open at once; at the cap the server stops
-    /// accepting until one closes. Default: the open-file limit minus 64
-    /// (plus the PostgreSQL pool and 16 for --metrics-listen), at most 4096.
+    /// accepting until one closes. Default: the open-file limit minus 64,
+    /// minus the PostgreSQL pool size and 16 for --metrics-listen, at most 4096.
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Seconds a client may take to send a request's line and headers,
