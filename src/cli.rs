@@ -1,6 +1,7 @@
 //! The binary's subcommands. Errors here are `anyhow` with a message for the
 //! operator; the library below returns typed errors.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,9 @@ use crate::config::{
     Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
     TokenArgs,
 };
-use crate::http::{self, ApiConfig, AppState};
-use crate::lifecycle::{self, ShutdownPolicy};
+use crate::http::{self, ApiConfig, AppState, TrustedProxies};
+use crate::lifecycle::{self, Lifecycle, ShutdownPolicy};
+use crate::server::ConnLimits;
 use crate::storage::{PostgresConfig, PostgresStore, RedbConfig, RedbStore, StorageError, Store};
 use crate::{server, telemetry};
 
@@ -122,16 +124,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .filter(|o| !o.is_empty())
         .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("invalid CORS origin `{o}`")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let trusted_proxies =
+        TrustedProxies::parse(&args.trusted_proxies).map_err(anyhow::Error::msg)?;
     let config = ApiConfig {
         max_tasks_per_principal: args.max_tasks_per_principal,
         request_timeout: seconds("--request-timeout", args.request_timeout)?,
         rate_limit: (args.rate_limit > 0).then_some(args.rate_limit),
         cors_origins,
         metrics_on_main: args.metrics_listen.is_none(),
+        auth_failure_limit: (args.auth_failure_limit > 0).then_some(args.auth_failure_limit),
+        trusted_proxies,
     };
+    let limits = conn_limits(&args)?;
 
     // Storage first: the listener is bound only once requests can be served.
     let store = open_store(&args.storage, args.group_commit).await?;
+    let stored = store.list_tokens().await?;
+    static_tokens
+        .check_disjoint(stored.iter().map(|t| t.name.as_str()))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "tokens file {}: {e}",
+                args.tokens_file
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            )
+        })?;
     if !args.no_bootstrap_token && static_tokens.is_empty() {
         bootstrap_token(store.as_ref()).await?;
     }
@@ -146,8 +165,23 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {addr} for metrics"))?;
         let metrics_app = http::metrics_app(state.clone());
+        let metrics_limits = ConnLimits {
+            max_connections: METRICS_CONNECTIONS,
+            ..limits
+        };
+        // Lives as long as the process: no drain, scrapes may come until the end.
         tokio::spawn(async move {
-            if let Err(e) = axum::serve(metrics_listener, metrics_app).await {
+            let forever = std::future::pending::<()>();
+            let r = server::serve_with(
+                metrics_listener,
+                metrics_app,
+                forever,
+                Lifecycle::new(),
+                ShutdownPolicy::default(),
+                metrics_limits,
+            )
+            .await;
+            if let Err(e) = r {
                 tracing::error!(error = %e, "metrics listener failed");
             }
         });
@@ -161,14 +195,60 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         postgres = args.storage.database.database_url.is_some() || args.storage.database.database_url_file.is_some(),
         data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
         db_sharing = ?args.storage.db_sharing,
+        max_connections = limits.max_connections,
+        header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
+        idle_timeout_s = limits.idle_timeout.as_secs_f64(),
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ready"
     );
     let app = http::app(state);
-    server::serve(listener, app, stop, lifecycle, policy).await?;
+    server::serve_with(listener, app, stop, lifecycle, policy, limits).await?;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections the metrics listener may hold (scrapers are few).
+const METRICS_CONNECTIONS: usize = 16;
+
+/// The connection limits from the flags, the cap checked against the
+/// process's open-file limit and what else needs descriptors.
+fn conn_limits(args: &ServeArgs) -> anyhow::Result<ConnLimits> {
+    let positive = |name: &str, v: f64| {
+        let d = seconds(name, v)?;
+        anyhow::ensure!(!d.is_zero(), "{name} must be more than 0 seconds");
+        Ok(d)
+    };
+    let header_read_timeout = positive("--header-read-timeout", args.header_read_timeout)?;
+    let idle_timeout = positive("--idle-timeout", args.idle_timeout)?;
+    let postgres = args.storage.database.database_url.is_some()
+        || args.storage.database.database_url_file.is_some();
+    let extra = if postgres {
+        args.storage.database.database_pool_size as u64
+    } else {
+        0
+    } + if args.metrics_listen.is_some() {
+        METRICS_CONNECTIONS as u64
+    } else {
+        0
+    };
+    let open_files = server::open_file_limit();
+    let mut limits = ConnLimits::derive(open_files, extra).map_err(anyhow::Error::msg)?;
+    if let Some(max) = args.max_connections {
+        let most = ConnLimits::most_connections(open_files, extra);
+        anyhow::ensure!(max > 0, "--max-connections must be at least 1");
+        anyhow::ensure!(
+            max <= most,
+            "--max-connections {max} is more than the open-file limit allows ({} minus {} reserved = {most}); \
+             raise the limit (ulimit -n, or `ulimits: nofile` in the stack) or lower the cap",
+            open_files.unwrap_or(0),
+            server::RESERVED_FDS + extra,
+        );
+        limits.max_connections = max;
+    }
+    limits.header_read_timeout = header_read_timeout;
+    limits.idle_timeout = idle_timeout;
+    Ok(limits)
 }
 
 /// On first start with no token anywhere, creates `admin` and prints its token
@@ -204,6 +284,14 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
         match &args.action {
             TokenAction::Create { name } => {
                 let name = PrincipalName::parse(name).map_err(anyhow::Error::msg)?;
+                if let Some(path) = &args.tokens_file {
+                    anyhow::ensure!(
+                        !StaticTokens::load(path)?.has_name(name.as_str()),
+                        "`{}` is defined in the tokens file {}; a stored token would share its tasks",
+                        name.as_str(),
+                        path.display()
+                    );
+                }
                 let token = auth::generate_token();
                 store
                     .create_token(name.as_str(), auth::digest(&token))

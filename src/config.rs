@@ -186,6 +186,27 @@ pub struct ServeArgs {
     /// Do not create and print an `admin` token on first start with no tokens.
     #[arg(long, env = "NO_BOOTSTRAP_TOKEN")]
     pub no_bootstrap_token: bool,
+    /// Most client connections open at once; at the cap the server stops
+    /// accepting until one closes. Default: the open-file limit minus 64,
+    /// minus the PostgreSQL pool size and 16 for --metrics-listen, at most 4096.
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client may take to send a request's line and headers,
+    /// counted from their first byte (from connecting, for a connection's first request).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request, and a
+    /// response for its client to read on; keep it above the proxy's idle timeout (Traefik: 90).
+    #[arg(long, env = "IDLE_TIMEOUT", default_value_t = 120.0)]
+    pub idle_timeout: f64,
+    /// Failed authentications (401) per minute per client address, also the
+    /// burst; beyond it that address gets 429 for every token until it refills. 0 turns the limit off.
+    #[arg(long, env = "AUTH_FAILURE_LIMIT", default_value_t = 60)]
+    pub auth_failure_limit: u32,
+    /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For
+    /// names the client (e.g. the proxy's overlay network); none by default.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -207,6 +228,9 @@ pub struct TokenArgs {
     pub action: TokenAction,
     #[command(flatten)]
     pub storage: StorageArgs,
+    /// The server's tokens file: `create` refuses a NAME it already defines.
+    #[arg(long, env = "TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Subcommand)]

@@ -7,10 +7,12 @@
 //!   commit). A shared contract suite in `tests/contract/` holds them to one behaviour.
 //! - [`http`]: the router builder [`http::app`], extractors, the one error type
 //!   mapped to RFC 9457 problems, middleware, and the OpenAPI document.
-//! - [`auth`] and [`ratelimit`]: bearer tokens, principals, per-principal limits.
-//! - [`lifecycle`] and [`server`]: readiness, drain on SIGTERM, graceful stop;
-//!   `server::serve` takes a bound listener and a shutdown future, so tests bind
-//!   port 0 and decide when to stop.
+//! - [`auth`] and [`ratelimit`]: bearer tokens, principals, the tokens file's
+//!   rules, per-principal limits and the limit on failed authentications.
+//! - [`lifecycle`] and [`server`]: readiness, drain on SIGTERM, graceful stop,
+//!   and the connection limits (cap, header and idle timeouts); `server::serve`
+//!   takes a bound listener and a shutdown future, so tests bind port 0 and
+//!   decide when to stop.
 //! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics.
 
 pub mod auth;

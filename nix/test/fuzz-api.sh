@@ -54,7 +54,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base="http://127.0.0.1:$port"
 
 LISTEN_ADDR="127.0.0.1:$port" DATA_DIR="$work/data" TOKENS_FILE="$work/tokens" \
-  RATE_LIMIT=0 LOG_LEVEL=warn target/debug/devops-api serve >"$work/server.log" 2>&1 &
+  RATE_LIMIT=0 AUTH_FAILURE_LIMIT=0 LOG_LEVEL=warn target/debug/devops-api serve >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do
   curl -fsS "$base/ready" >/dev/null 2>&1 && break

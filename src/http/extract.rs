@@ -8,11 +8,16 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
+use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::auth;
 use crate::domain::{FieldError, TaskId};
 
 /// The authenticated principal of a `/v1` request.
+///
+/// Requests from a client address that has spent its budget of failed
+/// authentications are refused with 429 before the token is looked at (see
+/// [`crate::ratelimit::AuthFailureLimiter`]); every 401 spends from it.
 #[derive(Debug, Clone)]
 pub struct Principal(pub String);
 
@@ -20,24 +25,24 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        let digest = auth::digest(token);
-        let name = match state.static_tokens.principal(&digest) {
-            Some(name) => name.to_owned(),
-            None => state
-                .store
-                .principal(&digest)
-                .await?
-                .ok_or(ApiError::Unauthorized)?,
+        let client = parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .unwrap_or_default();
+        if let Some(failures) = &state.auth_failures {
+            failures
+                .check(client.0)
+                .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
+        }
+        let name = match authenticate(parts, state).await {
+            Err(ApiError::Unauthorized) => {
+                if let Some(failures) = &state.auth_failures {
+                    failures.record_failure(client.0);
+                }
+                return Err(ApiError::Unauthorized);
+            }
+            other => other?,
         };
         if let Some(limiter) = &state.limiter {
             limiter
@@ -46,6 +51,39 @@ impl FromRequestParts<AppState> for Principal {
         }
         Ok(Principal(name))
     }
+}
+
+/// The principal behind the request's bearer token: from the tokens file, else
+/// from the store. A stored token for a name the tokens file defines is not
+/// honoured (start-up refuses such a store; this covers one created later).
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let digest = auth::digest(token);
+    if let Some(name) = state.static_tokens.principal(&digest) {
+        return Ok(name.to_owned());
+    }
+    let name = state
+        .store
+        .principal(&digest)
+        .await?
+        .ok_or(ApiError::Unauthorized)?;
+    if state.static_tokens.has_name(&name) {
+        tracing::error!(
+            principal = %name,
+            "a stored token names a principal of the tokens file; refused (revoke it with `devops-api token revoke`)"
+        );
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(name)
 }
 
 /// A JSON body sent as `application/json`.

@@ -6,6 +6,7 @@
 //! stack of small layers: each layer costs a boxed future and a clone of its
 //! state per request, and on `/health` the stack cost more than the handler.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::{Gauge, Label};
 
 use super::ApiError;
+use super::client_addr::TrustedProxies;
 use crate::lifecycle::Lifecycle;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,13 +26,15 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What [`observe`] needs, shared by every request (one `Arc` clone each).
 pub struct Observe {
     lifecycle: Lifecycle,
+    trusted_proxies: TrustedProxies,
     in_flight: Gauge,
 }
 
 impl Observe {
-    pub fn new(lifecycle: Lifecycle) -> Arc<Self> {
+    pub fn new(lifecycle: Lifecycle, trusted_proxies: TrustedProxies) -> Arc<Self> {
         Arc::new(Self {
             lifecycle,
+            trusted_proxies,
             in_flight: metrics::gauge!("http_requests_in_flight"),
         })
     }
@@ -46,26 +50,33 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Per request: takes the caller's `x-request-id` or generates one (a random
-/// UUID) and echoes it on the response; writes one log line and the request
-/// metrics; sets `X-Content-Type-Options: nosniff`, and `Cache-Control:
+/// Per request: takes the caller's `x-request-id` when it follows
+/// [`accepted_request_id`], else generates one (a random UUID) and passes that
+/// on instead, and echoes it on the response; records the [`ClientAddr`](super::ClientAddr);
+/// writes one log line and the request metrics; sets `X-Content-Type-Options: nosniff`, and `Cache-Control:
 /// no-store` and `X-Frame-Options: DENY` unless the handler set them; while
 /// draining, answers with `Connection: close`, so a proxy that still sends us
 /// requests opens its next connection to a task that is staying.
 ///
-/// The route label is the matched route template, or `unmatched`, so scans of
-/// random paths cannot grow the number of series.
+/// Every value a client chooses is bounded before it reaches a label or a log
+/// line: the route label is the matched route template or `unmatched`, the
+/// method label one of the standard methods or `other`, the status label a
+/// class; the logged method is cut to [`LOGGED_METHOD_MAX`] bytes and the
+/// request id follows [`accepted_request_id`].
 pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = match req.headers().get(X_REQUEST_ID) {
-        Some(id) => id.clone(),
-        None => {
+        Some(id) if accepted_request_id(id.as_bytes()) => id.clone(),
+        _ => {
             let id = new_request_id();
             req.headers_mut().insert(X_REQUEST_ID, id.clone());
             id
         }
     };
+    let client = shared.trusted_proxies.client_addr(&req);
+    req.extensions_mut().insert(client);
     let method = method_label(req.method());
+    let logged_method = logged_method(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -103,7 +114,7 @@ pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next:
     };
     let labels = || {
         vec![
-            Label::new("method", method.clone()),
+            Label::from_static_parts("method", method),
             Label::from_static_parts("route", route),
             Label::from_static_parts("status", class),
         ]
@@ -112,7 +123,7 @@ pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next:
     metrics::histogram!("http_request_duration_seconds", labels()).record(elapsed.as_secs_f64());
     tracing::info!(
         target: "devops_api::request",
-        method = &*method,
+        method = &*logged_method,
         route,
         status,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
@@ -130,9 +141,11 @@ pub async fn timeout(State(limit): State<Duration>, req: Request, next: Next) ->
     }
 }
 
-/// The method as a label value, without allocating for the standard methods.
-fn method_label(method: &Method) -> metrics::SharedString {
-    let known = match *method {
+/// The method as a label value: the nine methods of RFC 9110 and PATCH by
+/// name, any other method (a client may send any token) as `other`, so the
+/// number of series does not depend on what clients send.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
         Method::GET => "GET",
         Method::POST => "POST",
         Method::PUT => "PUT",
@@ -142,9 +155,42 @@ fn method_label(method: &Method) -> metrics::SharedString {
         Method::OPTIONS => "OPTIONS",
         Method::TRACE => "TRACE",
         Method::CONNECT => "CONNECT",
-        _ => return metrics::SharedString::from_owned(method.as_str().to_owned()),
-    };
-    metrics::SharedString::const_str(known)
+        _ => "other",
+    }
+}
+
+/// Longest method written to the log as sent; longer ones are cut and marked.
+pub const LOGGED_METHOD_MAX: usize = 16;
+
+/// The method for the log line: as sent up to [`LOGGED_METHOD_MAX`] bytes,
+/// else its first bytes followed by `...`. Allocates only for methods that are
+/// not standard. A method is an HTTP token (ASCII), so any byte offset is a
+/// character boundary.
+fn logged_method(method: &Method) -> Cow<'static, str> {
+    match method_label(method) {
+        "other" => {
+            let m = method.as_str();
+            match m.get(..LOGGED_METHOD_MAX) {
+                Some(head) if m.len() > LOGGED_METHOD_MAX => Cow::Owned(format!("{head}...")),
+                _ => Cow::Owned(m.to_owned()),
+            }
+        }
+        known => Cow::Borrowed(known),
+    }
+}
+
+/// Longest accepted client-chosen request id.
+pub const REQUEST_ID_MAX: usize = 64;
+
+/// Whether a client's `x-request-id` is used as is: 1 to [`REQUEST_ID_MAX`]
+/// characters of `A-Z a-z 0-9 . _ : -` (UUIDs, ULIDs, trace ids fit). Anything
+/// else is replaced by a generated id, so a log line or an echoed header never
+/// carries more than this from a client.
+pub fn accepted_request_id(id: &[u8]) -> bool {
+    (1..=REQUEST_ID_MAX).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
 /// The route template as a `&'static str`. Only matched templates come here,
@@ -194,6 +240,48 @@ mod tests {
         let u = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
         assert_eq!(u.get_version_num(), 4);
         assert_eq!(a.len(), 36);
+    }
+
+    #[test]
+    fn only_standard_methods_are_labels_and_logged_methods_are_cut() {
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for raw in ["get", "PROPFIND", "BREW", &"X".repeat(32 * 1024)] {
+            let m = Method::from_bytes(raw.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{raw:.20}");
+        }
+        assert_eq!(logged_method(&Method::DELETE), "DELETE");
+        let exact = Method::from_bytes(&[b'M'; LOGGED_METHOD_MAX]).unwrap();
+        assert_eq!(logged_method(&exact).len(), LOGGED_METHOD_MAX);
+        let long = Method::from_bytes(&[b'M'; 32 * 1024]).unwrap();
+        assert_eq!(
+            logged_method(&long),
+            format!("{}...", "M".repeat(LOGGED_METHOD_MAX))
+        );
+    }
+
+    #[test]
+    fn request_id_rule() {
+        for ok in [
+            "abc-123",
+            "0190f7d2-9c1e-7e3a-8000-000000000000",
+            "a.b_c:d",
+            &"x".repeat(64),
+        ] {
+            assert!(accepted_request_id(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            &"x".repeat(65),
+            "a b",
+            "a/b",
+            "a\tb",
+            "é",
+            "a\"b",
+            "<script>",
+            "a%20b",
+        ] {
+            assert!(!accepted_request_id(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The HTTP layer: the router builder, shared state, and the middleware stack.
 //! Feature modules own their routes (`tasks`, `ops`) and merge into one router.
 
+mod client_addr;
 mod error;
 mod extract;
 mod middleware;
@@ -17,11 +18,13 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use client_addr::{ClientAddr, TrustedProxies};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
+pub use middleware::{REQUEST_ID_MAX, accepted_request_id};
 
 use crate::auth::StaticTokens;
 use crate::lifecycle::Lifecycle;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{AuthFailureLimiter, RateLimiter};
 use crate::storage::Store;
 
 /// Largest accepted request body.
@@ -38,6 +41,11 @@ pub struct ApiConfig {
     pub cors_origins: Vec<HeaderValue>,
     /// Serve `/metrics` on this router (false when it has its own listener).
     pub metrics_on_main: bool,
+    /// Failed authentications per minute per client address (also the
+    /// burst); `None`: no limit.
+    pub auth_failure_limit: Option<u32>,
+    /// Peers whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +56,8 @@ impl Default for ApiConfig {
             rate_limit: None,
             cors_origins: Vec::new(),
             metrics_on_main: true,
+            auth_failure_limit: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -61,11 +71,15 @@ pub struct AppState {
     pub static_tokens: Arc<StaticTokens>,
     pub metrics: PrometheusHandle,
     pub limiter: Option<Arc<RateLimiter>>,
+    pub auth_failures: Option<Arc<AuthFailureLimiter>>,
 }
 
 impl AppState {
     pub fn new(store: Arc<dyn Store>, config: ApiConfig, static_tokens: StaticTokens) -> Self {
         let limiter = config.rate_limit.map(|rps| Arc::new(RateLimiter::new(rps)));
+        let auth_failures = config
+            .auth_failure_limit
+            .map(|n| Arc::new(AuthFailureLimiter::new(n)));
         Self {
             store,
             lifecycle: Lifecycle::new(),
@@ -73,6 +87,7 @@ impl AppState {
             static_tokens: Arc::new(static_tokens),
             metrics: crate::telemetry::metrics_handle(),
             limiter,
+            auth_failures,
         }
     }
 }
@@ -96,7 +111,10 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(cors(&state.config.cors_origins))
         .layer(axum::middleware::from_fn_with_state(
-            middleware::Observe::new(state.lifecycle.clone()),
+            middleware::Observe::new(
+                state.lifecycle.clone(),
+                state.config.trusted_proxies.clone(),
+            ),
             middleware::observe,
         ));
     router.with_state(state)

@@ -11,7 +11,12 @@ use super::{ops, tasks};
 #[openapi(
     info(
         title = "devops-api",
-        description = "Task management REST API. Every error is an RFC 9457 problem document.",
+        description = "Task management REST API. Every error is an RFC 9457 problem document.\n\n\
+            Every response carries `X-Request-Id`: the request's own `X-Request-Id` when it is 1 to 64 \
+            characters of `A-Z a-z 0-9 . _ : -`, else a generated UUID (also passed on and logged instead).\n\n\
+            Operations that need a token answer 429 with `Retry-After` when the principal exceeds its \
+            request rate, or when the client's address has spent its budget of failed authentications \
+            (then whatever token it sends).",
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod auth;
+mod connections;
 mod errors;
 mod ops;
 mod tasks;

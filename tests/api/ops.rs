@@ -113,3 +113,160 @@ async fn shutdown_finishes_and_closes_the_listener() {
     let err = reqwest::Client::new().get(&url).send().await;
     assert!(err.is_err(), "nothing listens after shutdown");
 }
+
+/// A deterministic stream of pseudo-random numbers (xorshift64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A random HTTP method token of `len` characters.
+    fn method(&mut self, len: usize) -> reqwest::Method {
+        const TCHAR: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~";
+        let raw: Vec<u8> = (0..len)
+            .map(|_| TCHAR[(self.next() % TCHAR.len() as u64) as usize])
+            .collect();
+        reqwest::Method::from_bytes(&raw).unwrap()
+    }
+}
+
+/// The `http_requests_total` series and the method labels in a scrape.
+fn request_series(text: &str) -> (usize, std::collections::BTreeSet<String>) {
+    let re = regex_lite::Regex::new(r#"method="([^"]*)""#).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .collect();
+    let methods = lines
+        .iter()
+        .filter_map(|l| re.captures(l).map(|c| c[1].to_owned()))
+        .collect();
+    (lines.len(), methods)
+}
+
+/// Any method string becomes a label value only if it is a standard method:
+/// thousands of random (and 12 KiB) methods, unauthenticated, add one `other`
+/// label per route and status class, and the scrape stays small. Methods of
+/// 32 KiB exceed the request-head limit and are refused before routing (431,
+/// or a reset if the server closes while the client still writes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_methods_do_not_grow_the_metrics() {
+    let app = spawn_app().await;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut requests = Vec::new();
+    for i in 0..3_000 {
+        let len = match i % 100 {
+            0 => 12 * 1024,
+            1 => 32 * 1024,
+            _ => 1 + (rng.next() % 24) as usize,
+        };
+        let path = ["/health", "/v1/tasks", "/no/such/path"][i % 3];
+        requests.push((rng.method(len), path));
+    }
+    let mut statuses = std::collections::BTreeSet::new();
+    for chunk in requests.chunks(50) {
+        let mut sent = tokio::task::JoinSet::new();
+        for (method, path) in chunk {
+            let len = method.as_str().len();
+            let request = app.client.request(method.clone(), app.url(path));
+            sent.spawn(async move {
+                match request.send().await {
+                    Ok(r) => (len > 16 * 1024, Some(r.status().as_u16())),
+                    Err(_) => (len > 16 * 1024, None),
+                }
+            });
+        }
+        while let Some(result) = sent.join_next().await {
+            statuses.insert(result.unwrap());
+        }
+    }
+    for (too_large, status) in &statuses {
+        match status {
+            Some(431) => assert!(too_large, "431 for a head within the limit"),
+            Some(s) => assert!((400..500).contains(s) && !too_large, "{statuses:?}"),
+            None => assert!(too_large, "a request within the limit failed"),
+        }
+    }
+    let text = app.get_public("/metrics").await.text().await.unwrap();
+    let (series, methods) = request_series(&text);
+    let allowed = [
+        "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE", "CONNECT", "other",
+    ];
+    assert!(
+        methods.iter().all(|m| allowed.contains(&m.as_str())),
+        "method labels: {:?}",
+        methods
+            .iter()
+            .map(|m| &m[..m.len().min(20)])
+            .collect::<Vec<_>>()
+    );
+    assert!(series <= 20, "{series} http_requests_total series");
+    let histograms = text
+        .lines()
+        .filter(|l| l.starts_with("http_request_duration_seconds_count{"))
+        .count();
+    assert!(histograms <= 20, "{histograms} histogram series");
+    assert!(text.len() < 64 * 1024, "/metrics is {} bytes", text.len());
+}
+
+/// The documented rule for a client's request id: 1 to 64 of `A-Z a-z 0-9 . _ : -`.
+fn fits(id: &[u8]) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".:_-".contains(b))
+}
+
+/// Whatever a client sends as `x-request-id`, the id that comes back (and is
+/// logged) is the client's only when it follows the rule, else a fresh UUID.
+#[test]
+fn client_request_ids_are_bounded() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(spawn_app());
+    // Every byte a header value may hold, and values that almost fit the rule.
+    let any = proptest::collection::vec(
+        prop_oneof![Just(b'\t'), 0x20u8..=0x7e, 0x80u8..=0xff],
+        0..300,
+    );
+    let near = "[A-Za-z0-9._:-]{0,70}[ /%\\\\\"<>é]?[A-Za-z0-9._:-]{0,4}"
+        .prop_map(|s: String| s.into_bytes());
+    let mut runner = TestRunner::new(Config::with_cases(512));
+    runner
+        .run(&prop_oneof![any, near], |sent| {
+            let Ok(value) = reqwest::header::HeaderValue::from_bytes(&sent) else {
+                return Ok(());
+            };
+            let echoed = rt.block_on(async {
+                let r = app
+                    .client
+                    .get(app.url("/health"))
+                    .header("x-request-id", value)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                r.headers()["x-request-id"].as_bytes().to_vec()
+            });
+            // The server sees the value without surrounding whitespace.
+            let trimmed = sent.trim_ascii();
+            prop_assert!(fits(&echoed));
+            if fits(trimmed) {
+                prop_assert_eq!(&echoed[..], trimmed);
+            } else {
+                let id = std::str::from_utf8(&echoed).unwrap();
+                let uuid = uuid::Uuid::parse_str(id).expect("a generated UUID");
+                prop_assert_eq!(uuid.get_version_num(), 4);
+            }
+            Ok(())
+        })
+        .unwrap();
+}

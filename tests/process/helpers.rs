@@ -27,8 +27,22 @@ pub fn tokens_file(dir: &Path) -> PathBuf {
 
 impl Server {
     pub fn start(data_dir: &Path, envs: &[(&str, &str)]) -> Server {
+        Self::spawn(Command::new(BIN), data_dir, envs)
+    }
+
+    /// Under an open-file limit (soft and hard), set by util-linux `prlimit`,
+    /// which then executes the server in its own process.
+    pub fn start_with_nofile(data_dir: &Path, envs: &[(&str, &str)], nofile: u64) -> Server {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(BIN);
+        Self::spawn(cmd, data_dir, envs)
+    }
+
+    fn spawn(mut cmd: Command, data_dir: &Path, envs: &[(&str, &str)]) -> Server {
         let tokens = tokens_file(data_dir.parent().unwrap_or(data_dir));
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .env("LISTEN_ADDR", "127.0.0.1:0")
             .env("DATA_DIR", data_dir)
             .env("LOG_FORMAT", "json")
@@ -38,7 +52,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start devops-api");
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -148,4 +162,38 @@ pub fn run(args: &[&str], data_dir: &Path, envs: &[(&str, &str)]) -> std::proces
         .envs(envs.iter().copied())
         .output()
         .expect("run devops-api")
+}
+
+/// Runs `serve` where it must refuse to start: its output once it exits,
+/// failing the test if it is still running after `timeout`.
+pub fn serve_refused(
+    data_dir: &Path,
+    envs: &[(&str, &str)],
+    timeout: Duration,
+) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", data_dir)
+        .env("NO_BOOTSTRAP_TOKEN", "true")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start devops-api");
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "the server started instead of refusing:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "exit status {:?}", out.status);
+    out
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod abuse;
 mod cli;
 mod crash;
 mod lifecycle;
