@@ -23,7 +23,9 @@ use devops_api::domain::{Priority, Status};
 use devops_api::http::{ApiConfig, AppState, app};
 use devops_api::lifecycle::ShutdownPolicy;
 use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
-use devops_api::storage::{ListQuery, Order, PostgresConfig, PostgresStore, StorageError, Store};
+use devops_api::storage::{
+    ListQuery, ManualClock, Order, PostgresConfig, PostgresStore, StorageError, Store,
+};
 use serde_json::json;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -126,11 +128,15 @@ fn rand_bytes() -> [u8; 8] {
 
 async fn pg_fixture() -> Fixture {
     let db = TestDb::create().await;
-    let store = PostgresStore::connect(&db.config())
+    let clock = ManualClock::new();
+    let mut config = db.config();
+    config.clock = clock.clone();
+    let store = PostgresStore::connect(&config)
         .await
         .expect("connect to the test database");
     Fixture {
         store: Arc::new(store),
+        clock,
         _guard: Box::new(db),
     }
 }

@@ -6,35 +6,31 @@ mod contract;
 use std::sync::Arc;
 
 use contract::Fixture;
-use devops_api::storage::{DbSharing, RedbConfig, RedbStore, StorageError, Store};
+use devops_api::storage::{DbSharing, ManualClock, RedbConfig, RedbStore, StorageError, Store};
 
-async fn redb_fixture() -> Fixture {
+fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = RedbStore::open(&RedbConfig::new(dir.path())).expect("open");
+    let clock = ManualClock::new();
+    let mut cfg = RedbConfig::new(dir.path());
+    cfg.clock = clock.clone();
+    configure(&mut cfg);
     Fixture {
-        store: Arc::new(store),
+        store: Arc::new(RedbStore::open(&cfg).expect("open")),
+        clock,
         _guard: Box::new(dir),
     }
+}
+
+async fn redb_fixture() -> Fixture {
+    fixture_with(|_| {})
 }
 
 async fn redb_naive_fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = RedbConfig::new(dir.path());
-    cfg.group_commit = false;
-    Fixture {
-        store: Arc::new(RedbStore::open(&cfg).expect("open")),
-        _guard: Box::new(dir),
-    }
+    fixture_with(|cfg| cfg.group_commit = false)
 }
 
 async fn redb_multi_writer_fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut cfg = RedbConfig::new(dir.path());
-    cfg.sharing = DbSharing::MultiWriter;
-    Fixture {
-        store: Arc::new(RedbStore::open(&cfg).expect("open")),
-        _guard: Box::new(dir),
-    }
+    fixture_with(|cfg| cfg.sharing = DbSharing::MultiWriter)
 }
 
 store_contract_tests!(redb_fixture);

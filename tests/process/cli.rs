@@ -170,7 +170,10 @@ async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
         digest: hex::encode([5u8; 32]),
         created_at: devops_api::domain::now(),
     });
-    store.import(records).await.unwrap();
+    store
+        .import(devops_api::storage::ImportSet::validate(records).unwrap())
+        .await
+        .unwrap();
     store
 }
 
@@ -179,7 +182,7 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let store = seed(&src, 10, 10_000).await;
-    let original = store.export().await.unwrap();
+    let original = store.export().await.unwrap().records;
     store.close().await;
     drop(store);
     let file = dir.path().join("backup.jsonl");
@@ -195,7 +198,7 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("verified"));
     let restored = RedbStore::open(&RedbConfig::new(&dst)).unwrap();
-    let mut back = restored.export().await.unwrap();
+    let mut back = restored.export().await.unwrap().records;
     let mut orig = original;
     let key = |r: &BackupRecord| serde_json::to_string(r).unwrap();
     back.sort_by_key(key);
