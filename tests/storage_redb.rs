@@ -2,6 +2,7 @@
 //! behaviour: reopening, locking, sharing between handles, corrupt records.
 
 mod contract;
+mod roundtrip;
 
 use std::sync::Arc;
 
@@ -99,4 +100,18 @@ async fn closed_store_reports_unavailable() {
         .create_task("alice", contract::new_task("late"))
         .await;
     assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+}
+
+/// Every accepted body is kept unchanged through the store, HTTP and a
+/// backup/restore round trip (see `tests/roundtrip`).
+#[test]
+fn accepted_values_round_trip_on_redb() {
+    roundtrip::check_backend(48, || async {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        roundtrip::Stores {
+            source: Arc::new(RedbStore::open(&RedbConfig::new(a.path())).unwrap()),
+            target: Arc::new(RedbStore::open(&RedbConfig::new(b.path())).unwrap()),
+            _guard: Box::new((a, b)),
+        }
+    });
 }
