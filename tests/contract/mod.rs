@@ -608,6 +608,11 @@ pub async fn count_tasks_counts_everyone(store: Arc<dyn Store>) {
     assert_eq!(s.count_tasks().await.unwrap(), 2);
 }
 
+/// A create of `title` with idempotency key `key`.
+pub fn keyed_new_task(title: &str, key: &str) -> NewTask {
+    keyed(title, key, 1)
+}
+
 fn keyed(title: &str, key: &str, digest: u8) -> NewTask {
     NewTask {
         fields: fields(json!({ "title": title })),
