@@ -867,3 +867,161 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     store.close().await;
     drop(db);
 }
+
+/// Rows the domain rejects (written with SQL, as a damaged table or a manual
+/// edit would leave them) do not take down a list page or a backup: they are
+/// left out and reported; only a request for one of them fails. Among them
+/// the issue's case: a due date past year 9999, which timestamptz holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_undecodable_rows_are_isolated() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
+    let mut good = Vec::new();
+    for i in 0..4 {
+        good.push(
+            contract::create(store.as_ref(), "alice", json!({"title": format!("t{i}")})).await,
+        );
+    }
+    let c = db.client().await;
+    let bad_ids: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::now_v7()).collect();
+    for (id, (title, due)) in bad_ids.iter().zip([
+        ("far future", "'10000-01-01 23:58:59+00'"),
+        ("", "NULL"),
+        ("bell\u{7}", "NULL"),
+    ]) {
+        c.execute(
+            &format!(
+                "INSERT INTO tasks (owner, id, title, title_lower, status, priority, due_at, created_at, updated_at, version)
+                 VALUES ('alice', $1, $2, lower($2), 'todo', 'normal', {due}, now(), now(), 1)"
+            ),
+            &[id, &title],
+        )
+        .await
+        .unwrap();
+    }
+    // A task whose owner no token can have.
+    c.execute(
+        "INSERT INTO tasks (owner, id, title, title_lower, status, priority, created_at, updated_at, version)
+         VALUES (E'alice\\x01', $1, 'x', 'x', 'todo', 'normal', now(), now(), 1)",
+        &[&uuid::Uuid::now_v7()],
+    )
+    .await
+    .unwrap();
+    for limit in [1, 3, 100] {
+        let mut q = ListQuery {
+            limit,
+            ..ListQuery::default()
+        };
+        let mut ids = Vec::new();
+        loop {
+            let page = store.list_tasks("alice", &q).await.expect("a list page");
+            ids.extend(page.items.iter().map(|t| t.id));
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        ids.sort();
+        let mut want: Vec<_> = good.iter().map(|t| t.id).collect();
+        want.sort();
+        assert_eq!(ids, want, "limit {limit}");
+    }
+    for id in &bad_ids {
+        let id = devops_api::domain::TaskId::from_uuid(*id);
+        assert!(matches!(
+            store.get_task("alice", id).await,
+            Err(StorageError::Corrupt { .. })
+        ));
+        for expected in [None, Some(1), Some(2)] {
+            assert!(matches!(
+                store.delete_task("alice", id, expected).await,
+                Err(StorageError::Corrupt { .. })
+            ));
+        }
+        let change =
+            devops_api::domain::TaskChange::Replace(contract::fields(json!({"title": "x"})));
+        assert!(matches!(
+            store.update_task("alice", id, change, None).await,
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+    let export = store.export().await.unwrap();
+    assert_eq!(export.records.len(), 4);
+    assert_eq!(export.unreadable.len(), 4, "{:?}", export.unreadable);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.jsonl");
+    let report = devops_api::backup::backup(store.as_ref(), &file, &mut |_, _, _| {})
+        .await
+        .unwrap();
+    assert_eq!((report.records, report.unreadable.len()), (4, 4));
+    store.close().await;
+}
+
+/// A restore that fails validation leaves the database as it was, and the
+/// next (valid) restore into it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_refused_restore_leaves_the_database_empty() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let task = devops_api::domain::Task::create(contract::fields(json!({"title": "a"})));
+    let token = |name: &str, d: u8| devops_api::storage::BackupRecord::Token {
+        name: name.into(),
+        digest: hex::encode([d; 32]),
+        created_at: devops_api::domain::now(),
+    };
+    let ok_task = devops_api::storage::BackupRecord::Task {
+        owner: "alice".into(),
+        task: task.clone(),
+    };
+    for (name, records) in [
+        ("duplicate task", vec![ok_task.clone(), ok_task.clone()]),
+        (
+            "two tokens for alice",
+            vec![token("alice", 1), token("alice", 2), ok_task.clone()],
+        ),
+        (
+            "bad token name",
+            vec![ok_task.clone(), token("bad name; rm -rf /", 3)],
+        ),
+    ] {
+        let file = dir.path().join("crafted.jsonl");
+        crafted_backup(&file, &records);
+        let r = devops_api::backup::restore(store.as_ref(), &file, &mut |_, _, _| {}).await;
+        assert!(r.is_err(), "{name} restored");
+        assert!(
+            store.export().await.unwrap().records.is_empty(),
+            "{name}: nothing written"
+        );
+    }
+    let file = dir.path().join("good.jsonl");
+    crafted_backup(&file, &[ok_task, token("alice", 1)]);
+    devops_api::backup::restore(store.as_ref(), &file, &mut |_, _, _| {})
+        .await
+        .expect("a valid restore after refused ones");
+    assert_eq!(store.get_task("alice", task.id).await.unwrap(), task);
+    store.close().await;
+}
+
+/// A backup file with `records` and a correct checksum, as an attacker who
+/// can edit the file would write it.
+fn crafted_backup(path: &Path, records: &[devops_api::storage::BackupRecord]) {
+    use sha2::Digest;
+    let mut out = String::from(
+        "{\"format\":\"devops-api-backup\",\"version\":1,\"created_at\":\"2026-01-01T00:00:00.000000Z\"}\n",
+    );
+    let mut hash = sha2::Sha256::new();
+    for r in records {
+        let line = serde_json::to_string(r).unwrap();
+        hash.update(line.as_bytes());
+        hash.update(b"\n");
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{{\"records\":{},\"sha256\":\"{}\"}}\n",
+        records.len(),
+        hex::encode(hash.finalize())
+    ));
+    std::fs::write(path, out).unwrap();
+}

@@ -779,19 +779,26 @@ impl Store for PostgresStore {
     ) -> StoreResult<()> {
         let mut client = self.conn().await?;
         let txn = client.transaction().await.map_err(db)?;
+        // The deleted row must decode, as on redb: an unreadable task is an
+        // error for every request on it (and this transaction rolls back).
         let stmt = txn
-            .prepare_cached(
-                "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)",
-            )
+            .prepare_cached(&format!(
+                "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
+                 RETURNING {TASK_COLUMNS}"
+            ))
             .await
             .map_err(db)?;
         let deleted = txn
-            .execute(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
+            .query_opt(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
             .await
             .map_err(db)?;
-        if deleted == 0 {
+        if let Some(row) = &deleted {
+            task_from_row(row, 0, owner)?;
+        } else {
             let stmt = txn
-                .prepare_cached("SELECT version FROM tasks WHERE owner = $1 AND id = $2")
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+                ))
                 .await
                 .map_err(db)?;
             return match txn
@@ -801,7 +808,7 @@ impl Store for PostgresStore {
             {
                 None => Err(StorageError::NotFound),
                 Some(row) => Err(StorageError::VersionMismatch {
-                    current: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+                    current: task_from_row(&row, 0, owner)?.version,
                 }),
             };
         }
