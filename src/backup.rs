@@ -216,7 +216,7 @@ pub async fn restore(
     path: &Path,
     progress: Progress<'_>,
 ) -> anyhow::Result<u64> {
-    let file = read(path, progress)?;
+    let file = read(path, progress).context("nothing was restored")?;
     let total = file.records.len() as u64;
     if file.unreadable > 0 {
         eprintln!(
