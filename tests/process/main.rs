@@ -5,5 +5,6 @@ mod helpers;
 
 mod cli;
 mod crash;
+mod disk_full;
 mod lifecycle;
 mod sharing;
