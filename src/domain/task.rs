@@ -369,6 +369,21 @@ impl DueAt {
         })
     }
 
+    /// A bound to compare due dates with (the `due_before` filter): any RFC
+    /// 3339 date-time, since it is never stored. It is held to
+    /// [`Self::MIN`]..=[`Self::MAX`] plus a microsecond, which selects exactly
+    /// what the instant itself would.
+    pub fn parse_bound(raw: &str) -> Result<DateTime<Utc>, String> {
+        let bad = || "must be an RFC 3339 timestamp such as 2026-01-31T17:00:00Z".to_owned();
+        if !matches!(raw.as_bytes().get(10), Some(b'T' | b't')) {
+            return Err(bad());
+        }
+        let t = DateTime::parse_from_rfc3339(raw)
+            .map_err(|_| bad())?
+            .to_utc();
+        Ok(t.clamp(Self::MIN, Self::MAX + chrono::Duration::microseconds(1)))
+    }
+
     /// `t` in UTC, cut to microseconds; an error outside [`Self::MIN`]..=[`Self::MAX`].
     pub fn from_utc(t: DateTime<Utc>) -> Result<Self, String> {
         let t = if t.nanosecond() >= 1_000_000_000 {
@@ -611,6 +626,14 @@ mod tests {
             let d = DueAt::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
             assert_eq!(rfc3339::format(&d.as_datetime()), utc, "{raw}");
         }
+        assert_eq!(
+            DueAt::parse_bound("9999-12-31T23:59:59-23:59").unwrap(),
+            DueAt::MAX + chrono::Duration::microseconds(1)
+        );
+        assert_eq!(
+            DueAt::parse_bound("0000-01-01T00:00:00+23:59").unwrap(),
+            DueAt::MIN
+        );
         for refused in [
             "9999-12-31T23:59:59-23:59",
             "0000-01-01T00:00:00+23:59",

@@ -394,8 +394,8 @@ fn parse_list_query(p: &HashMap<String, String>) -> Result<ListQuery, ApiError> 
         q.tag = Some(s.clone());
     }
     if let Some(s) = p.get("due_before") {
-        match domain::DueAt::parse(s) {
-            Ok(d) => q.due_before = Some(d.as_datetime()),
+        match domain::DueAt::parse_bound(s) {
+            Ok(d) => q.due_before = Some(d),
             Err(m) => bad("due_before", &m),
         }
     }
