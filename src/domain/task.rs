@@ -538,7 +538,7 @@ pub mod rfc3339 {
 
     /// `t` if it is a timestamp this API can have written.
     pub fn check_stored(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-        if t.nanosecond() % 1_000 != 0 || t.nanosecond() >= 1_000_000_000 {
+        if !t.nanosecond().is_multiple_of(1_000) || t.nanosecond() >= 1_000_000_000 {
             return Err(format!("{} is not in whole microseconds", format(&t)));
         }
         if !(DueAt::MIN..=DueAt::MAX).contains(&t) {

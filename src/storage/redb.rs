@@ -396,10 +396,10 @@ fn open_private_file(path: &Path) -> std::io::Result<std::fs::File> {
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = file.metadata()?.permissions().mode();
-        if mode & 0o077 != 0 {
-            if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot narrow the database file to mode 0600");
-            }
+        if mode & 0o077 != 0
+            && let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot narrow the database file to mode 0600");
         }
     }
     Ok(file)
