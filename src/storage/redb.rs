@@ -634,7 +634,9 @@ impl Writer {
         if self.db.is_none() {
             self.reopen();
         }
-        let Some(db) = self.db.clone() else {
+        // No handle is kept across the batch: `fatal` must be able to close
+        // the database.
+        let Some(begun) = self.db.as_ref().map(|db| db.begin_write()) else {
             // Dropping the jobs drops their reply channels: each caller gets
             // `Unavailable` and nothing was written.
             batch.clear();
@@ -642,7 +644,7 @@ impl Writer {
         };
         let started = Instant::now();
         let size = batch.len();
-        let txn = match db.begin_write() {
+        let txn = match begun {
             Ok(txn) => txn,
             Err(e) => {
                 tracing::error!(error = %e, writes = size, "cannot begin write transaction");
