@@ -18,10 +18,11 @@
 //!
 //! A fatal storage error (an I/O error such as a full disk: redb then answers
 //! every later call with "Previous I/O error") makes the store not ready at
-//! once ([`Store::ping`] fails, so `/ready` is 503); the writer closes the
-//! database and opens it again, retrying every [`REOPEN_RETRY`] until the disk
-//! allows it, and then resumes. Opening recovers the file to its last durable
-//! commit, which holds every acknowledged write.
+//! once ([`Store::ping`] fails, so `/ready` is 503, for at least
+//! [`READY_HOLD_OFF`]); the writer closes the database and opens it again,
+//! retrying every [`REOPEN_RETRY`] until the disk allows it, and then resumes.
+//! Opening recovers the file to its last durable commit, which holds every
+//! acknowledged write.
 //!
 //! Idempotency records are deleted 24 hours after they were made (a sweep by
 //! the writer, through an index by time), not when their task is deleted: a
@@ -84,6 +85,12 @@ pub const DEFAULT_CACHE_SIZE: usize = 16 * 1024 * 1024;
 
 /// How often the writer tries to reopen the database after a fatal error.
 pub const REOPEN_RETRY: Duration = Duration::from_millis(500);
+
+/// How long the store stays not ready after a fatal error, even when the
+/// database reopens at once (a disk with a little room left): long enough
+/// for health checks and the proxy to notice, and renewed by every further
+/// fatal error, so a disk that keeps failing keeps the store out of rotation.
+pub const READY_HOLD_OFF: Duration = Duration::from_secs(5);
 
 /// How long a reopen waits for reads in flight on the old database.
 const READS_DRAIN: Duration = Duration::from_secs(2);
@@ -199,6 +206,8 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     /// False from a fatal storage error until the database is open again.
     healthy: AtomicBool,
+    /// Not ready before this instant: [`READY_HOLD_OFF`] after the last fatal error.
+    hold_off_until: Mutex<Option<Instant>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -282,6 +291,7 @@ impl RedbStore {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
             healthy: AtomicBool::new(true),
+            hold_off_until: Mutex::new(None),
             clock: config.clock.clone(),
         });
         let (jobs, rx) = mpsc::channel();
@@ -588,6 +598,11 @@ impl Writer {
     /// closed and opened again (see the module documentation).
     fn fatal(&mut self, error: &str) {
         self.shared.healthy.store(false, Ordering::SeqCst);
+        *self
+            .shared
+            .hold_off_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + READY_HOLD_OFF);
         metrics::counter!("store_fatal_errors_total").increment(1);
         tracing::error!(
             error,
@@ -1285,7 +1300,13 @@ impl Store for RedbStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        if !self.shared.healthy.load(Ordering::SeqCst) {
+        let holding_off = self
+            .shared
+            .hold_off_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t);
+        if !self.shared.healthy.load(Ordering::SeqCst) || holding_off {
             return Err(StorageError::Unavailable(
                 "recovering from a fatal storage error".into(),
             ));
