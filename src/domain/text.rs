@@ -4,9 +4,9 @@
 //! so the document says exactly what the API accepts (a property test checks
 //! it). Patterns use `\uXXXX` escapes for the Basic Multilingual Plane, which
 //! ECMA-262, Python's `re` and Rust's regex crates read alike; characters
-//! beyond it appear literally (the served document escapes them as JSON
-//! surrogate pairs, see `http::openapi`), since those engines share no escape
-//! syntax for them.
+//! beyond it appear literally (invisible ones among them, such as the tag
+//! characters), since those engines share no escape syntax for them and JSON
+//! surrogate-pair escapes would break YAML readers of the document.
 
 use std::sync::OnceLock;
 
