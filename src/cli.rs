@@ -27,7 +27,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Serve(args)) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Some(Command::Healthcheck(args)) => return healthcheck(&args),
         Some(Command::Token(args)) => runtime().and_then(|rt| rt.block_on(token(args))),
-        Some(Command::Backup(args)) => runtime().and_then(|rt| rt.block_on(backup(args))),
+        Some(Command::Backup(args)) => {
+            return match runtime().and_then(|rt| rt.block_on(backup(args))) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(Command::Restore(args)) => runtime().and_then(|rt| rt.block_on(restore(args))),
         Some(Command::Migrate(args)) => runtime().and_then(|rt| rt.block_on(migrate(args))),
     };
@@ -346,16 +354,31 @@ fn report(what: &str, done: u64, total: u64) {
     }
 }
 
-async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<()> {
+/// `devops-api backup`: exit 0 when every record was written, 1 when no
+/// backup was written, [`crate::backup::EXIT_INCOMPLETE`] when the file was
+/// written but records the store could not read are missing from it.
+async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.storage, true).await?;
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
     store.close().await;
-    let n = result?;
+    let done = result?;
     eprintln!(
-        "backup of {n} records written to {} and verified",
+        "backup of {} records written to {} and verified",
+        done.records,
         args.out.display()
     );
-    Ok(())
+    if done.unreadable.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for u in &done.unreadable {
+        eprintln!("unreadable: {}: {}", u.key, u.reason);
+    }
+    eprintln!(
+        "error: {} records could not be read and are NOT in the backup (listed above); \
+         the backup holds everything else",
+        done.unreadable.len()
+    );
+    Ok(ExitCode::from(crate::backup::EXIT_INCOMPLETE))
 }
 
 async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {

@@ -40,8 +40,34 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Write a consistent snapshot of all tasks and tokens to a file, while the
     /// server runs (it must use --db-sharing multi-writer for redb), and verify it.
+    #[command(
+        long_about = "Write a consistent snapshot of all tasks and tokens (token digests, \
+        never tokens) to a file, while the server runs (it must use --db-sharing multi-writer \
+        for redb), and verify it. The file is created with mode 0600 and replaces OUT only when \
+        complete.\n\n\
+        The file ends with a SHA-256 over its records: an integrity check that detects a \
+        truncated or damaged file, not an authenticity check (it has no key; anyone who can \
+        edit the file can recompute it). Keep backups where only operators can write.\n\n\
+        Records the store cannot read (damaged data) are left out, each listed on standard \
+        error with its key, and counted in the file's trailer; everything else is still \
+        backed up.\n\n\
+        Exit status: 0 every record was written and verified; 1 no backup was written \
+        (error); 3 the backup was written and verified but lacks the unreadable records listed."
+    )]
     Backup(BackupArgs),
     /// Load a backup file into an empty data directory (or empty database) and verify it.
+    #[command(
+        long_about = "Load a backup file into an empty data directory (or empty \
+        database) and verify it.\n\n\
+        The file's SHA-256 is an integrity check (truncation, damage), not an authenticity \
+        check: it has no key, so an edited file can carry a matching checksum. Every record is \
+        therefore validated as the API would: principal names (owners and token names), \
+        UUIDv7 task ids, every task field, timestamps, versions, token digests, and no task \
+        id, token name or token digest twice. The import is one transaction that reads the \
+        records back before it commits: on any error nothing is restored and the target stays \
+        as it was.\n\n\
+        Exit status: 0 restored and verified; 1 nothing was restored."
+    )]
     Restore(RestoreArgs),
 }
 

@@ -283,7 +283,8 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
         .enable_all()
         .build()
         .unwrap();
-    let opened = RedbStore::open_with_backend(&config, backend.clone());
+    let on_disk = backend.clone();
+    let opened = RedbStore::open_with_backend(&config, move || on_disk.clone());
     let created = opened.is_ok();
     let histories = match opened {
         // The power went out while the file was being created: nothing was
@@ -313,11 +314,15 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
     }
 
     // Reopen the surviving bytes with a normal in-memory backend.
-    let fresh = || {
-        let b = InMemoryBackend::new();
-        b.set_len(bytes.len() as u64).unwrap();
-        b.write(0, &bytes).unwrap();
-        b
+    let bytes = Arc::new(bytes);
+    let fresh = {
+        let bytes = bytes.clone();
+        move || {
+            let b = InMemoryBackend::new();
+            b.set_len(bytes.len() as u64).unwrap();
+            b.write(0, &bytes).unwrap();
+            b
+        }
     };
     let mut db = Builder::new()
         .create_with_backend(fresh())
@@ -328,7 +333,7 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
         "seed {seed}: the file needed repair after a clean reopen"
     );
     drop(db);
-    let store = RedbStore::open_with_backend(&RedbConfig::new("unused-by-backend"), fresh())
+    let store = RedbStore::open_with_backend(&RedbConfig::new("unused-by-backend"), fresh)
         .unwrap_or_else(|e| panic!("seed {seed}: the store does not open: {e}"));
     rt.block_on(async {
         for h in &histories {

@@ -2,6 +2,7 @@
 //! problem (unknown field, wrong type, invalid value) is reported at once, each
 //! naming its field, instead of stopping at serde's first error.
 
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::task::{Description, DueAt, Priority, Status, Tag, Tags, Task, TaskFields, Title};
@@ -43,11 +44,12 @@ pub enum TaskChange {
 }
 
 impl TaskChange {
-    /// The task after this change (unchanged, same version, if nothing differs).
-    pub fn apply(&self, current: &Task) -> Task {
+    /// The task after this change at `now` (unchanged, same version, if
+    /// nothing differs).
+    pub fn apply(&self, current: &Task, now: DateTime<Utc>) -> Task {
         match self {
-            TaskChange::Replace(fields) => current.with_fields(fields.clone()),
-            TaskChange::Merge(patch) => current.with_fields(patch.apply(&current.fields)),
+            TaskChange::Replace(fields) => current.with_fields(fields.clone(), now),
+            TaskChange::Merge(patch) => current.with_fields(patch.apply(&current.fields), now),
         }
     }
 }
@@ -294,7 +296,7 @@ mod tests {
         );
         let change =
             parse_merge_patch(&json!({"description": null, "due_at": null, "tags": null})).unwrap();
-        let t = change.apply(&base);
+        let t = change.apply(&base, crate::domain::now());
         assert_eq!(t.fields.description, None);
         assert_eq!(t.fields.due_at, None);
         assert!(t.fields.tags.is_empty());
@@ -312,7 +314,9 @@ mod tests {
     #[test]
     fn empty_merge_patch_changes_nothing() {
         let base = Task::create(parse_create(&json!({"title": "a"})).unwrap());
-        let t = parse_merge_patch(&json!({})).unwrap().apply(&base);
+        let t = parse_merge_patch(&json!({}))
+            .unwrap()
+            .apply(&base, crate::domain::now());
         assert_eq!(t, base);
     }
 }

@@ -3,6 +3,7 @@
 
 mod input;
 mod task;
+pub mod text;
 
 pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_replace};
 pub use task::{

@@ -91,6 +91,21 @@ fn fix_link_field_names(doc: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
+    /// The patterns hold characters beyond the Basic Multilingual Plane
+    /// literally (no escape syntax is shared by ECMA-262 and Python's `re`;
+    /// JSON surrogate-pair escapes would break YAML readers of the document).
+    #[test]
+    fn patterns_are_served_as_the_domain_states_them() {
+        let doc = super::document_json();
+        let parsed: serde_json::Value = serde_json::from_str(doc).unwrap();
+        let pattern =
+            parsed["components"]["schemas"]["TaskInput"]["properties"]["title"]["pattern"]
+                .as_str()
+                .unwrap();
+        assert_eq!(pattern, crate::domain::text::title_pattern());
+        assert!(pattern.contains('\u{e007f}'));
+    }
+
     #[test]
     fn links_use_openapi_field_names() {
         let doc: serde_json::Value = serde_json::from_str(super::document_json()).unwrap();

@@ -69,25 +69,16 @@ pub struct TaskSchema {
 #[schema(as = TaskInput)]
 #[allow(dead_code)]
 pub struct TaskInputSchema {
-    /// 1–200 characters after trimming; no control characters.
-    #[schema(
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(schema_with = title_schema)]
     title: String,
-    #[schema(
-        max_length = 10000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(schema_with = description_schema)]
     description: Option<String>,
     /// Default `todo`.
     status: Option<Status>,
     /// Default `normal`.
     priority: Option<Priority>,
-    /// RFC 3339 timestamp.
+    #[schema(schema_with = due_at_schema)]
     due_at: Option<DateTime<Utc>>,
-    /// Up to 20 distinct tags of 1–50 characters.
     #[schema(schema_with = tags_schema)]
     tags: Option<Vec<String>>,
 }
@@ -99,40 +90,88 @@ pub struct TaskInputSchema {
 #[schema(as = TaskPatch)]
 #[allow(dead_code)]
 pub struct TaskPatchSchema {
-    #[schema(
-        nullable = false,
-        min_length = 1,
-        max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(schema_with = title_schema)]
     title: Option<String>,
-    #[schema(
-        max_length = 10000,
-        pattern = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
-    )]
+    #[schema(schema_with = description_schema)]
     description: Option<String>,
     #[schema(nullable = false)]
     status: Option<Status>,
     #[schema(nullable = false)]
     priority: Option<Priority>,
+    #[schema(schema_with = due_at_schema)]
     due_at: Option<DateTime<Utc>>,
     /// `null` empties the list.
     #[schema(schema_with = nullable_tags_schema)]
     tags: Option<Vec<String>>,
 }
 
-/// Up to 20 distinct tags of 1–50 characters without control characters.
+/// The input rules of task fields, as the domain states them (`domain::text`);
+/// a property test holds the patterns to the validators.
+fn string_schema(nullable: bool) -> utoipa::openapi::schema::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let ty = if nullable {
+        SchemaType::from_iter([Type::String, Type::Null])
+    } else {
+        SchemaType::Type(Type::String)
+    };
+    ObjectBuilder::new().schema_type(ty)
+}
+
+fn title_schema() -> utoipa::openapi::schema::Object {
+    string_schema(false)
+        .description(Some(
+            "1–200 characters once white space around them is removed (it is). No control \
+             characters, no Unicode format characters (general category Cf: bidi controls, \
+             zero-width characters, tag characters), no U+2028 or U+2029.",
+        ))
+        .min_length(Some(1))
+        .pattern(Some(domain::text::title_pattern()))
+        .build()
+}
+
+fn description_schema() -> utoipa::openapi::schema::Object {
+    string_schema(true)
+        .description(Some(
+            "Up to 10 000 characters. Line breaks and tabs are allowed; other control \
+             characters and the bidi embedding, override and isolate controls \
+             (U+202A–U+202E, U+2066–U+2069) are not.",
+        ))
+        .max_length(Some(domain::Description::MAX_CHARS))
+        .pattern(Some(domain::text::description_pattern()))
+        .build()
+}
+
+fn due_at_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+    string_schema(true)
+        .description(Some(
+            "RFC 3339 date-time with any offset, stored in UTC with microsecond precision (a \
+             leap second becomes the last microsecond of the second before it). From \
+             0000-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z: a time written on 0000-01-01 \
+             or 9999-12-31 must be in UTC (`Z` or `±00:00`).",
+        ))
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+        .pattern(Some(domain::text::DUE_AT_PATTERN))
+        .build()
+}
+
+/// Up to 20 distinct tags of 1–50 characters, with the character rules of
+/// titles; white space at either end is refused, not trimmed.
 fn tags_array() -> utoipa::openapi::schema::ArrayBuilder {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    use utoipa::openapi::schema::ArrayBuilder;
     ArrayBuilder::new()
+        .description(Some(
+            "Up to 20 distinct tags of 1–50 characters. The characters refused in titles are \
+             refused in tags; white space at either end of a tag is refused (not trimmed), so a \
+             tag is stored exactly as sent.",
+        ))
         .items(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
+            string_schema(false)
                 .min_length(Some(1))
-                .max_length(Some(50))
-                .pattern(Some(r"^[^\x00-\x1f\x7f-\x9f]+$")),
+                .max_length(Some(domain::Tag::MAX_CHARS))
+                .pattern(Some(domain::text::tag_pattern())),
         )
-        .max_items(Some(20))
+        .max_items(Some(domain::MAX_TAGS))
         .unique_items(true)
 }
 
@@ -355,8 +394,8 @@ fn parse_list_query(p: &HashMap<String, String>) -> Result<ListQuery, ApiError> 
         q.tag = Some(s.clone());
     }
     if let Some(s) = p.get("due_before") {
-        match domain::DueAt::parse(s) {
-            Ok(d) => q.due_before = Some(d.as_datetime()),
+        match domain::DueAt::parse_bound(s) {
+            Ok(d) => q.due_before = Some(d),
             Err(m) => bad("due_before", &m),
         }
     }

@@ -22,14 +22,14 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Decodes a record of `kind` stored at `key`; a failure is reported (see
+/// [`StorageError::corrupt`]).
 pub fn decode<T: DeserializeOwned>(
+    kind: &'static str,
     key: impl std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StorageError> {
-    let corrupt = |reason: String| StorageError::Corrupt {
-        key: key.to_string(),
-        reason,
-    };
+    let corrupt = |reason: String| StorageError::corrupt(kind, &key, reason);
     match bytes.split_first() {
         Some((&FORMAT_V1, rest)) => {
             serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))
@@ -64,10 +64,23 @@ struct TaskRecord {
     version: u64,
 }
 
-/// [`decode`] for tasks, without the detour through an intermediate map.
-pub fn decode_task(key: TaskId, bytes: &[u8]) -> Result<Task, StorageError> {
-    let r: TaskRecord = decode(key, bytes)?;
-    Ok(Task {
+/// [`decode`] for tasks, without the detour through an intermediate map. `key`
+/// names the record in reports; `id` is the id its storage key holds, which the
+/// record must repeat.
+pub fn decode_task(
+    key: impl std::fmt::Display,
+    id: TaskId,
+    bytes: &[u8],
+) -> Result<Task, StorageError> {
+    let r: TaskRecord = decode("task", &key, bytes)?;
+    if r.id != id {
+        return Err(StorageError::corrupt(
+            "task",
+            key,
+            format!("the record holds id {}", r.id),
+        ));
+    }
+    let task = Task {
         id: r.id,
         fields: TaskFields {
             title: r.title,
@@ -80,7 +93,10 @@ pub fn decode_task(key: TaskId, bytes: &[u8]) -> Result<Task, StorageError> {
         created_at: r.created_at,
         updated_at: r.updated_at,
         version: r.version,
-    })
+    };
+    task.check_stored()
+        .map_err(|e| StorageError::corrupt("task", key, e))?;
+    Ok(task)
 }
 
 #[cfg(test)]
@@ -118,15 +134,15 @@ mod tests {
         #[test]
         fn tasks_round_trip(task in arb_task()) {
             let bytes = encode(&task);
-            let back: Task = decode("k", &bytes).unwrap();
+            let back: Task = decode("task", "k", &bytes).unwrap();
             prop_assert_eq!(&back, &task);
-            prop_assert_eq!(decode_task(task.id, &bytes).unwrap(), task);
+            prop_assert_eq!(decode_task("k", task.id, &bytes).unwrap(), task);
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode::<Task>("k", &bytes);
-            let _ = decode_task(TaskId::new(), &bytes);
+            let _ = decode::<Task>("task", "k", &bytes);
+            let _ = decode_task("k", TaskId::new(), &bytes);
         }
 
         #[test]
@@ -134,11 +150,11 @@ mod tests {
             let bytes = encode(&task);
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(
-                matches!(decode::<Task>("k", &bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
+                matches!(decode::<Task>("task", "k", &bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
                 "truncated record decoded"
             );
             prop_assert!(
-                matches!(decode_task(task.id, &bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
+                matches!(decode_task("k", task.id, &bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
                 "truncated record decoded as a task"
             );
         }
@@ -147,11 +163,11 @@ mod tests {
     #[test]
     fn unknown_version_and_invalid_values_are_corrupt() {
         assert!(matches!(
-            decode::<Task>("k", b"\x09{}"),
+            decode::<Task>("task", "k", b"\x09{}"),
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            decode::<Task>("k", b""),
+            decode::<Task>("task", "k", b""),
             Err(StorageError::Corrupt { .. })
         ));
         let task = Task::create(parse_create(&serde_json::json!({"title": "ok"})).unwrap());
@@ -161,11 +177,11 @@ mod tests {
         let mut bad = vec![FORMAT_V1];
         bad.extend_from_slice(json.as_bytes());
         assert!(matches!(
-            decode::<Task>("k", &bad),
+            decode::<Task>("task", "k", &bad),
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            decode_task(task.id, &bad),
+            decode_task("k", task.id, &bad),
             Err(StorageError::Corrupt { .. })
         ));
     }

@@ -20,8 +20,7 @@
 //! The schema is created by embedded, forward-only migrations (see
 //! [`MIGRATIONS`]), applied at start in one transaction under an advisory lock.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,12 +33,14 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    BackupRecord, Created, IDEMPOTENCY_TTL, ListQuery, NewTask, Order, Page, StorageError, Store,
-    StoreResult, TokenDigest, TokenInfo,
+    BackupRecord, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL,
+    ImportSet, ListQuery, NewTask, Order, Page, StorageError, Store, StoreResult, TokenDigest,
+    TokenInfo, idempotency_cutoff, idempotency_fresh,
 };
+use crate::auth::PrincipalName;
 use crate::domain::{
     Description, DueAt, Owner, Priority, Status, Tag, Tags, Task, TaskChange, TaskFields, TaskId,
-    Title,
+    Title, rfc3339,
 };
 
 /// One schema change. Versions are dense and increasing; an applied migration
@@ -73,9 +74,6 @@ pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 /// and all but the first find nothing to do.
 const MIGRATION_LOCK: i64 = 0x6465_766f_7073_2d6d;
 
-/// How often expired idempotency keys are deleted.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
-
 /// Columns of a task, in the order [`task_from_row`] reads them.
 const TASK_COLUMNS: &str =
     "id, title, description, status, priority, due_at, tags, created_at, updated_at, version";
@@ -90,6 +88,8 @@ pub struct PostgresConfig {
     pub statement_timeout: Duration,
     /// Limit for opening a connection and for waiting for a free one.
     pub connect_timeout: Duration,
+    /// Dates tasks and idempotency records; the system clock but in tests.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl PostgresConfig {
@@ -99,6 +99,7 @@ impl PostgresConfig {
             pool_size: 10,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            clock: super::system_clock(),
         }
     }
 
@@ -135,12 +136,14 @@ impl std::fmt::Debug for PostgresConfig {
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("clock", &self.clock)
             .finish()
     }
 }
 
 pub struct PostgresStore {
     pool: Pool,
+    clock: Arc<dyn Clock>,
     /// The background sweep of expired idempotency keys, stopped by `close`.
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -170,9 +173,10 @@ impl PostgresStore {
             .recycle_timeout(Some(config.connect_timeout))
             .build()
             .map_err(StorageError::unavailable)?;
-        let sweeper = tokio::spawn(sweep_idempotency_keys(pool.clone()));
+        let sweeper = tokio::spawn(sweep_idempotency_keys(pool.clone(), config.clock.clone()));
         Ok(Self {
             pool,
+            clock: config.clock.clone(),
             sweeper: Mutex::new(Some(sweeper)),
         })
     }
@@ -283,26 +287,39 @@ pub async fn connect_one(pg: &tokio_postgres::Config) -> StoreResult<tokio_postg
     Ok(client)
 }
 
-async fn sweep_idempotency_keys(pool: Pool) {
-    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+async fn sweep_idempotency_keys(pool: Pool, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(IDEMPOTENCY_SWEEP_INTERVAL);
     loop {
         tick.tick().await;
-        let cutoff = Utc::now() - chrono::Duration::from_std(IDEMPOTENCY_TTL).unwrap_or_default();
-        let result = async {
-            let client = pool.get().await.map_err(|e| e.to_string())?;
-            client
-                .execute(
-                    "DELETE FROM idempotency_keys WHERE created_at < $1",
-                    &[&cutoff],
-                )
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match result {
+        match sweep(&pool, clock.as_ref()).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired idempotency keys deleted"),
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "idempotency key sweep skipped"),
+        }
+    }
+}
+
+/// Deletes expired idempotency keys, [`IDEMPOTENCY_SWEEP_CHUNK`] per statement.
+async fn sweep(pool: &Pool, clock: &dyn Clock) -> StoreResult<u64> {
+    let client = pool.get().await.map_err(StorageError::unavailable)?;
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN (
+                 SELECT owner, key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
+        )
+        .await
+        .map_err(db)?;
+    let chunk = to_i64(IDEMPOTENCY_SWEEP_CHUNK as u64);
+    let mut total = 0;
+    loop {
+        let cutoff = idempotency_cutoff(clock.now());
+        let n = client
+            .execute(&stmt, &[&cutoff, &chunk])
+            .await
+            .map_err(db)?;
+        total += n;
+        if n < IDEMPOTENCY_SWEEP_CHUNK as u64 {
+            return Ok(total);
         }
     }
 }
@@ -327,57 +344,102 @@ fn describe(e: &dyn std::error::Error) -> String {
     out
 }
 
-fn corrupt(id: impl std::fmt::Display, reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt {
-        key: id.to_string(),
-        reason: reason.into(),
-    }
+/// A row that cannot be decoded, reported (see [`StorageError::corrupt`]).
+fn corrupt(
+    kind: &'static str,
+    key: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> StorageError {
+    StorageError::corrupt(kind, key, reason)
 }
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// A task from [`TASK_COLUMNS`] starting at column `at`. Values are validated
-/// through the domain types: a row they reject is `Corrupt`, never a panic.
-fn task_from_row(row: &Row, at: usize) -> StoreResult<Task> {
+/// A task from [`TASK_COLUMNS`] starting at column `at`, of `owner` (for
+/// reports). Values are validated by the domain's rules for stored values: a
+/// row they reject is `Corrupt` (reported), never a panic.
+fn task_from_row(row: &Row, at: usize, owner: &str) -> StoreResult<Task> {
     let id: Uuid = row
         .try_get(at)
-        .map_err(|e| corrupt("task", e.to_string()))?;
-    let bad = |e: tokio_postgres::Error| corrupt(id, e.to_string());
-    let title: String = row.try_get(at + 1).map_err(bad)?;
-    let description: Option<String> = row.try_get(at + 2).map_err(bad)?;
-    let status: String = row.try_get(at + 3).map_err(bad)?;
-    let priority: String = row.try_get(at + 4).map_err(bad)?;
-    let due_at: Option<DateTime<Utc>> = row.try_get(at + 5).map_err(bad)?;
-    let tags: Vec<String> = row.try_get(at + 6).map_err(bad)?;
-    let created_at: DateTime<Utc> = row.try_get(at + 7).map_err(bad)?;
-    let updated_at: DateTime<Utc> = row.try_get(at + 8).map_err(bad)?;
-    let version: i64 = row.try_get(at + 9).map_err(bad)?;
+        .map_err(|e| corrupt("task", format!("tasks/{owner}"), e.to_string()))?;
+    let key = format!("tasks/{owner}/{id}");
+    let bad = |e: String| corrupt("task", &key, e);
+    let get = |e: tokio_postgres::Error| bad(e.to_string());
+    let title: String = row.try_get(at + 1).map_err(get)?;
+    let description: Option<String> = row.try_get(at + 2).map_err(get)?;
+    let status: String = row.try_get(at + 3).map_err(get)?;
+    let priority: String = row.try_get(at + 4).map_err(get)?;
+    let due_at: Option<DateTime<Utc>> = row.try_get(at + 5).map_err(get)?;
+    let tags: Vec<String> = row.try_get(at + 6).map_err(get)?;
+    let created_at: DateTime<Utc> = row.try_get(at + 7).map_err(get)?;
+    let updated_at: DateTime<Utc> = row.try_get(at + 8).map_err(get)?;
+    let version: i64 = row.try_get(at + 9).map_err(get)?;
     let tags = tags
         .iter()
-        .map(|t| Tag::parse(t))
+        .map(|t| Tag::from_stored(t))
         .collect::<Result<Vec<_>, _>>()
         .and_then(Tags::new)
-        .map_err(|e| corrupt(id, format!("tags: {e}")))?;
-    Ok(Task {
-        id: TaskId::from_uuid(id),
+        .map_err(|e| bad(format!("tags: {e}")))?;
+    let task = Task {
+        id: TaskId::from_stored(id).map_err(&bad)?,
         fields: TaskFields {
-            title: Title::parse(&title).map_err(|e| corrupt(id, format!("title {e}")))?,
+            title: Title::from_stored(&title).map_err(|e| bad(format!("title: {e}")))?,
             description: description
-                .map(|d| Description::parse(&d))
+                .map(|d| Description::from_stored(&d))
                 .transpose()
-                .map_err(|e| corrupt(id, format!("description {e}")))?,
-            status: Status::parse(&status)
-                .ok_or_else(|| corrupt(id, format!("status `{status}`")))?,
+                .map_err(|e| bad(format!("description: {e}")))?,
+            status: Status::parse(&status).ok_or_else(|| bad(format!("status `{status}`")))?,
             priority: Priority::parse(&priority)
-                .ok_or_else(|| corrupt(id, format!("priority `{priority}`")))?,
-            due_at: due_at.map(DueAt::from_datetime),
+                .ok_or_else(|| bad(format!("priority `{priority}`")))?,
+            due_at: due_at
+                .map(DueAt::from_stored)
+                .transpose()
+                .map_err(|e| bad(format!("due_at: {e}")))?,
             tags,
         },
-        created_at,
-        updated_at,
-        version: u64::try_from(version).map_err(|_| corrupt(id, "negative version"))?,
+        created_at: rfc3339::check_stored(created_at)
+            .map_err(|e| bad(format!("created_at: {e}")))?,
+        updated_at: rfc3339::check_stored(updated_at)
+            .map_err(|e| bad(format!("updated_at: {e}")))?,
+        version: u64::try_from(version).map_err(|_| bad("negative version".into()))?,
+    };
+    task.check_stored().map_err(&bad)?;
+    Ok(task)
+}
+
+/// A row of `SELECT owner, TASK_COLUMNS` as a backup record.
+fn task_record(row: &Row) -> StoreResult<BackupRecord> {
+    let owner: String = row
+        .try_get(0)
+        .map_err(|e| corrupt("task", "tasks", e.to_string()))?;
+    if let Err(e) = PrincipalName::parse(&owner) {
+        let id: Option<Uuid> = row.try_get(1).ok();
+        return Err(corrupt(
+            "task",
+            format!("tasks/{}/{}", owner.escape_debug(), id.unwrap_or_default()),
+            e,
+        ));
+    }
+    let task = task_from_row(row, 1, &owner)?;
+    Ok(BackupRecord::Task { owner, task })
+}
+
+/// A row of `SELECT digest, name, created_at FROM tokens` as a backup record.
+fn token_record(row: &Row) -> StoreResult<BackupRecord> {
+    let digest: Vec<u8> = row
+        .try_get(0)
+        .map_err(|e| corrupt("token", "tokens", e.to_string()))?;
+    let key = format!("tokens/{}", hex::encode(&digest));
+    let bad = |e: String| corrupt("token", &key, e);
+    let name: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
+    PrincipalName::parse(&name).map_err(&bad)?;
+    let created_at: DateTime<Utc> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    Ok(BackupRecord::Token {
+        name,
+        digest: hex::encode(digest),
+        created_at: rfc3339::check_stored(created_at).map_err(&bad)?,
     })
 }
 
@@ -508,7 +570,8 @@ fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql + Sync)> {
 #[async_trait]
 impl Store for PostgresStore {
     async fn create_task(&self, owner: &Owner, new: NewTask) -> StoreResult<Created> {
-        let task = Task::create(new.fields);
+        let now = self.clock.now();
+        let task = Task::create_at(new.fields, now);
         let mut client = self.conn().await?;
         let txn = client.transaction().await.map_err(db)?;
         if let Some(idem) = &new.idempotency {
@@ -543,27 +606,34 @@ impl Store for PostgresStore {
                     .await
                     .map_err(db)?;
                 if let Some(row) = row {
-                    let stored: Vec<u8> = row
-                        .try_get(0)
-                        .map_err(|e| corrupt("idempotency record", e.to_string()))?;
-                    let created_at: DateTime<Utc> = row
-                        .try_get(1)
-                        .map_err(|e| corrupt("idempotency record", e.to_string()))?;
-                    let fresh =
-                        (Utc::now() - created_at).to_std().unwrap_or_default() < IDEMPOTENCY_TTL;
-                    if fresh {
-                        // Nothing was written: dropping the transaction rolls it back.
-                        return if stored == idem.request_digest {
-                            let Json(original): Json<Task> = row
-                                .try_get(2)
-                                .map_err(|e| corrupt("idempotency record", e.to_string()))?;
-                            Ok(Created::Replayed(original))
-                        } else {
-                            Err(StorageError::IdempotencyMismatch)
+                    let read =
+                        || -> Result<(Vec<u8>, DateTime<Utc>, Task), tokio_postgres::Error> {
+                            let Json(original): Json<Task> = row.try_get(2)?;
+                            Ok((row.try_get(0)?, row.try_get(1)?, original))
                         };
+                    match read() {
+                        Ok((stored, created_at, original))
+                            if idempotency_fresh(created_at, now) =>
+                        {
+                            // Nothing was written: dropping the transaction rolls it back.
+                            return if stored == idem.request_digest {
+                                Ok(Created::Replayed(original))
+                            } else {
+                                Err(StorageError::IdempotencyMismatch)
+                            };
+                        }
+                        Ok(_) => {}
+                        // Reported, then replaced like an expired record.
+                        Err(e) => {
+                            corrupt(
+                                "idempotency",
+                                format!("idempotency_keys/{owner}/{}", idem.key),
+                                e.to_string(),
+                            );
+                        }
                     }
                 }
-                // Expired (or swept meanwhile): the key starts afresh.
+                // Expired, unreadable or swept meanwhile: the key starts afresh.
                 let stmt = txn
                     .prepare_cached(
                         "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
@@ -623,16 +693,21 @@ impl Store for PostgresStore {
         let client = self.conn().await?;
         let stmt = client.prepare_cached(&sql).await.map_err(db)?;
         let rows = client.query(&stmt, &refs(&params)).await.map_err(db)?;
-        let mut items = rows
-            .iter()
-            .map(|r| task_from_row(r, 0))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let next = if items.len() > query.limit {
-            items.truncate(query.limit);
-            items.last().map(|t| t.id)
-        } else {
-            None
-        };
+        // The row after the page only says that there is a next page; the
+        // cursor is the last row of the page, even one left out as unreadable.
+        let next = (rows.len() > query.limit)
+            .then(|| rows[query.limit - 1].try_get::<_, Uuid>(0).ok())
+            .flatten()
+            .map(TaskId::from_uuid);
+        let mut items = Vec::with_capacity(query.limit);
+        for r in rows.iter().take(query.limit) {
+            match task_from_row(r, 0, owner) {
+                Ok(t) => items.push(t),
+                // Reported where it was found; the page goes on without it.
+                Err(StorageError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(Page { items, next })
     }
 
@@ -662,7 +737,7 @@ impl Store for PostgresStore {
                     current: current.version,
                 });
             }
-            let updated = change.apply(&current);
+            let updated = change.apply(&current, self.clock.now());
             if updated.version == current.version {
                 return Ok(updated);
             }
@@ -704,19 +779,26 @@ impl Store for PostgresStore {
     ) -> StoreResult<()> {
         let mut client = self.conn().await?;
         let txn = client.transaction().await.map_err(db)?;
+        // The deleted row must decode, as on redb: an unreadable task is an
+        // error for every request on it (and this transaction rolls back).
         let stmt = txn
-            .prepare_cached(
-                "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)",
-            )
+            .prepare_cached(&format!(
+                "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
+                 RETURNING {TASK_COLUMNS}"
+            ))
             .await
             .map_err(db)?;
         let deleted = txn
-            .execute(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
+            .query_opt(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
             .await
             .map_err(db)?;
-        if deleted == 0 {
+        if let Some(row) = &deleted {
+            task_from_row(row, 0, owner)?;
+        } else {
             let stmt = txn
-                .prepare_cached("SELECT version FROM tasks WHERE owner = $1 AND id = $2")
+                .prepare_cached(&format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+                ))
                 .await
                 .map_err(db)?;
             return match txn
@@ -726,7 +808,7 @@ impl Store for PostgresStore {
             {
                 None => Err(StorageError::NotFound),
                 Some(row) => Err(StorageError::VersionMismatch {
-                    current: u64::try_from(row.get::<_, i64>(0)).unwrap_or_default(),
+                    current: task_from_row(&row, 0, owner)?.version,
                 }),
             };
         }
@@ -750,7 +832,7 @@ impl Store for PostgresStore {
 
     async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo> {
         let client = self.conn().await?;
-        let created_at = crate::domain::now();
+        let created_at = self.clock.now();
         let stmt = client
             .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
             .await
@@ -773,21 +855,19 @@ impl Store for PostgresStore {
     async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
         let client = self.conn().await?;
         let stmt = client
-            .prepare_cached("SELECT name, created_at FROM tokens")
+            .prepare_cached("SELECT digest, name, created_at FROM tokens")
             .await
             .map_err(db)?;
-        let mut out = client
-            .query(&stmt, &[])
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| {
-                Ok(TokenInfo {
-                    name: r.try_get(0).map_err(|e| corrupt("token", e.to_string()))?,
-                    created_at: r.try_get(1).map_err(|e| corrupt("token", e.to_string()))?,
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
+        let mut out = Vec::new();
+        for r in client.query(&stmt, &[]).await.map_err(db)? {
+            match token_record(&r) {
+                Ok(BackupRecord::Token {
+                    name, created_at, ..
+                }) => out.push(TokenInfo { name, created_at }),
+                Ok(BackupRecord::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         // Byte order of names, as redb lists them, whatever the collation.
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
@@ -808,18 +888,20 @@ impl Store for PostgresStore {
     async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>> {
         let client = self.conn().await?;
         let stmt = client
-            .prepare_cached("SELECT name FROM tokens WHERE digest = $1")
+            .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
             .await
             .map_err(db)?;
         let row = client
             .query_opt(&stmt, &[&digest.as_slice()])
             .await
             .map_err(db)?;
-        row.map(|r| r.try_get(0).map_err(|e| corrupt("token", e.to_string())))
-            .transpose()
+        match row.map(|r| token_record(&r)).transpose()? {
+            Some(BackupRecord::Token { name, .. }) => Ok(Some(name)),
+            _ => Ok(None),
+        }
     }
 
-    async fn export(&self) -> StoreResult<Vec<BackupRecord>> {
+    async fn export(&self) -> StoreResult<Export> {
         let mut client = self.conn().await?;
         // One snapshot for both tables while writers go on.
         let txn = client
@@ -832,59 +914,12 @@ impl Store for PostgresStore {
         txn.batch_execute("SET LOCAL statement_timeout = 0")
             .await
             .map_err(db)?;
-        let mut out = Vec::new();
-        for r in txn
-            .query(
-                "SELECT digest, name, created_at FROM tokens ORDER BY name",
-                &[],
-            )
-            .await
-            .map_err(db)?
-        {
-            let bad = |e: tokio_postgres::Error| corrupt("token", e.to_string());
-            let digest: Vec<u8> = r.try_get(0).map_err(bad)?;
-            out.push(BackupRecord::Token {
-                name: r.try_get(1).map_err(bad)?,
-                digest: hex::encode(digest),
-                created_at: r.try_get(2).map_err(bad)?,
-            });
-        }
-        let rows = txn
-            .query(
-                &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
-                &[],
-            )
-            .await
-            .map_err(db)?;
-        out.reserve(rows.len());
-        for r in rows {
-            let owner: String = r.try_get(0).map_err(|e| corrupt("task", e.to_string()))?;
-            out.push(BackupRecord::Task {
-                owner,
-                task: task_from_row(&r, 1)?,
-            });
-        }
+        let out = export_in(&txn).await?;
         txn.commit().await.map_err(db)?;
         Ok(out)
     }
 
-    async fn import(&self, records: Vec<BackupRecord>) -> StoreResult<u64> {
-        // Validate every record before writing any.
-        let mut tokens = Vec::new();
-        for r in &records {
-            if let BackupRecord::Token {
-                name,
-                digest,
-                created_at,
-            } = r
-            {
-                let d = hex::decode(digest)
-                    .ok()
-                    .filter(|d| d.len() == 32)
-                    .ok_or_else(|| corrupt("token", "digest is not 32 hex bytes"))?;
-                tokens.push((d, name, created_at));
-            }
-        }
+    async fn import(&self, set: ImportSet) -> StoreResult<u64> {
         let mut client = self.conn().await?;
         let txn = client.transaction().await.map_err(db)?;
         txn.batch_execute(
@@ -906,18 +941,13 @@ impl Store for PostgresStore {
                 "data in the target store".into(),
             ));
         }
-        for (digest, name, created_at) in &tokens {
+        for t in &set.tokens {
             txn.execute(
                 "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
-                &[digest, name, created_at],
+                &[&t.digest.as_slice(), &t.name, &t.created_at],
             )
             .await
-            .map_err(|e| match e.code() {
-                Some(&SqlState::UNIQUE_VIOLATION) => {
-                    corrupt("token", format!("`{name}` appears twice"))
-                }
-                _ => db(e),
-            })?;
+            .map_err(db)?;
         }
         let sink = txn
             .copy_in(
@@ -941,32 +971,31 @@ impl Store for PostgresStore {
             Type::INT8,
         ];
         let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
-        let mut per_owner: HashMap<&str, i64> = HashMap::new();
-        for r in &records {
-            if let BackupRecord::Task { owner, task } = r {
-                let c = TaskColumns::of(owner, task);
-                writer.as_mut().write(&c.row()).await.map_err(db)?;
-                *per_owner.entry(owner.as_str()).or_default() += 1;
-            }
+        for (owner, task) in &set.tasks {
+            let c = TaskColumns::of(owner, task);
+            writer.as_mut().write(&c.row()).await.map_err(db)?;
         }
-        writer.as_mut().finish().await.map_err(|e| match e.code() {
-            Some(&SqlState::UNIQUE_VIOLATION) => corrupt("task", "a task appears twice"),
-            _ => db(e),
-        })?;
+        writer.as_mut().finish().await.map_err(db)?;
         // Counts are rebuilt from scratch, so the quota holds per owner.
         txn.batch_execute("DELETE FROM task_counts")
             .await
             .map_err(db)?;
-        let owners: Vec<&str> = per_owner.keys().copied().collect();
-        let counts: Vec<i64> = owners.iter().map(|o| per_owner[o]).collect();
+        let owners: Vec<&str> = set.counts.keys().map(String::as_str).collect();
+        let counts: Vec<i64> = set.counts.values().map(|&n| to_i64(n)).collect();
         txn.execute(
             "INSERT INTO task_counts (owner, n) SELECT * FROM unnest($1::text[], $2::bigint[])",
             &[&owners, &counts],
         )
         .await
         .map_err(db)?;
+        // Read back inside the transaction: a difference rolls everything back.
+        set.verify(export_in(&txn).await?)?;
         txn.commit().await.map_err(db)?;
-        Ok(records.len() as u64)
+        Ok(set.len() as u64)
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        sweep(&self.pool, self.clock.as_ref()).await
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -982,6 +1011,33 @@ impl Store for PostgresStore {
         // Idle connections are closed now; checked-out ones when returned.
         self.pool.close();
     }
+}
+
+/// Every readable record visible to `txn`; unreadable ones are listed.
+async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreResult<Export> {
+    let mut out = Export::default();
+    for r in txn
+        .query(
+            "SELECT digest, name, created_at FROM tokens ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(db)?
+    {
+        out.push(token_record(&r))?;
+    }
+    let rows = txn
+        .query(
+            &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    out.records.reserve(rows.len());
+    for r in rows {
+        out.push(task_record(&r))?;
+    }
+    Ok(out)
 }
 
 async fn get_task_on(
@@ -1000,7 +1056,7 @@ async fn get_task_on(
         .await
         .map_err(db)?
     {
-        Some(row) => task_from_row(&row, 0),
+        Some(row) => task_from_row(&row, 0, owner),
         None => Err(StorageError::NotFound),
     }
 }

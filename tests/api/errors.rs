@@ -176,3 +176,67 @@ async fn oversized_uri_and_headers_are_refused() {
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
 }
+
+/// Values that could be stored but not read back, listed or restored
+/// unchanged, and characters that make displayed text differ from stored
+/// text, are refused with 422 naming the field.
+#[tokio::test]
+async fn unstorable_and_deceptive_values_are_refused() {
+    let app = crate::helpers::spawn_app().await;
+    let cases = [
+        (
+            json!({"title": "9999-12-31 minus a day", "due_at": "9999-12-31T23:59:59-23:59"}),
+            "due_at",
+        ),
+        (
+            json!({"title": "year -1", "due_at": "0000-01-01T00:00:00+23:59"}),
+            "due_at",
+        ),
+        (
+            json!({"title": "space separator", "due_at": "2026-01-31 17:00:00Z"}),
+            "due_at",
+        ),
+        (json!({"title": "evil\u{202e}txt.exe"}), "title"),
+        (json!({"title": "zero\u{200b}width"}), "title"),
+        (json!({"title": "line\u{2028}separator"}), "title"),
+        (json!({"title": "tag chars \u{e0041}"}), "title"),
+        (json!({"title": "t", "tags": [" padded"]}), "tags[0]"),
+        (
+            json!({"title": "t", "tags": ["ok", "bidi\u{2067}"]}),
+            "tags[1]",
+        ),
+        (
+            json!({"title": "t", "description": "override \u{202d} here"}),
+            "description",
+        ),
+        (
+            json!({"title": "t", "description": "nul \u{0} here"}),
+            "description",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = app.create(&app.alice, body.clone()).await;
+        let p = problem(r, 422).await;
+        assert_eq!(crate::helpers::error_fields(&p), [field], "{body}");
+    }
+    // Kept: line breaks, tabs, joiners and marks in descriptions, the edges of
+    // the range in UTC, and a leap second.
+    let t = app
+        .create_ok(
+            &app.alice,
+            json!({"title": "ok", "description": "a\tb\r\nc \u{200d}\u{200f}\u{2028}",
+                   "due_at": "9999-12-31T23:59:60.5Z"}),
+        )
+        .await;
+    assert_eq!(t["due_at"], "9999-12-31T23:59:59.999999Z");
+    let r = app
+        .list(&app.alice, "?due_before=9999-12-31T23:59:59-23:59")
+        .await;
+    assert_eq!(
+        r.status(),
+        200,
+        "a filter bound may lie outside the stored range"
+    );
+    let page: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+}

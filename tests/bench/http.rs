@@ -202,7 +202,9 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         .build()?;
     rt.block_on(async {
         let store = RedbStore::open(&RedbConfig::new(&data_dir))?;
-        store.import(records.clone()).await?;
+        store
+            .import(devops_api::storage::ImportSet::validate(records.clone())?)
+            .await?;
         store.close().await;
         anyhow::Ok(())
     })?;

@@ -253,7 +253,9 @@ pub fn prepare(url: Option<&str>, records: Vec<BackupRecord>) -> anyhow::Result<
         }
         let started = Instant::now();
         let store = PostgresStore::connect(&PostgresConfig::new(&db_url)).await?;
-        store.import(records).await?;
+        store
+            .import(devops_api::storage::ImportSet::validate(records)?)
+            .await?;
         store.close().await;
         // Fresh statistics for the planner, as autovacuum would have by now.
         let (seeded, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await?;

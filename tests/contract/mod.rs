@@ -13,12 +13,15 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use devops_api::domain::{self, Task, TaskChange, TaskFields, TaskId};
 use devops_api::storage::{
-    BackupRecord, Created, Idempotency, ListQuery, NewTask, Order, StorageError, Store,
+    BackupRecord, Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet,
+    ListQuery, ManualClock, NewTask, Order, StorageError, Store,
 };
 use serde_json::json;
 
 pub struct Fixture {
     pub store: Arc<dyn Store>,
+    /// The store's clock: it moves only when a case advances it.
+    pub clock: Arc<ManualClock>,
     /// Dropped after the store: temp dirs, throwaway databases.
     pub _guard: Box<dyn Any + Send>,
 }
@@ -35,6 +38,10 @@ macro_rules! store_contract_tests {
             idempotent_create_replays_and_rejects_other_bodies, quota_limits_creates,
             tokens_lifecycle, export_import_round_trip, import_refuses_non_empty_store,
             concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone);
+        $crate::store_contract_tests!(@clock_cases $fixture;
+            idempotency_keys_expire_after_their_window,
+            sweep_deletes_only_expired_idempotency_records, sweep_works_through_a_backlog,
+            a_deleted_task_still_replays_within_the_window, timestamps_come_from_the_store_clock);
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {
         $(
@@ -42,6 +49,16 @@ macro_rules! store_contract_tests {
             async fn $case() {
                 let fx = $fixture().await;
                 contract::$case(fx.store.clone()).await;
+                fx.store.close().await;
+            }
+        )*
+    };
+    (@clock_cases $fixture:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let fx = $fixture().await;
+                contract::$case(fx.store.clone(), fx.clock.clone()).await;
                 fx.store.close().await;
             }
         )*
@@ -510,14 +527,17 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     .await
     .unwrap();
     s.create_token("alice", [3; 32]).await.unwrap();
-    let records = s.export().await.unwrap();
+    let export = s.export().await.unwrap();
+    assert!(export.unreadable.is_empty());
+    let records = export.records;
     assert_eq!(records.len(), 3);
     // Import into the same backend kind after emptying it.
     s.delete_task("alice", a.id, None).await.unwrap();
     s.delete_task("bob", b.id, None).await.unwrap();
     s.revoke_token("alice").await.unwrap();
-    assert_eq!(s.import(records.clone()).await.unwrap(), 3);
-    let mut again = s.export().await.unwrap();
+    let set = ImportSet::validate(records.clone()).unwrap();
+    assert_eq!(s.import(set).await.unwrap(), 3);
+    let mut again = s.export().await.unwrap().records;
     let mut orig = records;
     let key = |r: &BackupRecord| format!("{r:?}");
     again.sort_by_key(key);
@@ -542,11 +562,24 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
 pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
     let s = store.as_ref();
     create(s, "alice", json!({"title": "a"})).await;
-    let records = s.export().await.unwrap();
+    let before = s.export().await.unwrap().records;
+    let mut records = before.clone();
+    records.push(BackupRecord::Token {
+        name: "bob".into(),
+        digest: hex::encode([4u8; 32]),
+        created_at: domain::now(),
+    });
+    let set = ImportSet::validate(records).unwrap();
     assert!(matches!(
-        s.import(records).await,
+        s.import(set).await,
         Err(StorageError::AlreadyExists(_))
     ));
+    assert_eq!(
+        s.export().await.unwrap().records,
+        before,
+        "nothing was written"
+    );
+    assert_eq!(s.principal(&[4; 32]).await.unwrap(), None);
 }
 
 pub async fn concurrent_creates_are_all_durable_and_distinct(store: Arc<dyn Store>) {
@@ -573,4 +606,164 @@ pub async fn count_tasks_counts_everyone(store: Arc<dyn Store>) {
     create(s, "alice", json!({"title": "a"})).await;
     create(s, "bob", json!({"title": "b"})).await;
     assert_eq!(s.count_tasks().await.unwrap(), 2);
+}
+
+/// A create of `title` with idempotency key `key`.
+pub fn keyed_new_task(title: &str, key: &str) -> NewTask {
+    keyed(title, key, 1)
+}
+
+fn keyed(title: &str, key: &str, digest: u8) -> NewTask {
+    NewTask {
+        fields: fields(json!({ "title": title })),
+        idempotency: Some(Idempotency {
+            key: key.into(),
+            request_digest: [digest; 32],
+        }),
+        max_tasks: 1_000_000,
+    }
+}
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A key answers with its first task for 24 hours, by the store's clock, and
+/// then starts afresh (expiry on read, before any sweep).
+pub async fn idempotency_keys_expire_after_their_window(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) {
+    let s = store.as_ref();
+    let first = s.create_task("alice", keyed("a", "k", 1)).await.unwrap();
+    let Created::New(t) = first else {
+        panic!("first use creates")
+    };
+    clock.advance(IDEMPOTENCY_TTL - SECOND);
+    assert_eq!(
+        s.create_task("alice", keyed("a", "k", 1)).await.unwrap(),
+        Created::Replayed(t.clone()),
+        "within the window"
+    );
+    assert!(matches!(
+        s.create_task("alice", keyed("b", "k", 2)).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    clock.advance(SECOND);
+    let again = s.create_task("alice", keyed("b", "k", 2)).await.unwrap();
+    let Created::New(t2) = again else {
+        panic!("an expired key creates anew: {again:?}")
+    };
+    assert_ne!(t2.id, t.id);
+    assert_eq!(
+        s.create_task("alice", keyed("b", "k", 2)).await.unwrap(),
+        Created::Replayed(t2),
+        "the key now answers for the new task"
+    );
+    assert_eq!(
+        s.sweep_expired().await.unwrap(),
+        0,
+        "the renewed record is fresh"
+    );
+}
+
+/// The sweep deletes exactly the records older than the window.
+pub async fn sweep_deletes_only_expired_idempotency_records(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) {
+    let s = store.as_ref();
+    for i in 0..3 {
+        s.create_task("alice", keyed("old", &format!("k{i}"), 1))
+            .await
+            .unwrap();
+    }
+    s.create_task("bob", keyed("old", "k0", 1)).await.unwrap();
+    assert_eq!(s.sweep_expired().await.unwrap(), 0, "nothing expired yet");
+    clock.advance(IDEMPOTENCY_TTL / 2);
+    let fresh = s.create_task("alice", keyed("new", "k9", 1)).await.unwrap();
+    clock.advance(IDEMPOTENCY_TTL / 2);
+    assert_eq!(s.sweep_expired().await.unwrap(), 4);
+    assert_eq!(s.sweep_expired().await.unwrap(), 0);
+    assert_eq!(
+        s.create_task("alice", keyed("new", "k9", 1)).await.unwrap(),
+        Created::Replayed(fresh.task().clone()),
+        "a fresh record survives the sweep"
+    );
+    assert!(
+        matches!(
+            s.create_task("alice", keyed("other", "k0", 2))
+                .await
+                .unwrap(),
+            Created::New(_)
+        ),
+        "a swept key is free"
+    );
+    assert_eq!(
+        s.count_tasks().await.unwrap(),
+        6,
+        "the sweep deletes no task"
+    );
+}
+
+/// More expired records than one sweep commit takes are all deleted.
+pub async fn sweep_works_through_a_backlog(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
+    let n = IDEMPOTENCY_SWEEP_CHUNK + 7;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let s = store.clone();
+        set.spawn(async move {
+            s.create_task("alice", keyed("t", &format!("k{i}"), 1))
+                .await
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    clock.advance(IDEMPOTENCY_TTL + SECOND);
+    assert_eq!(store.sweep_expired().await.unwrap(), n as u64);
+    assert_eq!(store.sweep_expired().await.unwrap(), 0);
+}
+
+/// Deleting a task keeps its idempotency record until the window ends: a
+/// retry of the create that made it must not make it again.
+pub async fn a_deleted_task_still_replays_within_the_window(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) {
+    let s = store.as_ref();
+    let Created::New(t) = s.create_task("alice", keyed("a", "k", 1)).await.unwrap() else {
+        panic!("first use creates")
+    };
+    s.delete_task("alice", t.id, None).await.unwrap();
+    assert_eq!(
+        s.create_task("alice", keyed("a", "k", 1)).await.unwrap(),
+        Created::Replayed(t),
+    );
+    assert_eq!(
+        s.count_tasks().await.unwrap(),
+        0,
+        "a replay creates nothing"
+    );
+    clock.advance(IDEMPOTENCY_TTL + SECOND);
+    assert_eq!(s.sweep_expired().await.unwrap(), 1);
+}
+
+/// Tasks and tokens are dated by the store's clock.
+pub async fn timestamps_come_from_the_store_clock(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
+    let s = store.as_ref();
+    clock.advance(std::time::Duration::from_secs(3600 * 24 * 400));
+    let t = create(s, "alice", json!({"title": "later"})).await;
+    assert_eq!(t.created_at, clock.now());
+    clock.advance(SECOND);
+    let u = s
+        .update_task(
+            "alice",
+            t.id,
+            TaskChange::Replace(fields(json!({"title": "changed"}))),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(u.updated_at, clock.now());
+    let token = s.create_token("ci", [1; 32]).await.unwrap();
+    assert_eq!(token.created_at, clock.now());
 }

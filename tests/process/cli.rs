@@ -170,7 +170,10 @@ async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
         digest: hex::encode([5u8; 32]),
         created_at: devops_api::domain::now(),
     });
-    store.import(records).await.unwrap();
+    store
+        .import(devops_api::storage::ImportSet::validate(records).unwrap())
+        .await
+        .unwrap();
     store
 }
 
@@ -179,7 +182,7 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     let store = seed(&src, 10, 10_000).await;
-    let original = store.export().await.unwrap();
+    let original = store.export().await.unwrap().records;
     store.close().await;
     drop(store);
     let file = dir.path().join("backup.jsonl");
@@ -195,7 +198,7 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("verified"));
     let restored = RedbStore::open(&RedbConfig::new(&dst)).unwrap();
-    let mut back = restored.export().await.unwrap();
+    let mut back = restored.export().await.unwrap().records;
     let mut orig = original;
     let key = |r: &BackupRecord| serde_json::to_string(r).unwrap();
     back.sort_by_key(key);
@@ -279,4 +282,211 @@ async fn online_backup_while_the_server_writes() {
         "a consistent snapshot between 50 and 250 tasks: {tasks}"
     );
     let _ = ALICE;
+}
+
+/// A backup file with `lines` as records and a correct checksum: what
+/// someone who can edit the file can write (the checksum has no key).
+fn crafted_backup(path: &Path, lines: &[String]) {
+    use sha2::Digest;
+    let mut out = String::from(
+        "{\"format\":\"devops-api-backup\",\"version\":1,\"created_at\":\"2026-01-01T00:00:00.000000Z\"}\n",
+    );
+    let mut hash = sha2::Sha256::new();
+    for line in lines {
+        hash.update(line.as_bytes());
+        hash.update(b"\n");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "{{\"records\":{},\"sha256\":\"{}\"}}\n",
+        lines.len(),
+        hex::encode(hash.finalize())
+    ));
+    std::fs::write(path, out).unwrap();
+}
+
+fn token_line(name: &str, digest: u8) -> String {
+    serde_json::to_string(&BackupRecord::Token {
+        name: name.into(),
+        digest: hex::encode([digest; 32]),
+        created_at: devops_api::domain::now(),
+    })
+    .unwrap()
+}
+
+fn task_line(owner: &str, task: &Task) -> String {
+    serde_json::to_string(&BackupRecord::Task {
+        owner: owner.into(),
+        task: task.clone(),
+    })
+    .unwrap()
+}
+
+/// Crafted backups with a valid checksum are refused record by record, leave
+/// the target exactly as it was (empty), and the next valid restore into the
+/// same directory works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_backups_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("crafted.jsonl");
+    let task = Task::create(parse_create(&serde_json::json!({"title": "a"})).unwrap());
+    let other = Task::create(parse_create(&serde_json::json!({"title": "b"})).unwrap());
+    let mut v4 = serde_json::to_value(&other).unwrap();
+    v4["id"] = "6ba7b810-9dad-41d1-80b4-00c04fd430c8".into();
+    let mut future = serde_json::to_value(&other).unwrap();
+    future["due_at"] = "9999-12-31T23:59:59-23:59".into();
+    let mut bidi = serde_json::to_value(&other).unwrap();
+    bidi["title"] = " padded ".into();
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "a token named `bad name; rm -rf /`",
+            vec![
+                task_line("alice", &task),
+                token_line("bad name; rm -rf /", 1),
+            ],
+            "invalid principal name",
+        ),
+        (
+            "an owner with a NUL byte",
+            vec![task_line("alice\0bob", &task)],
+            "invalid principal name",
+        ),
+        (
+            "two tokens for alice",
+            vec![token_line("alice", 1), token_line("alice", 2)],
+            "a second token for `alice`",
+        ),
+        (
+            "two names with one digest",
+            vec![token_line("alice", 1), token_line("bob", 1)],
+            "same digest",
+        ),
+        (
+            "a duplicate task record",
+            vec![task_line("alice", &task), task_line("alice", &task)],
+            "appears twice",
+        ),
+        (
+            "one task under two owners",
+            vec![task_line("alice", &task), task_line("bob", &task)],
+            "appears twice",
+        ),
+        (
+            "a task id that is not a UUIDv7",
+            vec![format!(r#"{{"kind":"task","owner":"alice","task":{v4}}}"#)],
+            "UUIDv7",
+        ),
+        (
+            "a due date outside years 0000-9999",
+            vec![format!(
+                r#"{{"kind":"task","owner":"alice","task":{future}}}"#
+            )],
+            "outside years",
+        ),
+        (
+            "an untrimmed title",
+            vec![format!(
+                r#"{{"kind":"task","owner":"alice","task":{bidi}}}"#
+            )],
+            "trimmed",
+        ),
+        (
+            "an upper-case digest",
+            vec![token_line("alice", 1).replace("01010101", "0A0A0A0A")],
+            "lower-case hex",
+        ),
+    ];
+    for (name, lines, reason) in cases {
+        crafted_backup(&file, &lines);
+        let out = run(&["restore", file.to_str().unwrap()], &data, &[]);
+        assert!(!out.status.success(), "{name}: restored\n{}", stderr(&out));
+        assert!(
+            stderr(&out).contains(reason) && stderr(&out).contains("nothing was restored"),
+            "{name}: {}",
+            stderr(&out)
+        );
+        let store = RedbStore::open(&RedbConfig::new(&data)).unwrap();
+        let export = store.export().await.unwrap();
+        assert!(
+            export.records.is_empty() && store.list_tokens().await.unwrap().is_empty(),
+            "{name}: the target changed"
+        );
+        store.close().await;
+    }
+    crafted_backup(&file, &[task_line("alice", &task), token_line("alice", 1)]);
+    let out = run(&["restore", file.to_str().unwrap()], &data, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = RedbStore::open(&RedbConfig::new(&data)).unwrap();
+    assert_eq!(store.get_task("alice", task.id).await.unwrap(), task);
+    assert_eq!(
+        store.principal(&[1; 32]).await.unwrap().as_deref(),
+        Some("alice")
+    );
+    store.close().await;
+}
+
+#[test]
+fn backup_and_restore_help_say_what_the_checksum_is() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in ["backup", "restore"] {
+        let out = run(&[cmd, "--help"], dir.path(), &[]);
+        let text = stdout(&out)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            text.contains("integrity check") && text.contains("not an authenticity check"),
+            "{cmd} --help: {text}"
+        );
+        assert!(text.contains("Exit status"), "{cmd} --help: {text}");
+    }
+}
+
+/// `backup` of a store with an unreadable record writes everything else,
+/// names the record, and exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_with_unreadable_records_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    seed(&data, 1, 3).await.close().await;
+    let bad = devops_api::domain::TaskId::new();
+    {
+        let cfg = RedbConfig::new(&data);
+        let db = redb::Database::create(cfg.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let t: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("tasks_v1");
+            let mut t = txn.open_table(t).unwrap();
+            let mut key = b"owner0\0".to_vec();
+            key.extend_from_slice(&bad.as_u128().to_be_bytes());
+            t.insert(key.as_slice(), b"\x01{broken".as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let file = dir.path().join("b.jsonl");
+    let out = run(&["backup", "--out", file.to_str().unwrap()], &data, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("tasks_v1/owner0/{bad}"))
+            && stderr(&out).contains("1 records could not be read"),
+        "{}",
+        stderr(&out)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains("\"kind\":\"task\""))
+            .count(),
+        3
+    );
+    assert!(text.lines().last().unwrap().contains("\"unreadable\":1"));
+    let out = run(
+        &["restore", file.to_str().unwrap()],
+        &dir.path().join("dst"),
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("lacks 1 records"), "{}", stderr(&out));
 }

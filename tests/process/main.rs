@@ -6,5 +6,6 @@ mod helpers;
 mod abuse;
 mod cli;
 mod crash;
+mod disk_full;
 mod lifecycle;
 mod sharing;
