@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy one API image to the swarm over SSH (host key pinned), wait for the rolling update, check its
 # outcome, then verify the public endpoints over HTTPS. On failure the service is left on the last good image.
+# It deploys the application stack (stack.yml) only; the platform (nix/deploy/platform.yml) is the operator's.
 set -euo pipefail
 
 usage() {
@@ -9,19 +10,22 @@ Usage: nix/deploy/deploy.sh --image REF|--previous [--stack NAME] [--compose FIL
 
 Runs, against DOCKER_HOST=ssh://DEPLOY_USER@DEPLOY_HOST (host key checked against the pinned line):
   docker stack deploy --with-registry-auth --detach=false -c stack.yml STACK   (API_IMAGE=REF)
+stack.yml is the application only: this never touches the platform stack (Traefik, Gitea, runners).
 then requires the API service's UpdateStatus to be `completed` (not rollback_completed/paused), and checks
 GET /health, GET /ready and an authenticated POST+GET /v1/tasks on https://api.$DOMAIN.
 If the rollout fails and Swarm did not roll back by itself, the previous image is redeployed.
-Exit status: 0 deployed and verified; 1 failed (message says why); 2 usage.
+Exit status: 0 deployed and verified; 1 failed (message says why); 2 usage or an invalid value.
 
   --image REF      image to run, e.g. git.example.com/team/devops-api:SHA@sha256:... (from nix/deploy/push.sh)
-  --previous       redeploy the image of the API service's previous spec (what Swarm recorded)
+  --previous       redeploy the image of the API service's previous spec (what Swarm recorded); the registry
+                   login (REGISTRY_USER) then goes to that image's registry
   --stack NAME     stack name (default: $STACK_NAME or devops)
   --compose FILE   compose file(s), repeatable (default: ./stack.yml, the checkout being deployed)
   --timeout SEC    limit for the rollout (default 600)
 
 Environment (CI variables and secrets; secrets are never printed):
-  DEPLOY_HOST, DEPLOY_USER (default deploy), DEPLOY_PORT (default 22)   swarm manager reached over SSH
+  DEPLOY_HOST, DEPLOY_USER (default deploy), DEPLOY_PORT (default 22)   swarm manager reached over SSH;
+                   checked (host name/IPv4/IPv6, 1-65535, user name) before the ssh config is written
   DEPLOY_SSH_KEY or DEPLOY_SSH_KEY_FILE          private key (secret)
   DEPLOY_KNOWN_HOSTS or DEPLOY_KNOWN_HOSTS_FILE  pinned known_hosts line(s) of the manager
   DOMAIN, ACME_EMAIL, and any other stack.yml variable (API_REPLICAS, HTTPS_PORT, ...)

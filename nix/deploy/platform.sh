@@ -67,20 +67,38 @@ export RUNNER_UNTRUSTED_CONFIG_HASH RUNNER_DEPLOY_CONFIG_HASH
 
 docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null | grep -qx true \
   || die "this Docker engine is not a swarm manager (run on a manager or set DOCKER_HOST)"
+# When each service's last update started: afterwards only services whose update is new are judged.
+update_started() { # SERVICE...
+  local s
+  for s in "$@"; do
+    printf '%s %s\n' "$s" "$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$s")"
+  done
+}
+services() { docker stack services --format '{{.Name}}' "$stack" 2>/dev/null | sort; }
+mapfile -t before_services < <(services)
+before=$(update_started "${before_services[@]}")
 say "deploying stack $stack (runner configs untrusted=$RUNNER_UNTRUSTED_CONFIG_HASH deploy=$RUNNER_DEPLOY_CONFIG_HASH)"
 timeout "$timeout" docker stack deploy --with-registry-auth --detach=false \
   --resolve-image "${PLATFORM_RESOLVE_IMAGE:-always}" "${files[@]}" "$stack" >&2 \
   || die "docker stack deploy of $stack failed"
 
-# Converged: every replicated service runs its desired number of tasks.
+# Converged: every replicated service runs its desired number of tasks, and every update this deploy
+# started has completed (an update Swarm rolled back leaves the old spec running: the change did not happen).
 deadline=$((SECONDS + timeout))
 while :; do
-  pending=()
+  pending=() failed=()
   while read -r name mode replicas; do
-    [ "$mode" = replicated ] || continue
-    want=${replicas#*/} have=${replicas%%/*}
-    [ "$have" = "$want" ] || pending+=("$name $replicas")
+    if [ "$mode" = replicated ] && [ "${replicas%%/*}" != "${replicas#*/}" ]; then pending+=("$name $replicas"); fi
+    started=$(docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$name")
+    if [ -z "$started" ] || grep -qxF "$name $started" <<<"$before"; then continue; fi
+    state=$(docker service inspect --format '{{.UpdateStatus.State}}' "$name")
+    case "$state" in
+      completed) ;;
+      updating|rollback_started) pending+=("$name $state") ;;
+      *) failed+=("$name $state") ;;
+    esac
   done < <(docker stack services --format '{{.Name}} {{.Mode}} {{.Replicas}}' "$stack")
+  [ ${#failed[@]} -eq 0 ] || die "update did not complete: ${failed[*]} (docker service ps --no-trunc NAME)"
   [ ${#pending[@]} -gt 0 ] || break
   [ $SECONDS -lt $deadline ] || die "not converged after ${timeout}s: ${pending[*]}"
   sleep 2
