@@ -60,6 +60,44 @@ run_deploy "--image without registry host" 2 "invalid --image" -- --image devops
 run_deploy "--image latest" 1 "refusing to deploy the moving 'latest' tag" -- --image 127.0.0.1:5000/devops-api:latest
 run_deploy "IPv6 DEPLOY_HOST passes validation" 1 "cannot reach ::1 over SSH" DEPLOY_HOST=::1 --
 
+# deploy.sh --previous with a registry login: the login must go to the registry of the image Swarm
+# recorded, which is known only after --previous resolved it (an empty image would mean Docker Hub).
+# Stubs: ssh succeeds; docker answers as a manager whose API service's previous spec is $prev, records
+# `login` and `stack deploy` calls in order, and fails every stack deploy (the test ends there).
+mkdir -p "$tmp/stub"
+prev="r.example:5000/team/devops-api:$(printf '%040d' 3)@sha256:$(printf '%064d' 3)"
+printf '#!/bin/sh\nexit 0\n' > "$tmp/stub/ssh"
+cat > "$tmp/stub/docker" <<STUB
+#!/bin/sh
+case "\$1 \$2" in
+  "info --format") echo true ;;
+  "login --username") for a in "\$@"; do last=\$a; done; echo "login \$last" >> $tmp/docker-calls; [ -n "\$last" ] ;;
+  "stack deploy") echo "stack deploy" >> $tmp/docker-calls; exit 1 ;;
+  "service inspect")
+    case "\$4" in
+      *PreviousSpec*) echo "$prev" ;;
+      *UpdateStatus.State*) echo completed ;;
+      *UpdateStatus.StartedAt*) echo 2026-01-01T00:00:00Z ;;
+      *ContainerSpec.Image*) echo "r.example:5000/team/devops-api:$(printf '%040d' 4)" ;;
+      *Replicas*) echo 3 ;;
+    esac ;;
+  "service ps") ;;
+  *) echo "docker stub: unexpected: \$*" >&2; exit 1 ;;
+esac
+STUB
+chmod +x "$tmp/stub/ssh" "$tmp/stub/docker"
+: > "$tmp/docker-calls"
+rc=0
+env -i PATH="$tmp/stub:$PATH" HOME="$tmp" DOMAIN=example.test SMOKE_TOKEN=t DEPLOY_HOST=127.0.0.1 \
+  DEPLOY_SSH_KEY_FILE="$tmp/key" DEPLOY_KNOWN_HOSTS="$known" REGISTRY_USER=ci REGISTRY_PASSWORD=secret \
+  timeout 60 "$deploy_dir/deploy.sh" --previous --timeout 4 --compose "$deploy_dir/../../stack.yml" > "$tmp/out" 2>&1 || rc=$?
+first=$(head -n 1 "$tmp/docker-calls")
+if [ "$first" = "login r.example:5000" ] && grep -qF "deploying $prev" "$tmp/out"; then
+  ok "deploy.sh --previous logs in to the previous image's registry before deploying"
+else
+  fail "deploy.sh --previous: first docker call '$first' (want 'login r.example:5000'), exit $rc"
+fi
+
 # rollback.sh, with stubs: deploy.sh records its arguments; skopeo answers as a registry that holds only
 # the images listed in $tmp/registry (one REF per line).
 mkdir -p "$tmp/rb" "$tmp/bin"
