@@ -86,6 +86,7 @@ cleanup() {
     printf 'total runtime %d s; logs in %s\n' "$((SECONDS - run_started))" "$W"
   fi
   [ "$rc" -ne 0 ] || [ "$FAILED" -eq 0 ] || rc=1
+  [ "$rc" -eq 0 ] || [ "$FAILED" -gt 0 ] || printf 'e2e: stopped before the end (exit %d)\n' "$rc"
   exit "$rc"
 }
 # Load generators only (for --keep, which leaves the services running).
