@@ -106,8 +106,11 @@ log "preflight: stopping what an earlier run left behind"
 command -v docker >/dev/null && docker info >/dev/null 2>&1 && remove_docker_objects
 stop_recorded_processes
 rm -rf "$W"
-mkdir -p "$W"
+mkdir -p "$W/tmp"
 chmod 700 "$W"
+# The scripts' own temporary directories (a whole toolchain for B0) go under $W: a run killed outright
+# leaves them where the next run's preflight removes them.
+export TMPDIR=$W/tmp
 
 # --- machine --------------------------------------------------------------------------------------------------
 log "machine: packages, dockerd, swarm, registry, sshd"
