@@ -3,7 +3,8 @@
 #
 # Both builders read nix/image.json, so user, paths, env, ports, volumes, labels, entrypoint,
 # cmd and healthcheck cannot drift apart. This one compiles a static musl binary with cargo and
-# packs it FROM scratch with `docker build` (generated Dockerfile in a temporary context).
+# packs it FROM scratch with `docker build` (generated Dockerfile in a temporary context). It installs
+# what it needs that rustup can install (the musl standard library of the active toolchain).
 set -euo pipefail
 
 usage() {
@@ -18,7 +19,8 @@ Options:
   --binary PATH            use this (static) binary instead of running cargo build
   --healthcheck-url URL    healthcheck runs `devops-api healthcheck --url URL` instead of the default
                            (the end-to-end test uses it to build an image whose healthcheck fails)
-  --target TRIPLE          cargo target (default x86_64-unknown-linux-musl)
+  --target TRIPLE          cargo target (default x86_64-unknown-linux-musl); added to the active
+                           toolchain with `rustup target add` when missing
   --revision REV           value of org.opencontainers.image.revision (default: git rev-parse HEAD)
   -h, --help               show this help
 
@@ -83,8 +85,32 @@ CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 
 spec() { jq -r "$1" "$IMAGE_JSON"; }
 
+# The standard library for $target must exist for the toolchain cargo will use in $REPO_ROOT (a
+# rust-toolchain file there may pick another one). A fresh rustup has only the host target: add it.
+ensure_rust_target() {
+  local toolchain sysroot
+  if command -v rustup >/dev/null; then
+    toolchain="$(cd "$REPO_ROOT" && rustup show active-toolchain 2>/dev/null | awk 'NR == 1 {print $1}')"
+    [[ -n "$toolchain" ]] || die "rustup has no active toolchain in $REPO_ROOT (rustup default stable)"
+    if rustup target list --installed --toolchain "$toolchain" | grep -qx "$target"; then
+      log "rust target $target present for toolchain $toolchain"
+    else
+      log "rust target $target missing for toolchain $toolchain: rustup target add --toolchain $toolchain $target"
+      rustup target add --toolchain "$toolchain" "$target" >&2 \
+        || die "rustup target add $target failed (toolchain $toolchain)"
+    fi
+  else
+    command -v rustc >/dev/null || die "neither rustup nor rustc found on PATH"
+    sysroot="$(cd "$REPO_ROOT" && rustc --print sysroot)"
+    [[ -d "$sysroot/lib/rustlib/$target/lib" ]] \
+      || die "no standard library for $target in $sysroot and no rustup to add it; install it, pass --binary, or build with nix build .#image"
+    log "rust target $target present in $sysroot"
+  fi
+}
+
 # 1. The binary.
 if [[ -z "$binary" ]]; then
+  ensure_rust_target
   log "cargo build --release --locked --target $target"
   (cd "$REPO_ROOT" && cargo build --release --locked --target "$target")
   target_dir="$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deploy one API image to the swarm over SSH (host key pinned), wait for the rolling update, check its
 # outcome, then verify the public endpoints over HTTPS. On failure the service is left on the last good image.
+# It deploys the application stack (stack.yml) only; the platform (nix/deploy/platform.yml) is the operator's.
 set -euo pipefail
 
 usage() {
@@ -9,19 +10,22 @@ Usage: nix/deploy/deploy.sh --image REF|--previous [--stack NAME] [--compose FIL
 
 Runs, against DOCKER_HOST=ssh://DEPLOY_USER@DEPLOY_HOST (host key checked against the pinned line):
   docker stack deploy --with-registry-auth --detach=false -c stack.yml STACK   (API_IMAGE=REF)
+stack.yml is the application only: this never touches the platform stack (Traefik, Gitea, runners).
 then requires the API service's UpdateStatus to be `completed` (not rollback_completed/paused), and checks
 GET /health, GET /ready and an authenticated POST+GET /v1/tasks on https://api.$DOMAIN.
 If the rollout fails and Swarm did not roll back by itself, the previous image is redeployed.
-Exit status: 0 deployed and verified; 1 failed (message says why); 2 usage.
+Exit status: 0 deployed and verified; 1 failed (message says why); 2 usage or an invalid value.
 
   --image REF      image to run, e.g. git.example.com/team/devops-api:SHA@sha256:... (from nix/deploy/push.sh)
-  --previous       redeploy the image of the API service's previous spec (what Swarm recorded)
+  --previous       redeploy the image of the API service's previous spec (what Swarm recorded); the registry
+                   login (REGISTRY_USER) then goes to that image's registry
   --stack NAME     stack name (default: $STACK_NAME or devops)
   --compose FILE   compose file(s), repeatable (default: ./stack.yml, the checkout being deployed)
   --timeout SEC    limit for the rollout (default 600)
 
 Environment (CI variables and secrets; secrets are never printed):
-  DEPLOY_HOST, DEPLOY_USER (default deploy), DEPLOY_PORT (default 22)   swarm manager reached over SSH
+  DEPLOY_HOST, DEPLOY_USER (default deploy), DEPLOY_PORT (default 22)   swarm manager reached over SSH;
+                   checked (host name/IPv4/IPv6, 1-65535, user name) before the ssh config is written
   DEPLOY_SSH_KEY or DEPLOY_SSH_KEY_FILE          private key (secret)
   DEPLOY_KNOWN_HOSTS or DEPLOY_KNOWN_HOSTS_FILE  pinned known_hosts line(s) of the manager
   DOMAIN, ACME_EMAIL, and any other stack.yml variable (API_REPLICAS, HTTPS_PORT, ...)
@@ -62,12 +66,37 @@ for f in "${compose[@]}"; do [ -f "$f" ] || die "compose file not found: $f"; do
 : "${DOMAIN:?set DOMAIN}"
 : "${SMOKE_TOKEN:?set SMOKE_TOKEN (API token for the smoke request)}"
 
+# Values that end up in the generated ssh config or on docker's command line: a newline or a space in
+# DEPLOY_HOST would add ssh directives (ProxyCommand runs a command), so each is checked against its
+# grammar before it is used anywhere.
+invalid() { echo "deploy: invalid $1: $2" >&2; exit 2; }
+deploy_port=${DEPLOY_PORT:-22}
+deploy_user=${DEPLOY_USER:-deploy}
+host_re='^([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$'
+ipv6_re='^[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*$'
+if ! [[ "$DEPLOY_HOST" =~ $host_re ]] && ! [[ "$DEPLOY_HOST" =~ $ipv6_re ]] || [ ${#DEPLOY_HOST} -gt 253 ]; then
+  invalid DEPLOY_HOST "$(printf %q "$DEPLOY_HOST") (a host name, IPv4 or IPv6 address)"
+fi
+if ! [[ "$deploy_port" =~ ^[0-9]{1,5}$ ]] || [ "$deploy_port" -lt 1 ] || [ "$deploy_port" -gt 65535 ]; then
+  invalid DEPLOY_PORT "$(printf %q "$deploy_port") (1-65535)"
+fi
+[[ "$deploy_user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || invalid DEPLOY_USER "$(printf %q "$deploy_user") (a POSIX user name)"
+[[ "$stack" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$ ]] || invalid "stack name" "$(printf %q "$stack")"
+[[ "$timeout" =~ ^[0-9]+$ ]] || invalid --timeout "$(printf %q "$timeout") (seconds)"
+# An image reference: [REGISTRY[:PORT]/]PATH[:TAG][@sha256:DIGEST], no whitespace or shell/ssh syntax.
+ref_re='^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)+(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$'
+if [ -n "$image" ] && ! [[ "$image" =~ $ref_re ]]; then
+  invalid --image "$(printf %q "$image") (REGISTRY/NAME:TAG[@sha256:DIGEST])"
+fi
+
 work=$(mktemp -d)
 cleanup() {
   if [ -S "$work/ssh/cm" ]; then ssh -O exit deploy-target >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- SSH with a pinned host key -------------------------------------------------------------------------
 # The docker CLI runs `ssh HOST docker system dial-stdio`; a wrapper first on PATH gives it our config.
@@ -91,8 +120,8 @@ fi
 cat > "$work/ssh/config" <<EOF
 Host deploy-target
   HostName $DEPLOY_HOST
-  Port ${DEPLOY_PORT:-22}
-  User ${DEPLOY_USER:-deploy}
+  Port $deploy_port
+  User $deploy_user
   IdentityFile $work/ssh/key
   IdentitiesOnly yes
   UserKnownHostsFile $work/ssh/known_hosts
@@ -119,12 +148,6 @@ if ! out=$(ssh deploy-target true 2>&1); then
 fi
 docker info --format '{{.Swarm.ControlAvailable}}' | grep -qx true || die "${DEPLOY_HOST} is not a swarm manager"
 
-if [ -n "${REGISTRY_USER:-}" ]; then
-  : "${REGISTRY_PASSWORD:?REGISTRY_USER is set but REGISTRY_PASSWORD is not}"
-  printf '%s' "$REGISTRY_PASSWORD" | docker login --username "$REGISTRY_USER" --password-stdin "${image%%/*}" >/dev/null \
-    || die "registry login to ${image%%/*} failed"
-fi
-
 # --- Roll out --------------------------------------------------------------------------------------------
 svc=${stack}_api
 inspect() { docker service inspect --format "$1" "$svc" 2>/dev/null || true; }
@@ -135,6 +158,18 @@ if [ "$previous" = true ]; then
     || die "Swarm already rolled $svc back; it runs ${prev_image}. Name the commit SHA to go further back"
   image=$(inspect '{{if .PreviousSpec}}{{.PreviousSpec.TaskTemplate.ContainerSpec.Image}}{{end}}')
   [ -n "$image" ] || die "service $svc has no previous spec to return to; name the image (rollback SHA)"
+  [[ "$image" =~ $ref_re ]] || die "the previous spec's image $(printf %q "$image") is not a registry reference"
+fi
+# Only now is the image known (for --previous it comes from the service): log in to its registry.
+if [ -n "${REGISTRY_USER:-}" ]; then
+  : "${REGISTRY_PASSWORD:?REGISTRY_USER is set but REGISTRY_PASSWORD is not}"
+  registry=${image%%/*}
+  case "$registry" in
+    *.*|*:*|localhost) ;;
+    *) die "image ${image} names no registry host; refusing to send the registry password to Docker Hub" ;;
+  esac
+  printf '%s' "$REGISTRY_PASSWORD" | docker login --username "$REGISTRY_USER" --password-stdin "$registry" >/dev/null \
+    || die "registry login to ${registry} failed"
 fi
 prev_started=$(inspect '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}')
 say "previous image: ${prev_image:-none (first deploy)}"

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Push an image archive (what `nix build .#image` or nix/deploy/build-image.sh --out produces) to a registry with
 # skopeo, tagged with the commit SHA (plus optional moving tags), and print the pinned reference.
+#
+# skopeo's trust policy comes from the repository (nix/deploy/policy.json, passed with --policy), never from
+# /etc/containers/policy.json: the Nix job image has no /etc/containers, and a host file could say anything.
+# The policy accepts only docker-archive sources, the archive this job built (there is no signature to
+# check on it), and rejects every other transport.
 set -euo pipefail
 
 usage() {
@@ -13,6 +18,7 @@ pushed). Prints one line on stdout: REGISTRY/NAME:SHA@sha256:DIGEST (what nix/de
 
 Environment (optional, from CI secrets; never printed):
   REGISTRY_USER, REGISTRY_PASSWORD   credentials (a token with package scope for Gitea's registry)
+  POLICY_FILE                        skopeo trust policy (default: policy.json beside this script)
   --insecure                         plain HTTP / unverified TLS (implied for a registry on loopback)
 USAGE
 }
@@ -36,8 +42,13 @@ case "$tag" in
   latest) echo "push: refusing to push only 'latest'; tag with the commit SHA" >&2; exit 2 ;;
 esac
 
+policy=${POLICY_FILE:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/policy.json}
+[ -f "$policy" ] || { echo "push: trust policy not found: $policy" >&2; exit 1; }
+
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 src=$archive
 # A streamLayeredImage result is a script that writes the archive to stdout.
@@ -64,10 +75,10 @@ if [ -n "${REGISTRY_USER:-}" ]; then
   args+=(--dest-authfile "$work/auth.json")
 fi
 
-skopeo copy "${args[@]}" --digestfile "$work/digest" "docker-archive:$src" "docker://$image:$tag" >&2
+skopeo --policy "$policy" copy "${args[@]}" --digestfile "$work/digest" "docker-archive:$src" "docker://$image:$tag" >&2
 digest=$(cat "$work/digest")
 for t in "${also[@]}"; do
-  skopeo copy "${args[@]}" "docker-archive:$src" "docker://$image:$t" >&2
+  skopeo --policy "$policy" copy "${args[@]}" "docker-archive:$src" "docker://$image:$t" >&2
 done
 echo "push: pushed $image:$tag ($digest)${also[*]:+ and ${also[*]}}" >&2
 echo "$image:$tag@$digest"

@@ -10,9 +10,12 @@ die() { printf 'e2e: error: %s\n' "$*" >&2; exit 1; }
 ensure_packages() {
   local missing=() pair
   for pair in dockerd:docker.io docker-registry:docker-registry skopeo:skopeo sshd:openssh-server \
-    curl:curl jq:jq openssl:openssl python3:python3 ssh:openssh-client; do
+    curl:curl jq:jq openssl:openssl python3:python3 ssh:openssh-client haproxy:haproxy busybox:busybox-static \
+    htpasswd:apache2-utils unshare:util-linux ss:iproute2; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || missing+=("${pair#*:}")
   done
+  # busybox-static, not Debian's dynamically linked busybox: the stand-in images copy it alone.
+  if command -v busybox >/dev/null 2>&1 && ldd "$(command -v busybox)" >/dev/null 2>&1; then missing+=(busybox-static); fi
   [ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
@@ -49,7 +52,7 @@ ensure_dockerd() {
 # A registry on 127.0.0.1:5000 (Docker treats loopback registries as insecure by default).
 start_registry() {
   if curl -fsS -o /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null; then
-    note "a registry already answers on 127.0.0.1:5000; using it"
+    note "a registry this run did not start answers on 127.0.0.1:5000; using it"
     return 0
   fi
   mkdir -p "$W/registry-data"
@@ -75,6 +78,7 @@ EOF
 
 # sshd on loopback with a throwaway host key (pinned through a known_hosts line) and a throwaway client key.
 start_sshd() {
+  port_free "$SSH_PORT" || die "port $SSH_PORT is taken by a process this test did not start (ss -ltnp 'sport = :$SSH_PORT')"
   mkdir -p "$W/ssh" /run/sshd
   chmod 700 "$W/ssh"
   rm -f "$W/ssh/host_key" "$W/ssh/host_key.pub" "$W/ssh/client_key" "$W/ssh/client_key.pub" \
@@ -110,12 +114,69 @@ EOF
   die "sshd did not start (see $W/ssh/sshd.log)"
 }
 
-stop_pidfile() { # FILE: stop the process we started, by its recorded id
-  local pid
-  [ -s "$1" ] || return 0
+stop_pidfile() { # FILE [EXPECT]: stop the process a run recorded in FILE, if it still is that program
+  local pid i
+  [ -s "$1" ] || { rm -f "$1"; return 0; }
   pid=$(cat "$1")
-  kill "$pid" 2>/dev/null || true
   rm -f "$1"
+  [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/cmdline" ] || return 0
+  # A pid file outlives its process; never signal a pid that now belongs to another program.
+  if [ -n "${2:-}" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$2"; then return 0; fi
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 50); do
+    [ -e "/proc/$pid" ] || return 0
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Stop every process a run (this one or an earlier, killed one) recorded under $W.
+stop_recorded_processes() {
+  local f
+  for f in "$W"/*.pid; do
+    [ -e "$f" ] || continue
+    case "$f" in
+      */registry.pid) stop_pidfile "$f" docker-registry ;;
+      *) stop_pidfile "$f" loadgen.py ;;
+    esac
+  done
+  stop_pidfile "$W/ssh/sshd.pid" sshd
+}
+
+# Remove the Docker objects of the test: both stacks, probe services, secrets and configs (named after the
+# stacks), volumes. Works whether this run or a killed earlier one created them.
+remove_docker_objects() {
+  local s i
+  docker service ls -q --filter "name=${STACK}-probe-" | xargs -r docker service rm >/dev/null 2>&1 || true
+  for s in "$STACK" "$PSTACK"; do
+    docker stack rm "$s" >/dev/null 2>&1 || true
+  done
+  for i in $(seq 1 90); do
+    [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$STACK")" ] \
+      && [ -z "$(docker ps -aq --filter "label=com.docker.stack.namespace=$PSTACK")" ] \
+      && ! docker network inspect "$STACK-public" >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker secret ls --format '{{.Name}}' | grep -E "^(${STACK}|${PSTACK})_" | xargs -r docker secret rm >/dev/null 2>&1 || true
+  docker config ls --format '{{.Name}}' | grep -E "^(${STACK}|${PSTACK})_" | xargs -r docker config rm >/dev/null 2>&1 || true
+  for s in "$STACK" "$PSTACK"; do
+    docker volume ls -q --filter "label=com.docker.stack.namespace=$s" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  done
+}
+
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+
+# Run a command where /etc/containers (and ~/.config/containers) are empty, as in the Nix job image: a
+# private mount namespace with tmpfs over them. Nothing outside the command sees the change.
+no_etc_containers() { # CMD...
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  unshare --mount --propagation private -- bash -c '
+    set -e
+    for d in /etc/containers "$HOME/.config/containers"; do
+      [ ! -d "$d" ] || mount -t tmpfs -o size=1m,mode=0755 e2e-no-containers-config "$d"
+    done
+    [ ! -e /etc/containers/policy.json ] || { echo "no_etc_containers: policy.json still visible" >&2; exit 99; }
+    exec "$@"' no-etc-containers "$@"
 }
 
 # --- the stack ----------------------------------------------------------------------------------------------
@@ -173,12 +234,19 @@ wait_api_ready() { # TIMEOUT
 }
 
 # --- load ---------------------------------------------------------------------------------------------------
-load_start() { # NAME
-  rm -f "$W/$1.stop" "$W/$1.json"
+load_start() { # NAME: returns once the load is running (all connections open, clock started)
+  local t=$SECONDS
+  rm -f "$W/$1.stop" "$W/$1.json" "$W/$1.ready"
   python3 "$ROOT/nix/e2e/loadgen.py" --url "https://127.0.0.1:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
     --token-file "$W/token" --rate "$RATE" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
-    --out "$W/$1.json" 2> "$W/$1.log" &
+    --ready-file "$W/$1.ready" --out "$W/$1.json" 2> "$W/$1.log" &
   echo $! > "$W/$1.pid"
+  until [ -e "$W/$1.ready" ]; do
+    kill -0 "$(cat "$W/$1.pid")" 2>/dev/null || die "load generator $1 exited before starting (see $W/$1.log)"
+    [ $((SECONDS - t)) -lt 180 ] || die "load generator $1 did not start within 180 s"
+    sleep 0.2
+  done
+  [ $((SECONDS - t)) -lt 5 ] || note "load $1: connections took $((SECONDS - t)) s to open"
   sleep 1
 }
 

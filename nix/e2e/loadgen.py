@@ -194,6 +194,7 @@ def main():
     p.add_argument("--rate", type=float, default=200.0, help="requests per second (default 200)")
     p.add_argument("--duration", type=float, default=300.0, help="maximum seconds of load (default 300)")
     p.add_argument("--stop-file", help="stop the load as soon as this file exists")
+    p.add_argument("--ready-file", help="created once every connection is open and the load starts")
     p.add_argument("--write-ratio", type=float, default=0.5, help="share of writes (default 0.5)")
     p.add_argument("--workers", type=int, default=256, help="concurrent connections (default 256)")
     p.add_argument("--readback-workers", type=int, default=16)
@@ -220,6 +221,10 @@ def main():
         warm.acquire()
     t0 = time.monotonic()
     start["t0"] = t0
+    # Opening the connections (TLS handshakes) can take many seconds on a busy machine: the caller waits
+    # for this file before it starts what the load is meant to observe.
+    if args.ready_file:
+        open(args.ready_file, "w").close()
 
     seq = 0
     interval = 1.0 / args.rate
