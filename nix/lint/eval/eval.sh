@@ -23,6 +23,7 @@ Options:
   --repo DIR        the flake to evaluate (default: this repository)
   --only NAMES      run only these checks' commands (names of checks.<system>.*, or `apps`)
   --no-commands     evaluate only
+  --no-cargo        skip the crane checks that compile (clippy, package, nextest); says so
 
 Environment (each one is required; a missing one fails the run and says where to get it):
   NIXPKGS_LIB       nixpkgs' lib directory (default: ../shared/nix/nixpkgs-lib/lib beside the
@@ -39,11 +40,13 @@ EOF
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 only=""
 commands=1
+cargo=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --repo) repo="$(cd "$2" && pwd)"; shift 2 ;;
     --only) only=",$2,"; shift 2 ;;
     --no-commands) commands=0; shift ;;
+    --no-cargo) cargo=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -165,12 +168,12 @@ passed=0
 failed=0
 failures=()
 result() {
-  local name="$1" rc="$2" log="$3"
+  local name="$1" rc="$2" log="$3" took="$4"
   if [[ "$rc" == 0 ]]; then
-    printf 'eval: check %-13s ok\n' "$name"
+    printf 'eval: check %-15s ok (%ds)\n' "$name" "$took"
     passed=$((passed + 1))
   else
-    printf 'eval: check %-13s FAILED\n' "$name"
+    printf 'eval: check %-15s FAILED (%ds)\n' "$name" "$took"
     sed 's/^/    /' "$log" | tail -n 60
     failed=$((failed + 1))
     failures+=("$name")
@@ -251,6 +254,11 @@ for name in "${checks[@]}"; do
   kind="$(jq -r .kind <<<"$json")"
   log="$work/$name.log"
   rc=0
+  t0=$SECONDS
+  if [[ "$cargo" == 0 && "$kind" =~ ^crane\.(cargoClippy|buildPackage|cargoNextest)$ ]]; then
+    say "check $name NOT RUN (--no-cargo)"
+    continue
+  fi
   case "$kind" in
     runCommand) run_runcommand "$name" "$json" >"$log" 2>&1 || rc=$?; [[ -f "$work/run/$name/log" ]] && cat "$work/run/$name/log" >>"$log" ;;
     crane.*) run_crane "$name" "$json" >"$log" 2>&1 || rc=$? ;;
@@ -260,13 +268,14 @@ for name in "${checks[@]}"; do
       ;;
     *) echo "no runner for kind $kind" >"$log"; rc=1 ;;
   esac
-  result "$name" "$rc" "$log"
+  result "$name" "$rc" "$log" "$((SECONDS - t0))"
 done
 
 # 4. The build-image app is the non-Nix twin: without rustup it must stop and say so.
 if wanted apps; then
   log="$work/app.log"
   rc=0
+  t0=$SECONDS
   program="$(jq -r --arg s "$system" '.evaluated.apps[$s]["build-image"].program // empty' "$eval_json")"
   if [[ -z "$program" ]]; then
     echo "apps.$system.build-image is missing" >"$log"
@@ -278,7 +287,9 @@ if wanted apps; then
     mkdir -p "$pathdir"
     for pkg in "${inputs[@]}"; do
       while IFS= read -r exe; do
-        [[ -n "$exe" && -x "$exe" && "$(basename "$exe")" != rustup ]] && ln -sf "$exe" "$pathdir/$(basename "$exe")"
+        # Neither rustup (the point of the check) nor docker (no side effects if the guard is gone).
+        case "$(basename "$exe")" in rustup | cargo | docker) continue ;; esac
+        [[ -n "$exe" && -x "$exe" ]] && ln -sf "$exe" "$pathdir/$(basename "$exe")"
       done < <(package_bins "$pkg" || true)
     done
     out=0
@@ -288,7 +299,7 @@ if wanted apps; then
       rc=1
     fi
   fi
-  result "app-build-image" "$rc" "$log"
+  result "app-build-image" "$rc" "$log" "$((SECONDS - t0))"
 fi
 
 printf 'eval: %d passed, %d failed\n' "$passed" "$failed"

@@ -16,6 +16,7 @@ Mutations, each on a fresh copy of the repository's tracked files (eval.sh must 
                       include_str!s its migrations, so the check's build fails in that tree
   failing-command     a script under nix/ with a ShellCheck finding: checks.shellcheck fails
   stdin-formatter     flake.nix: formatter = pkgs.nixfmt (waits on stdin under `nix fmt`)
+  app-guard           apps.nix: the build-image wrapper without its rustup guard
 Prints one line per mutation and `selftest: N passed, M failed`.
 EOF
 }
@@ -85,6 +86,9 @@ mutation failing-command "SC2086" shellcheck \
   add_finding
 mutation stdin-formatter "is nixfmt: \`nix fmt\` without file arguments" none \
   replace flake.nix "formatter = pkgs.nixfmt-tree;" "formatter = pkgs.nixfmt;"
+
+mutation app-guard "explain that it is the non-Nix twin" apps \
+  replace nix/apps.nix '++ lib.optional (guard != "") guard' ''
 
 printf 'selftest: %d passed, %d failed\n' "$passed" "$failed"
 [[ "$failed" == 0 ]]
