@@ -76,6 +76,8 @@ ensure() {
   command -v "$tool" >/dev/null
 }
 
+ensure jq apt jq || { echo "lint: jq is needed (apt-get install jq)" >&2; exit 1; }
+
 # tool NAME: the version of tools.json in $LINT_TOOLS (pip --target), or its recorded fallback
 # (announced on every run). Returns non-zero when neither can be had.
 tool() {
