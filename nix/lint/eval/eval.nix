@@ -153,6 +153,11 @@ let
   ) outputs;
 
 in
+# The recorded signatures belong to the locked revisions: a bumped input needs fresh data.
+assert lib.assertMsg (lock.nodes.crane.locked.rev == crane.source.commit)
+  "offline eval: flake.lock's crane is ${lock.nodes.crane.locked.rev}, nix/lint/eval/crane.json was extracted from ${crane.source.commit}: run nix/lint/eval/extract-crane.py on the locked revision";
+assert lib.assertMsg (lock.nodes.nixpkgs.locked.rev == nixpkgs.pinned.rev)
+  "offline eval: flake.lock's nixpkgs is ${lock.nodes.nixpkgs.locked.rev}, nix/lint/eval/nixpkgs.json was recorded for ${nixpkgs.pinned.rev}: review it against the new revision";
 assert inputsDeclared;
 assert inputsMatch;
 assert lib.assertMsg (
