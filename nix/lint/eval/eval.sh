@@ -244,10 +244,11 @@ run_crane() {
   esac
 }
 
-# 3. Each check of this system, cheapest first.
+# 3. Each check of this system, cheapest first; the build after nextest, which compiled it already.
 mapfile -t checks < <(jq -r --arg s "$system" '.evaluated.checks[$s] | to_entries
-  | sort_by(if .value.kind == "runCommand" then 0 elif .value.kind == "crane.cargoNextest" then 3
-            elif (.value.kind | test("Clippy|buildPackage")) then 2 else 1 end)[] | .key' "$eval_json")
+  | sort_by(.value.kind as $k | if $k == "runCommand" then 0 elif $k == "crane.cargoNextest" then 2
+            elif $k == "crane.buildPackage" then 3 elif $k == "crane.cargoClippy" then 4 else 1 end)[]
+  | .key' "$eval_json")
 for name in "${checks[@]}"; do
   wanted "$name" || continue
   json="$(jq -c --arg s "$system" --arg n "$name" '.evaluated.checks[$s][$n]' "$eval_json")"
