@@ -27,7 +27,7 @@ Options:
 
 Environment (each one is required; a missing one fails the run and says where to get it):
   NIXPKGS_LIB       nixpkgs' lib directory (default: ../shared/nix/nixpkgs-lib/lib beside the
-                    repository, then /work/shared/nix/nixpkgs-lib/lib)
+                    checkout holding this script, then /work/shared/nix/nixpkgs-lib/lib)
   ADVISORY_DB       RustSec advisory database for checks.audit (default: ../shared/advisory-db,
                     then /work/shared/advisory-db)
   LINT_TOOLS        where nix/lint/lint.sh installed shellcheck, actionlint, cargo-audit
@@ -69,8 +69,10 @@ first_dir() {
   done
   die "$var not found (looked in: $*). Set $var, or provide the shared folder beside the repository."
 }
-NIXPKGS_LIB="$(first_dir NIXPKGS_LIB "${NIXPKGS_LIB:-}" "$repo/../shared/nix/nixpkgs-lib/lib" /work/shared/nix/nixpkgs-lib/lib)"
-ADVISORY_DB="$(first_dir ADVISORY_DB "${ADVISORY_DB:-}" "$repo/../shared/advisory-db" /work/shared/advisory-db)"
+# The shared folder beside this checkout (CI lays it there), whichever flake --repo names.
+shared="$tools_repo/../shared"
+NIXPKGS_LIB="$(first_dir NIXPKGS_LIB ${NIXPKGS_LIB:+"$NIXPKGS_LIB"} "$shared/nix/nixpkgs-lib/lib" /work/shared/nix/nixpkgs-lib/lib)"
+ADVISORY_DB="$(first_dir ADVISORY_DB ${ADVISORY_DB:+"$ADVISORY_DB"} "$shared/advisory-db" /work/shared/advisory-db)"
 [[ -f "$NIXPKGS_LIB/default.nix" ]] || die "NIXPKGS_LIB=$NIXPKGS_LIB has no default.nix"
 [[ -d "$ADVISORY_DB/crates" ]] || die "ADVISORY_DB=$ADVISORY_DB is not an advisory database (no crates/)"
 command -v nix-instantiate >/dev/null || die "nix-instantiate not found (apt-get install nix-bin)"
