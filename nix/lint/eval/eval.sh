@@ -71,8 +71,17 @@ first_dir() {
 }
 # The shared folder beside this checkout (CI lays it there), whichever flake --repo names.
 shared="$tools_repo/../shared"
-NIXPKGS_LIB="$(first_dir NIXPKGS_LIB ${NIXPKGS_LIB:+"$NIXPKGS_LIB"} "$shared/nix/nixpkgs-lib/lib" /work/shared/nix/nixpkgs-lib/lib)"
-ADVISORY_DB="$(first_dir ADVISORY_DB ${ADVISORY_DB:+"$ADVISORY_DB"} "$shared/advisory-db" /work/shared/advisory-db)"
+# A variable that is set is the only place looked at.
+if [[ -n "${NIXPKGS_LIB:-}" ]]; then
+  NIXPKGS_LIB="$(first_dir NIXPKGS_LIB "$NIXPKGS_LIB")"
+else
+  NIXPKGS_LIB="$(first_dir NIXPKGS_LIB "$shared/nix/nixpkgs-lib/lib" /work/shared/nix/nixpkgs-lib/lib)"
+fi
+if [[ -n "${ADVISORY_DB:-}" ]]; then
+  ADVISORY_DB="$(first_dir ADVISORY_DB "$ADVISORY_DB")"
+else
+  ADVISORY_DB="$(first_dir ADVISORY_DB "$shared/advisory-db" /work/shared/advisory-db)"
+fi
 [[ -f "$NIXPKGS_LIB/default.nix" ]] || die "NIXPKGS_LIB=$NIXPKGS_LIB has no default.nix"
 [[ -d "$ADVISORY_DB/crates" ]] || die "ADVISORY_DB=$ADVISORY_DB is not an advisory database (no crates/)"
 command -v nix-instantiate >/dev/null || die "nix-instantiate not found (apt-get install nix-bin)"
