@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint/lint.sh [--no-install] [-h|--help]
+Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [-h|--help]
 
 Runs, printing each check's name and result (exit status non-zero if any check fails):
   nix-parse        nix-instantiate --parse on every .nix file
@@ -26,6 +26,9 @@ Runs, printing each check's name and result (exit status non-zero if any check f
   flake-eval-selftest  nix/lint/eval/selftest.sh: mutated copies of the flake (misspelt argument,
                    missing attribute, dropped source file, failing check, stdin formatter) must fail
 
+--no-eval-cargo passes --no-cargo to the flake evaluation: clippy, the build and the hermetic tests
+on the flake's source set are then NOT run (printed as such); for quick runs, not for CI.
+
 Missing tools are installed unless --no-install: ShellCheck, actionlint and cargo-audit at the
 versions of nix/lint/tools.json with pip into $LINT_TOOLS (default target/lint-tools, per
 checkout); nixfmt and deadnix with `cargo install --locked` into $LINT_CARGO_ROOT (default
@@ -36,9 +39,11 @@ EOF
 }
 
 install=1
+eval_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-install) install=0; shift ;;
+    --no-eval-cargo) eval_args+=(--no-cargo); shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -278,7 +283,7 @@ check_stack_config() {
 check_flake_eval() {
   tool shellcheck && tool actionlint && tool cargo-audit || return 1
   ensure nixfmt cargo nixfmt_rs && ensure deadnix cargo deadnix || return 1
-  nix/lint/eval/eval.sh
+  nix/lint/eval/eval.sh "${eval_args[@]}"
 }
 
 check_flake_eval_selftest() {

@@ -240,6 +240,12 @@ run_crane() {
       (cd "$dir/src" && CARGO_TARGET_DIR="$EVAL_TARGET_DIR" bash -c "cargo clippy $(arg cargoExtraArgs --locked) $(arg cargoClippyExtraArgs --all-targets)")
       ;;
     crane.buildPackage)
+      # The nextest run compiled this source's bin target (integration tests run the binary);
+      # a separate `cargo build` would only add a rebuild of dependencies without dev-features.
+      if [[ "$(jq -r '.src' <<<"$json")" == "${nextest_src:-}" ]]; then
+        echo "compiled by the nextest run of the same source ($srcp)"
+        return 0
+      fi
       writable_copy "$srcp" "$dir/src"
       (cd "$dir/src" && CARGO_TARGET_DIR="$EVAL_TARGET_DIR" bash -c "cargo build $(arg cargoExtraArgs --locked) $(arg cargoBuildExtraArgs "")")
       ;;
@@ -273,7 +279,12 @@ for name in "${checks[@]}"; do
   fi
   case "$kind" in
     runCommand) run_runcommand "$name" "$json" >"$log" 2>&1 || rc=$?; [[ -f "$work/run/$name/log" ]] && cat "$work/run/$name/log" >>"$log" ;;
-    crane.*) run_crane "$name" "$json" >"$log" 2>&1 || rc=$? ;;
+    crane.*)
+      run_crane "$name" "$json" >"$log" 2>&1 || rc=$?
+      [[ "$kind" == crane.cargoNextest && "$rc" == 0 ]] && nextest_src="$(jq -r .src <<<"$json")"
+      [[ "$kind" == crane.buildPackage && "$rc" == 0 ]] && grep -q '^compiled by the nextest run' "$log" &&
+        say "check $name: $(cat "$log")"
+      ;;
     dockerTools.buildLayeredImage)
       say "check image         evaluated (arguments checked), not built: dockerTools needs nixpkgs"
       continue
