@@ -32,8 +32,8 @@ Environment (each one is required; a missing one fails the run and says where to
                     then /work/shared/advisory-db)
   LINT_TOOLS        where nix/lint/lint.sh installed shellcheck, actionlint, cargo-audit
                     (default: target/lint-tools)
-  EVAL_TARGET_DIR   cargo target directory for the crane checks (default: the repository's
-                    target/, so dependencies compile once)
+  EVAL_TARGET_DIR   cargo target directory for the crane checks (default: target/flake-eval,
+                    kept between runs so dependencies compile once; never the checkout's own)
 EOF
 }
 
@@ -55,7 +55,10 @@ done
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tools_repo="$(cd "$here/../../.." && pwd)"
 LINT_TOOLS="${LINT_TOOLS:-$tools_repo/target/lint-tools}"
-EVAL_TARGET_DIR="${EVAL_TARGET_DIR:-$tools_repo/target}"
+# Its own target directory: cargo hashes a workspace member's artifacts independently of where
+# the crate lives, and judges freshness by the files its dep-info names; in the checkout's
+# target/ a build of the checkout itself would count as fresh for the flake's source set.
+EVAL_TARGET_DIR="${EVAL_TARGET_DIR:-$tools_repo/target/flake-eval}"
 
 say() { printf 'eval: %s\n' "$*"; }
 die() { printf 'eval: %s\n' "$*" >&2; exit 1; }
@@ -191,9 +194,10 @@ result() {
   fi
 }
 
-# writable_copy STOREPATH DIR: the check's source where cargo may write.
+# writable_copy STOREPATH DIR: the check's source where cargo may write. Not `cp -a`: store
+# files carry mtime 1970, which cargo would take as older than any artifact.
 writable_copy() {
-  cp -a "$1" "$2"
+  cp -r "$1" "$2"
   chmod -R u+w "$2"
 }
 
