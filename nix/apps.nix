@@ -84,4 +84,5 @@ in
 // script "deploy" "push" [ ] imageEnv { }
 // script "deploy" "deploy" [ ] { } { }
 // script "deploy" "rollback" [ ] { } { }
+// script "deploy" "platform" [ ] { } { }
 // script "e2e" "e2e" [ pkgs.oha ] imageEnv { }
