@@ -1,0 +1,334 @@
+//! The PostgreSQL backend, for swarms whose API tasks run on several nodes.
+//!
+//! Connections come from a deadpool pool of tokio-postgres clients. They are
+//! plain TCP (`NoTls`): the database is expected on loopback or on the swarm's
+//! encrypted overlay network, and no TLS crate is linked. A URL that demands
+//! TLS (`sslmode=require`) fails to connect with a clear error.
+//!
+//! Behaviour matches the redb backend method for method (the shared contract
+//! suite runs on both):
+//! - every task query is scoped by `owner`; keyset pages walk the primary key
+//!   `(owner, id)` forwards or backwards, so a page never scans the table;
+//! - updates are optimistic: the `UPDATE` names the version it read, and a
+//!   writer that loses the race re-reads (and reports the mismatch when the
+//!   caller gave a version);
+//! - a create's idempotency key, quota check and insert share one transaction;
+//! - every error from the pool or the connection is
+//!   [`StorageError::Unavailable`], so a lost database becomes `503`, and the
+//!   pool replaces closed connections once the server is back.
+//!
+//! The schema is created by embedded, forward-only migrations (see
+//! [`MIGRATIONS`]), applied at start in one transaction under an advisory lock.
+//!
+//! The parts: [`ops`] (each operation's statements), [`sql`] (the listing
+//! statement built from a query), [`rows`] (rows to domain values and back),
+//! [`migrations`] (the schema).
+
+pub mod migrations;
+mod ops;
+mod rows;
+mod sql;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use super::{
+    Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
+    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenDigest, TokenInfo,
+    idempotency_cutoff,
+};
+use crate::domain::{Owner, Task, TaskChange, TaskId};
+
+pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
+use self::rows::to_i64;
+pub use self::sql::list_sql;
+#[derive(Clone)]
+pub struct PostgresConfig {
+    /// `postgres://user:password@host:5432/database` or `host=… dbname=…`.
+    pub url: String,
+    /// Most connections this process holds (replicas × this ≤ `max_connections`).
+    pub pool_size: usize,
+    /// Server-side limit per statement, set on every connection; zero turns it off.
+    pub statement_timeout: Duration,
+    /// Limit for opening a connection and for waiting for a free one.
+    pub connect_timeout: Duration,
+    /// Dates tasks and idempotency records; the system clock but in tests.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl PostgresConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 10,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            clock: super::system_clock(),
+        }
+    }
+
+    /// The driver's configuration: the URL plus our timeouts, keepalives and
+    /// application name (explicit settings in the URL win, except the
+    /// statement timeout, which is appended to its `options`).
+    pub fn pg_config(&self) -> StoreResult<tokio_postgres::Config> {
+        let mut pg: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            StorageError::Unavailable(format!("invalid database URL: {}", describe(&e)))
+        })?;
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(self.connect_timeout);
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("devops-api");
+        }
+        // Finds peers that vanished without closing (a node lost on the overlay).
+        pg.keepalives_idle(Duration::from_secs(30));
+        let options = format!(
+            "{} -c statement_timeout={}",
+            pg.get_options().unwrap_or_default(),
+            self.statement_timeout.as_millis()
+        );
+        pg.options(options.trim());
+        Ok(pg)
+    }
+}
+
+/// The URL carries a password: never print it.
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &"<redacted>")
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    pub(super) clock: Arc<dyn Clock>,
+    /// The background sweep of expired idempotency keys, stopped by `close`.
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PostgresStore {
+    /// Connects, applies pending migrations and returns a store whose pool
+    /// opens further connections on demand.
+    pub async fn connect(config: &PostgresConfig) -> StoreResult<Self> {
+        let pg = config.pg_config()?;
+        let mut first = connect_one(&pg).await?;
+        migrate(&mut first, None).await?;
+        drop(first);
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                // A closed connection (server restarted) is dropped on checkout;
+                // one that breaks mid-query fails that query with `Unavailable`.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(StorageError::unavailable)?;
+        let sweeper = tokio::spawn(sweep_idempotency_keys(pool.clone(), config.clock.clone()));
+        Ok(Self {
+            pool,
+            clock: config.clock.clone(),
+            sweeper: Mutex::new(Some(sweeper)),
+        })
+    }
+
+    pub(super) async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Closed => {
+                StorageError::Unavailable("the store is closed".into())
+            }
+            deadpool_postgres::PoolError::Backend(e) => db(e),
+            other => {
+                StorageError::Unavailable(format!("no database connection: {}", describe(&other)))
+            }
+        })
+    }
+}
+
+/// Applies the migrations after the database's current version, up to
+/// One connection outside the pool, driven by its own task.
+pub async fn connect_one(pg: &tokio_postgres::Config) -> StoreResult<tokio_postgres::Client> {
+    let (client, connection) = pg.connect(NoTls).await.map_err(db)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn sweep_idempotency_keys(pool: Pool, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(IDEMPOTENCY_SWEEP_INTERVAL);
+    loop {
+        tick.tick().await;
+        match sweep(&pool, clock.as_ref()).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired idempotency keys deleted"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "idempotency key sweep skipped"),
+        }
+    }
+}
+
+/// Deletes expired idempotency keys, [`IDEMPOTENCY_SWEEP_CHUNK`] per statement.
+pub(super) async fn sweep(pool: &Pool, clock: &dyn Clock) -> StoreResult<u64> {
+    let client = pool.get().await.map_err(StorageError::unavailable)?;
+    let stmt = client
+        .prepare_cached(
+            "DELETE FROM idempotency_keys WHERE (owner, key) IN (
+                 SELECT owner, key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
+        )
+        .await
+        .map_err(db)?;
+    let chunk = to_i64(IDEMPOTENCY_SWEEP_CHUNK as u64);
+    let mut total = 0;
+    loop {
+        let cutoff = idempotency_cutoff(clock.now());
+        let n = client
+            .execute(&stmt, &[&cutoff, &chunk])
+            .await
+            .map_err(db)?;
+        total += n;
+        if n < IDEMPOTENCY_SWEEP_CHUNK as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Every driver error is the backend being unavailable, except where a caller
+/// matches a specific SQLSTATE first. The message keeps the server's reason
+/// (a statement timeout, a shutdown) for the log.
+pub(super) fn db(e: tokio_postgres::Error) -> StorageError {
+    StorageError::Unavailable(describe(&e))
+}
+
+/// An error with its causes: the driver's own message is only its kind
+/// ("db error"), the server's reason is in the source.
+pub(super) fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// A row that cannot be decoded, reported (see [`StorageError::corrupt`]).
+pub(super) fn corrupt(
+    kind: &'static str,
+    key: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> StorageError {
+    StorageError::corrupt(kind, key, reason)
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_task(&self, owner: &Owner, new: NewTask) -> StoreResult<Created> {
+        ops::create_task(self, owner, new).await
+    }
+
+    async fn get_task(&self, owner: &Owner, id: TaskId) -> StoreResult<Task> {
+        ops::get_task(self, owner, id).await
+    }
+
+    async fn list_tasks(&self, owner: &Owner, query: &ListQuery) -> StoreResult<Page> {
+        ops::list_tasks(self, owner, query).await
+    }
+
+    async fn update_task(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        change: TaskChange,
+        expected: Option<u64>,
+    ) -> StoreResult<Task> {
+        ops::update_task(self, owner, id, change, expected).await
+    }
+
+    async fn delete_task(
+        &self,
+        owner: &Owner,
+        id: TaskId,
+        expected: Option<u64>,
+    ) -> StoreResult<()> {
+        ops::delete_task(self, owner, id, expected).await
+    }
+
+    async fn count_tasks(&self) -> StoreResult<u64> {
+        ops::count_tasks(self).await
+    }
+
+    async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo> {
+        ops::create_token(self, name, digest).await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        ops::list_tokens(self).await
+    }
+
+    async fn revoke_token(&self, name: &str) -> StoreResult<()> {
+        ops::revoke_token(self, name).await
+    }
+
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>> {
+        ops::principal(self, digest).await
+    }
+
+    async fn export(&self) -> StoreResult<Export> {
+        ops::export(self).await
+    }
+
+    async fn import(&self, set: ImportSet) -> StoreResult<u64> {
+        ops::import(self, set).await
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        sweep(&self.pool, self.clock.as_ref()).await
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let client = self.conn().await?;
+        client.simple_query("SELECT 1").await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Some(sweeper) = self.sweeper.lock().ok().and_then(|mut s| s.take()) {
+            sweeper.abort();
+        }
+        // Idle connections are closed now; checked-out ones when returned.
+        self.pool.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_debug_hides_the_url() {
+        let c = PostgresConfig::new("postgres://u:secret@db/x");
+        assert!(!format!("{c:?}").contains("secret"));
+        let pg = c.pg_config().unwrap();
+        assert_eq!(pg.get_options(), Some("-c statement_timeout=5000"));
+    }
+}

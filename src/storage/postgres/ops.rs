@@ -1,0 +1,508 @@
+//! The store's operations as statements: each function takes the store's
+//! pool (through `PostgresStore::conn`) and does one operation, in one
+//! transaction where it writes more than one row.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, Type};
+use uuid::Uuid;
+
+use super::rows::{TaskColumns, task_from_row, task_record, to_i64, token_record};
+use super::sql::{TASK_COLUMNS, list_sql, refs};
+use super::{PostgresStore, corrupt, db};
+use crate::domain::{Owner, Task, TaskChange, TaskId};
+use crate::storage::{
+    BackupRecord, Created, Export, ImportSet, ListQuery, NewTask, Page, StorageError, StoreResult,
+    TokenDigest, TokenInfo, idempotency_fresh,
+};
+
+pub(super) async fn create_task(
+    store: &PostgresStore,
+    owner: &Owner,
+    new: NewTask,
+) -> StoreResult<Created> {
+    let now = store.clock.now();
+    let task = Task::create_at(new.fields, now);
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await.map_err(db)?;
+    if let Some(idem) = &new.idempotency {
+        let snapshot = Json(&task);
+        let digest = idem.request_digest.as_slice();
+        // Claiming the key first makes a concurrent request with the same
+        // key wait here until this transaction ends, then replay its result.
+        let stmt = txn
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING",
+            )
+            .await
+            .map_err(db)?;
+        let claimed = txn
+            .execute(
+                &stmt,
+                &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+            )
+            .await
+            .map_err(db)?;
+        if claimed == 0 {
+            let stmt = txn
+                .prepare_cached(
+                    "SELECT request_digest, created_at, task FROM idempotency_keys
+                     WHERE owner = $1 AND key = $2 FOR UPDATE",
+                )
+                .await
+                .map_err(db)?;
+            let row = txn
+                .query_opt(&stmt, &[&owner, &idem.key])
+                .await
+                .map_err(db)?;
+            if let Some(row) = row {
+                let read = || -> Result<(Vec<u8>, DateTime<Utc>, Task), tokio_postgres::Error> {
+                    let Json(original): Json<Task> = row.try_get(2)?;
+                    Ok((row.try_get(0)?, row.try_get(1)?, original))
+                };
+                match read() {
+                    Ok((stored, created_at, original)) if idempotency_fresh(created_at, now) => {
+                        // Nothing was written: dropping the transaction rolls it back.
+                        return if stored == idem.request_digest {
+                            Ok(Created::Replayed(original))
+                        } else {
+                            Err(StorageError::IdempotencyMismatch)
+                        };
+                    }
+                    Ok(_) => {}
+                    // Reported, then replaced like an expired record.
+                    Err(e) => {
+                        corrupt(
+                            "idempotency",
+                            format!("idempotency_keys/{owner}/{}", idem.key),
+                            e.to_string(),
+                        );
+                    }
+                }
+            }
+            // Expired, unreadable or swept meanwhile: the key starts afresh.
+            let stmt = txn
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (owner, key) DO UPDATE SET request_digest = EXCLUDED.request_digest,
+                         created_at = EXCLUDED.created_at, task = EXCLUDED.task",
+                )
+                .await
+                .map_err(db)?;
+            txn.execute(
+                &stmt,
+                &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+            )
+            .await
+            .map_err(db)?;
+        }
+    }
+    // Counts one more task unless the owner is at the limit (no row back).
+    let stmt = txn
+        .prepare_cached(
+            "INSERT INTO task_counts (owner, n) SELECT $1, 1 WHERE $2::bigint > 0
+             ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1 WHERE task_counts.n < $2
+             RETURNING n",
+        )
+        .await
+        .map_err(db)?;
+    let max = to_i64(new.max_tasks);
+    if txn
+        .query_opt(&stmt, &[&owner, &max])
+        .await
+        .map_err(db)?
+        .is_none()
+    {
+        return Err(StorageError::QuotaExceeded { max: new.max_tasks });
+    }
+    let c = TaskColumns::of(owner, &task);
+    let stmt = txn
+        .prepare_cached(
+            "INSERT INTO tasks (owner, id, title, title_lower, description, status, priority,
+                                due_at, tags, created_at, updated_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await
+        .map_err(db)?;
+    txn.execute(&stmt, &c.row()).await.map_err(db)?;
+    txn.commit().await.map_err(db)?;
+    Ok(Created::New(task))
+}
+
+pub(super) async fn get_task(
+    store: &PostgresStore,
+    owner: &Owner,
+    id: TaskId,
+) -> StoreResult<Task> {
+    let client = store.conn().await?;
+    get_task_on(&client, owner, id).await
+}
+
+pub(super) async fn list_tasks(
+    store: &PostgresStore,
+    owner: &Owner,
+    query: &ListQuery,
+) -> StoreResult<Page> {
+    let (sql, params) = list_sql(owner, query);
+    let client = store.conn().await?;
+    let stmt = client.prepare_cached(&sql).await.map_err(db)?;
+    let rows = client.query(&stmt, &refs(&params)).await.map_err(db)?;
+    // The row after the page only says that there is a next page; the
+    // cursor is the last row of the page, even one left out as unreadable.
+    let next = (rows.len() > query.limit)
+        .then(|| rows[query.limit - 1].try_get::<_, Uuid>(0).ok())
+        .flatten()
+        .map(TaskId::from_uuid);
+    let mut items = Vec::with_capacity(query.limit);
+    for r in rows.iter().take(query.limit) {
+        match task_from_row(r, 0, owner) {
+            Ok(t) => items.push(t),
+            // Reported where it was found; the page goes on without it.
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Page { items, next })
+}
+
+pub(super) async fn update_task(
+    store: &PostgresStore,
+    owner: &Owner,
+    id: TaskId,
+    change: TaskChange,
+    expected: Option<u64>,
+) -> StoreResult<Task> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE tasks SET title = $3, title_lower = $4, description = $5, status = $6,
+                 priority = $7, due_at = $8, tags = $9, updated_at = $10, version = $11
+             WHERE owner = $1 AND id = $2 AND version = $12",
+        )
+        .await
+        .map_err(db)?;
+    // Each round reads the current version and writes only if it is still
+    // current; a lost race re-reads. Without `expected` the change applies
+    // to whatever version is current when it lands, as on redb.
+    for _ in 0..64 {
+        let current = get_task_on(&client, owner, id).await?;
+        if expected.is_some_and(|v| v != current.version) {
+            return Err(StorageError::VersionMismatch {
+                current: current.version,
+            });
+        }
+        let updated = change.apply(&current, store.clock.now());
+        if updated.version == current.version {
+            return Ok(updated);
+        }
+        let c = TaskColumns::of(owner, &updated);
+        let written = client
+            .execute(
+                &stmt,
+                &[
+                    &owner,
+                    &id.as_uuid(),
+                    &c.title,
+                    &c.title_lower,
+                    &c.description,
+                    &c.status,
+                    &c.priority,
+                    &c.due_at,
+                    &c.tags,
+                    &updated.updated_at,
+                    &c.version,
+                    &to_i64(current.version),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        if written == 1 {
+            return Ok(updated);
+        }
+    }
+    Err(StorageError::Unavailable(format!(
+        "task {id} is changing too often to update"
+    )))
+}
+
+pub(super) async fn delete_task(
+    store: &PostgresStore,
+    owner: &Owner,
+    id: TaskId,
+    expected: Option<u64>,
+) -> StoreResult<()> {
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await.map_err(db)?;
+    // The deleted row must decode, as on redb: an unreadable task is an
+    // error for every request on it (and this transaction rolls back).
+    let stmt = txn
+        .prepare_cached(&format!(
+            "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .await
+        .map_err(db)?;
+    let deleted = txn
+        .query_opt(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
+        .await
+        .map_err(db)?;
+    if let Some(row) = &deleted {
+        task_from_row(row, 0, owner)?;
+    } else {
+        let stmt = txn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+            ))
+            .await
+            .map_err(db)?;
+        return match txn
+            .query_opt(&stmt, &[&owner, &id.as_uuid()])
+            .await
+            .map_err(db)?
+        {
+            None => Err(StorageError::NotFound),
+            Some(row) => Err(StorageError::VersionMismatch {
+                current: task_from_row(&row, 0, owner)?.version,
+            }),
+        };
+    }
+    let stmt = txn
+        .prepare_cached("UPDATE task_counts SET n = GREATEST(n - 1, 0) WHERE owner = $1")
+        .await
+        .map_err(db)?;
+    txn.execute(&stmt, &[&owner]).await.map_err(db)?;
+    txn.commit().await.map_err(db)
+}
+
+pub(super) async fn count_tasks(store: &PostgresStore) -> StoreResult<u64> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT COALESCE(SUM(n), 0)::bigint FROM task_counts")
+        .await
+        .map_err(db)?;
+    let n: i64 = client.query_one(&stmt, &[]).await.map_err(db)?.get(0);
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+pub(super) async fn create_token(
+    store: &PostgresStore,
+    name: &str,
+    digest: TokenDigest,
+) -> StoreResult<TokenInfo> {
+    let client = store.conn().await?;
+    let created_at = store.clock.now();
+    let stmt = client
+        .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
+        .await
+        .map_err(db)?;
+    match client
+        .execute(&stmt, &[&digest.as_slice(), &name, &created_at])
+        .await
+    {
+        Ok(_) => Ok(TokenInfo {
+            name: name.to_owned(),
+            created_at,
+        }),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(StorageError::AlreadyExists(format!("a token for `{name}`")))
+        }
+        Err(e) => Err(db(e)),
+    }
+}
+
+pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT digest, name, created_at FROM tokens")
+        .await
+        .map_err(db)?;
+    let mut out = Vec::new();
+    for r in client.query(&stmt, &[]).await.map_err(db)? {
+        match token_record(&r) {
+            Ok(BackupRecord::Token {
+                name, created_at, ..
+            }) => out.push(TokenInfo { name, created_at }),
+            Ok(BackupRecord::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Byte order of names, as redb lists them, whatever the collation.
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub(super) async fn revoke_token(store: &PostgresStore, name: &str) -> StoreResult<()> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("DELETE FROM tokens WHERE name = $1")
+        .await
+        .map_err(db)?;
+    match client.execute(&stmt, &[&name]).await.map_err(db)? {
+        0 => Err(StorageError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(super) async fn principal(
+    store: &PostgresStore,
+    digest: &TokenDigest,
+) -> StoreResult<Option<String>> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
+        .await
+        .map_err(db)?;
+    let row = client
+        .query_opt(&stmt, &[&digest.as_slice()])
+        .await
+        .map_err(db)?;
+    match row.map(|r| token_record(&r)).transpose()? {
+        Some(BackupRecord::Token { name, .. }) => Ok(Some(name)),
+        _ => Ok(None),
+    }
+}
+
+pub(super) async fn export(store: &PostgresStore) -> StoreResult<Export> {
+    let mut client = store.conn().await?;
+    // One snapshot for both tables while writers go on.
+    let txn = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db)?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0")
+        .await
+        .map_err(db)?;
+    let out = export_in(&txn).await?;
+    txn.commit().await.map_err(db)?;
+    Ok(out)
+}
+
+pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult<u64> {
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await.map_err(db)?;
+    txn.batch_execute(
+        "SET LOCAL statement_timeout = 0;
+         LOCK TABLE tasks, tokens, task_counts IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .await
+    .map_err(db)?;
+    let occupied: bool = txn
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM tokens)",
+            &[],
+        )
+        .await
+        .map_err(db)?
+        .get(0);
+    if occupied {
+        return Err(StorageError::AlreadyExists(
+            "data in the target store".into(),
+        ));
+    }
+    for t in &set.tokens {
+        txn.execute(
+            "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
+            &[&t.digest.as_slice(), &t.name, &t.created_at],
+        )
+        .await
+        .map_err(db)?;
+    }
+    let sink = txn
+        .copy_in(
+            "COPY tasks (owner, id, title, title_lower, description, status, priority, due_at,
+                         tags, created_at, updated_at, version) FROM STDIN BINARY",
+        )
+        .await
+        .map_err(db)?;
+    let types = [
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TEXT_ARRAY,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for (owner, task) in &set.tasks {
+        let c = TaskColumns::of(owner, task);
+        writer.as_mut().write(&c.row()).await.map_err(db)?;
+    }
+    writer.as_mut().finish().await.map_err(db)?;
+    // Counts are rebuilt from scratch, so the quota holds per owner.
+    txn.batch_execute("DELETE FROM task_counts")
+        .await
+        .map_err(db)?;
+    let owners: Vec<&str> = set.counts.keys().map(String::as_str).collect();
+    let counts: Vec<i64> = set.counts.values().map(|&n| to_i64(n)).collect();
+    txn.execute(
+        "INSERT INTO task_counts (owner, n) SELECT * FROM unnest($1::text[], $2::bigint[])",
+        &[&owners, &counts],
+    )
+    .await
+    .map_err(db)?;
+    // Read back inside the transaction: a difference rolls everything back.
+    set.verify(export_in(&txn).await?)?;
+    txn.commit().await.map_err(db)?;
+    Ok(set.len() as u64)
+}
+
+/// Every readable record visible to `txn`; unreadable ones are listed.
+pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreResult<Export> {
+    let mut out = Export::default();
+    for r in txn
+        .query(
+            "SELECT digest, name, created_at FROM tokens ORDER BY name",
+            &[],
+        )
+        .await
+        .map_err(db)?
+    {
+        out.push(token_record(&r))?;
+    }
+    let rows = txn
+        .query(
+            &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
+            &[],
+        )
+        .await
+        .map_err(db)?;
+    out.records.reserve(rows.len());
+    for r in rows {
+        out.push(task_record(&r))?;
+    }
+    Ok(out)
+}
+
+pub(super) async fn get_task_on(
+    client: &deadpool_postgres::Object,
+    owner: &Owner,
+    id: TaskId,
+) -> StoreResult<Task> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+        ))
+        .await
+        .map_err(db)?;
+    match client
+        .query_opt(&stmt, &[&owner, &id.as_uuid()])
+        .await
+        .map_err(db)?
+    {
+        Some(row) => task_from_row(&row, 0, owner),
+        None => Err(StorageError::NotFound),
+    }
+}
