@@ -10,11 +10,12 @@ use anyhow::Context;
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 
-use crate::auth::{self, PrincipalName, StaticTokens};
+use crate::auth::{self, StaticTokens};
 use crate::config::{
     Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
     TokenArgs,
 };
+use crate::domain::PrincipalName;
 use crate::http::{self, ApiConfig, AppState, TrustedProxies};
 use crate::lifecycle::{self, Lifecycle, ShutdownPolicy};
 use crate::server::ConnLimits;
@@ -267,7 +268,8 @@ async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
         return Ok(());
     }
     let token = auth::generate_token();
-    match store.create_token("admin", auth::digest(&token)).await {
+    let admin = PrincipalName::parse("admin").expect("`admin` is a principal name");
+    match store.create_token(&admin, auth::digest(&token)).await {
         Ok(_) => {
             println!(
                 "\nNo tokens existed, so a token for principal `admin` was created.\n\
@@ -302,7 +304,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                 }
                 let token = auth::generate_token();
                 store
-                    .create_token(name.as_str(), auth::digest(&token))
+                    .create_token(&name, auth::digest(&token))
                     .await
                     .map_err(|e| match e {
                         StorageError::AlreadyExists(_) => anyhow::anyhow!(
@@ -331,7 +333,12 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                 }
             }
             TokenAction::Revoke { name } => {
-                store.revoke_token(name).await.map_err(|e| match e {
+                // A name that is not a principal's has no token either.
+                let revoked = match PrincipalName::parse(name) {
+                    Ok(principal) => store.revoke_token(&principal).await,
+                    Err(_) => Err(StorageError::NotFound),
+                };
+                revoked.map_err(|e| match e {
                     StorageError::NotFound => anyhow::anyhow!("`{name}` has no token"),
                     e => e.into(),
                 })?;
@@ -354,9 +361,13 @@ fn report(what: &str, done: u64, total: u64) {
     }
 }
 
+/// Exit status of `devops-api backup` when the file was written and verified
+/// but records of the store could not be read and are missing from it.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
 /// `devops-api backup`: exit 0 when every record was written, 1 when no
-/// backup was written, [`crate::backup::EXIT_INCOMPLETE`] when the file was
-/// written but records the store could not read are missing from it.
+/// backup was written, [`EXIT_INCOMPLETE`] when the file was written but
+/// records the store could not read are missing from it.
 async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.storage, true).await?;
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
@@ -378,16 +389,23 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
          the backup holds everything else",
         done.unreadable.len()
     );
-    Ok(ExitCode::from(crate::backup::EXIT_INCOMPLETE))
+    Ok(ExitCode::from(EXIT_INCOMPLETE))
 }
 
 async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
     let store = open_store(&args.storage, true).await?;
     let result = crate::backup::restore(store.as_ref(), &args.file, &mut report).await;
     store.close().await;
-    let n = result?;
+    let restored = result?;
+    if restored.lacking > 0 {
+        eprintln!(
+            "warning: this backup lacks {} records that its source could not read",
+            restored.lacking
+        );
+    }
     eprintln!(
-        "restored {n} records from {} and verified",
+        "restored {} records from {} and verified",
+        restored.records,
         args.file.display()
     );
     Ok(())

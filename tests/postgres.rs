@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use contract::Fixture;
+use contract::{Fixture, p};
 use devops_api::auth::{self, StaticTokens};
 use devops_api::domain::{Priority, Status};
 use devops_api::http::{ApiConfig, AppState, app};
@@ -241,7 +241,7 @@ async fn pg_migrations_from_previous_version() {
     let store = PostgresStore::connect(&db.config()).await.unwrap();
     assert_eq!(versions(&c).await, all_versions());
     let t = store
-        .get_task("alice", devops_api::domain::TaskId::from_uuid(id))
+        .get_task(&p("alice"), devops_api::domain::TaskId::from_uuid(id))
         .await
         .unwrap();
     assert_eq!(
@@ -326,7 +326,7 @@ async fn pg_list_query_uses_the_index() {
     .unwrap();
     let after = store
         .list_tasks(
-            "owner3",
+            &p("owner3"),
             &ListQuery {
                 limit: 50,
                 ..ListQuery::default()
@@ -413,7 +413,7 @@ async fn pg_list_query_uses_the_index() {
         }
     }
     // And the pages themselves agree with the filters.
-    let page = store.list_tasks("owner3", &queries[2]).await.unwrap();
+    let page = store.list_tasks(&p("owner3"), &queries[2]).await.unwrap();
     assert!(!page.items.is_empty());
     assert!(page.items.iter().all(|t| queries[2].matches(t)));
     store.close().await;
@@ -453,7 +453,7 @@ async fn pg_q_matches_like_the_embedded_backend() {
             ..ListQuery::default()
         };
         let got: Vec<String> = store
-            .list_tasks("alice", &query)
+            .list_tasks(&p("alice"), &query)
             .await
             .unwrap()
             .items
@@ -702,7 +702,7 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&cfg).await.unwrap());
     let token = auth::generate_token();
     store
-        .create_token("alice", auth::digest(&token))
+        .create_token(&p("alice"), auth::digest(&token))
         .await
         .unwrap();
     let config = ApiConfig {
@@ -914,7 +914,10 @@ async fn pg_undecodable_rows_are_isolated() {
         };
         let mut ids = Vec::new();
         loop {
-            let page = store.list_tasks("alice", &q).await.expect("a list page");
+            let page = store
+                .list_tasks(&p("alice"), &q)
+                .await
+                .expect("a list page");
             ids.extend(page.items.iter().map(|t| t.id));
             match page.next {
                 Some(n) => q.after = Some(n),
@@ -929,19 +932,19 @@ async fn pg_undecodable_rows_are_isolated() {
     for id in &bad_ids {
         let id = devops_api::domain::TaskId::from_uuid(*id);
         assert!(matches!(
-            store.get_task("alice", id).await,
+            store.get_task(&p("alice"), id).await,
             Err(StorageError::Corrupt { .. })
         ));
         for expected in [None, Some(1), Some(2)] {
             assert!(matches!(
-                store.delete_task("alice", id, expected).await,
+                store.delete_task(&p("alice"), id, expected).await,
                 Err(StorageError::Corrupt { .. })
             ));
         }
         let change =
             devops_api::domain::TaskChange::Replace(contract::fields(json!({"title": "x"})));
         assert!(matches!(
-            store.update_task("alice", id, change, None).await,
+            store.update_task(&p("alice"), id, change, None).await,
             Err(StorageError::Corrupt { .. })
         ));
     }
@@ -965,14 +968,14 @@ async fn pg_refused_restore_leaves_the_database_empty() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let task = devops_api::domain::Task::create(contract::fields(json!({"title": "a"})));
-    let token = |name: &str, d: u8| devops_api::storage::BackupRecord::Token {
+    let token = |name: &str, d: u8| devops_api::backup::Line::Token {
         name: name.into(),
         digest: hex::encode([d; 32]),
         created_at: devops_api::domain::now(),
     };
-    let ok_task = devops_api::storage::BackupRecord::Task {
+    let ok_task = devops_api::backup::Line::Task {
         owner: "alice".into(),
-        task: task.clone(),
+        task: devops_api::domain::StoredTask::from(&task).into(),
     };
     for (name, records) in [
         ("duplicate task", vec![ok_task.clone(), ok_task.clone()]),
@@ -999,13 +1002,13 @@ async fn pg_refused_restore_leaves_the_database_empty() {
     devops_api::backup::restore(store.as_ref(), &file, &mut |_, _, _| {})
         .await
         .expect("a valid restore after refused ones");
-    assert_eq!(store.get_task("alice", task.id).await.unwrap(), task);
+    assert_eq!(store.get_task(&p("alice"), task.id).await.unwrap(), task);
     store.close().await;
 }
 
 /// A backup file with `records` and a correct checksum, as an attacker who
 /// can edit the file would write it.
-fn crafted_backup(path: &Path, records: &[devops_api::storage::BackupRecord]) {
+fn crafted_backup(path: &Path, records: &[devops_api::backup::Line]) {
     use sha2::Digest;
     let mut out = String::from(
         "{\"format\":\"devops-api-backup\",\"version\":1,\"created_at\":\"2026-01-01T00:00:00.000000Z\"}\n",

@@ -6,7 +6,7 @@ mod roundtrip;
 
 use std::sync::Arc;
 
-use contract::Fixture;
+use contract::{Fixture, p};
 use devops_api::storage::{DbSharing, ManualClock, RedbConfig, RedbStore, StorageError, Store};
 
 fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
@@ -57,7 +57,7 @@ async fn data_survives_reopen() {
     store.close().await;
     drop(store);
     let store = RedbStore::open(&cfg).unwrap();
-    assert_eq!(store.get_task("alice", t.id).await.unwrap(), t);
+    assert_eq!(store.get_task(&p("alice"), t.id).await.unwrap(), t);
 }
 
 #[tokio::test]
@@ -97,7 +97,7 @@ async fn closed_store_reports_unavailable() {
     ));
     let r = fx
         .store
-        .create_task("alice", contract::new_task("late"))
+        .create_task(&p("alice"), contract::new_task("late"))
         .await;
     assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
 }
@@ -206,7 +206,10 @@ async fn undecodable_records_are_isolated() {
             };
             let mut ids = Vec::new();
             loop {
-                let page = store.list_tasks("alice", &q).await.expect("a list page");
+                let page = store
+                    .list_tasks(&p("alice"), &q)
+                    .await
+                    .expect("a list page");
                 ids.extend(page.items.iter().map(|t| t.id));
                 match page.next {
                     Some(n) => q.after = Some(n),
@@ -225,23 +228,26 @@ async fn undecodable_records_are_isolated() {
     assert!(corrupt_count() > before, "unreadable records are counted");
     for id in [garbage, far_future, wrong_id] {
         assert!(matches!(
-            store.get_task("alice", id).await,
+            store.get_task(&p("alice"), id).await,
             Err(StorageError::Corrupt { .. })
         ));
         let change = devops_api::domain::TaskChange::Replace(contract::fields(
             serde_json::json!({"title": "x"}),
         ));
         assert!(matches!(
-            store.update_task("alice", id, change, None).await,
+            store.update_task(&p("alice"), id, change, None).await,
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            store.delete_task("alice", id, None).await,
+            store.delete_task(&p("alice"), id, None).await,
             Err(StorageError::Corrupt { .. })
         ));
     }
-    assert_eq!(store.get_task("bob", bob.id).await.unwrap(), bob);
-    assert_eq!(store.get_task("alice", good[1].id).await.unwrap(), good[1]);
+    assert_eq!(store.get_task(&p("bob"), bob.id).await.unwrap(), bob);
+    assert_eq!(
+        store.get_task(&p("alice"), good[1].id).await.unwrap(),
+        good[1]
+    );
 
     // A backup holds everything else and says what it left out.
     let file = dir.path().join("b.jsonl");
@@ -266,7 +272,10 @@ async fn undecodable_records_are_isolated() {
         devops_api::backup::restore(&target, &file, &mut |_, _, _| {})
             .await
             .unwrap(),
-        6
+        devops_api::backup::RestoreReport {
+            records: 6,
+            lacking: 3
+        }
     );
 
     // Through HTTP: the list is served, only the bad task fails.
@@ -384,7 +393,7 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
 
     disk.set_full(true);
     let r = store
-        .create_task("alice", contract::new_task("while full"))
+        .create_task(&p("alice"), contract::new_task("while full"))
         .await;
     assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
     assert!(
@@ -396,7 +405,7 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     assert!(store.import(set).await.is_err());
     for _ in 0..5 {
         let r = store
-            .create_task("alice", contract::new_task("still full"))
+            .create_task(&p("alice"), contract::new_task("still full"))
             .await;
         assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
         assert!(store.ping().await.is_err());
@@ -413,14 +422,14 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     acked.push(after);
     for t in &acked {
         assert_eq!(
-            &store.get_task("alice", t.id).await.unwrap(),
+            &store.get_task(&p("alice"), t.id).await.unwrap(),
             t,
             "acknowledged write kept"
         );
     }
     let page = store
         .list_tasks(
-            "alice",
+            &p("alice"),
             &devops_api::storage::ListQuery {
                 limit: 100,
                 ..Default::default()
@@ -498,8 +507,11 @@ async fn keyed_create_delete_does_not_grow_the_file_without_bound() {
                 }),
                 max_tasks: 1_000,
             };
-            let t = store.create_task("alice", new).await.unwrap();
-            store.delete_task("alice", t.task().id, None).await.unwrap();
+            let t = store.create_task(&p("alice"), new).await.unwrap();
+            store
+                .delete_task(&p("alice"), t.task().id, None)
+                .await
+                .unwrap();
         }
         clock.advance(devops_api::storage::IDEMPOTENCY_TTL + std::time::Duration::from_secs(1));
         assert_eq!(store.sweep_expired().await.unwrap(), 200, "round {round}");
@@ -554,7 +566,7 @@ async fn idempotency_records_of_older_files_are_swept() {
     let store = RedbStore::open(&cfg).unwrap();
     for k in ["a", "b"] {
         store
-            .create_task("alice", contract::keyed_new_task("t", k))
+            .create_task(&p("alice"), contract::keyed_new_task("t", k))
             .await
             .unwrap();
     }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::auth;
-use crate::domain::{FieldError, TaskId};
+use crate::domain::{FieldError, PrincipalName, TaskId};
 
 /// The authenticated principal of a `/v1` request.
 ///
@@ -19,7 +19,7 @@ use crate::domain::{FieldError, TaskId};
 /// authentications are refused with 429 before the token is looked at (see
 /// [`crate::ratelimit::AuthFailureLimiter`]); every 401 spends from it.
 #[derive(Debug, Clone)]
-pub struct Principal(pub String);
+pub struct Principal(pub PrincipalName);
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
@@ -56,7 +56,7 @@ impl FromRequestParts<AppState> for Principal {
 /// The principal behind the request's bearer token: from the tokens file, else
 /// from the store. A stored token for a name the tokens file defines is not
 /// honoured (start-up refuses such a store; this covers one created later).
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<PrincipalName, ApiError> {
     let token = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -69,7 +69,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<String, ApiErro
         .ok_or(ApiError::Unauthorized)?;
     let digest = auth::digest(token);
     if let Some(name) = state.static_tokens.principal(&digest) {
-        return Ok(name.to_owned());
+        return Ok(name.clone());
     }
     let name = state
         .store

@@ -20,7 +20,7 @@ use super::extract::{
     IfMatch, JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match,
 };
 use super::{ApiError, AppState, Problem};
-use crate::domain::{self, FieldError, Priority, Status, Task, TaskChange, TaskId};
+use crate::domain::{self, FieldError, PrincipalName, Priority, Status, Task, TaskChange, TaskId};
 use crate::storage::{Created, Idempotency, ListQuery, NewTask, Order};
 
 pub fn routes() -> Router<AppState> {
@@ -464,7 +464,7 @@ pub const CURSOR_PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$
 /// current version is read first; the store still checks it atomically.
 async fn expected_version(
     state: &AppState,
-    owner: &str,
+    owner: &PrincipalName,
     id: TaskId,
     headers: &HeaderMap,
 ) -> Result<Option<u64>, ApiError> {
@@ -484,7 +484,7 @@ async fn expected_version(
 
 async fn update(
     state: AppState,
-    owner: String,
+    owner: PrincipalName,
     id: TaskId,
     headers: HeaderMap,
     change: TaskChange,

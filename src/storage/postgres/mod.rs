@@ -38,10 +38,9 @@ use tokio_postgres::NoTls;
 
 use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenDigest, TokenInfo,
-    idempotency_cutoff,
+    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
 };
-use crate::domain::{Owner, Task, TaskChange, TaskId};
+use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
 pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
 use self::rows::to_i64;
@@ -242,21 +241,21 @@ pub(super) fn corrupt(
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn create_task(&self, owner: &Owner, new: NewTask) -> StoreResult<Created> {
+    async fn create_task(&self, owner: &PrincipalName, new: NewTask) -> StoreResult<Created> {
         ops::create_task(self, owner, new).await
     }
 
-    async fn get_task(&self, owner: &Owner, id: TaskId) -> StoreResult<Task> {
+    async fn get_task(&self, owner: &PrincipalName, id: TaskId) -> StoreResult<Task> {
         ops::get_task(self, owner, id).await
     }
 
-    async fn list_tasks(&self, owner: &Owner, query: &ListQuery) -> StoreResult<Page> {
+    async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page> {
         ops::list_tasks(self, owner, query).await
     }
 
     async fn update_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
         expected: Option<u64>,
@@ -266,7 +265,7 @@ impl Store for PostgresStore {
 
     async fn delete_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
         expected: Option<u64>,
     ) -> StoreResult<()> {
@@ -277,7 +276,11 @@ impl Store for PostgresStore {
         ops::count_tasks(self).await
     }
 
-    async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo> {
+    async fn create_token(
+        &self,
+        name: &PrincipalName,
+        digest: TokenDigest,
+    ) -> StoreResult<TokenInfo> {
         ops::create_token(self, name, digest).await
     }
 
@@ -285,11 +288,11 @@ impl Store for PostgresStore {
         ops::list_tokens(self).await
     }
 
-    async fn revoke_token(&self, name: &str) -> StoreResult<()> {
+    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {
         ops::revoke_token(self, name).await
     }
 
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>> {
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
         ops::principal(self, digest).await
     }
 

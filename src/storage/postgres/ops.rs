@@ -12,15 +12,15 @@ use uuid::Uuid;
 use super::rows::{TaskColumns, task_from_row, task_record, to_i64, token_record};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
 use super::{PostgresStore, corrupt, db};
-use crate::domain::{Owner, Task, TaskChange, TaskId};
+use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 use crate::storage::{
-    BackupRecord, Created, Export, ImportSet, ListQuery, NewTask, Page, StorageError, StoreResult,
-    TokenDigest, TokenInfo, idempotency_fresh,
+    Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
+    TokenInfo, idempotency_fresh,
 };
 
 pub(super) async fn create_task(
     store: &PostgresStore,
-    owner: &Owner,
+    owner: &PrincipalName,
     new: NewTask,
 ) -> StoreResult<Created> {
     let now = store.clock.now();
@@ -42,7 +42,13 @@ pub(super) async fn create_task(
         let claimed = txn
             .execute(
                 &stmt,
-                &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+                &[
+                    &owner.as_str(),
+                    &idem.key,
+                    &digest,
+                    &task.created_at,
+                    &snapshot,
+                ],
             )
             .await
             .map_err(db)?;
@@ -55,7 +61,7 @@ pub(super) async fn create_task(
                 .await
                 .map_err(db)?;
             let row = txn
-                .query_opt(&stmt, &[&owner, &idem.key])
+                .query_opt(&stmt, &[&owner.as_str(), &idem.key])
                 .await
                 .map_err(db)?;
             if let Some(row) = row {
@@ -95,7 +101,13 @@ pub(super) async fn create_task(
                 .map_err(db)?;
             txn.execute(
                 &stmt,
-                &[&owner, &idem.key, &digest, &task.created_at, &snapshot],
+                &[
+                    &owner.as_str(),
+                    &idem.key,
+                    &digest,
+                    &task.created_at,
+                    &snapshot,
+                ],
             )
             .await
             .map_err(db)?;
@@ -112,7 +124,7 @@ pub(super) async fn create_task(
         .map_err(db)?;
     let max = to_i64(new.max_tasks);
     if txn
-        .query_opt(&stmt, &[&owner, &max])
+        .query_opt(&stmt, &[&owner.as_str(), &max])
         .await
         .map_err(db)?
         .is_none()
@@ -135,7 +147,7 @@ pub(super) async fn create_task(
 
 pub(super) async fn get_task(
     store: &PostgresStore,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
 ) -> StoreResult<Task> {
     let client = store.conn().await?;
@@ -144,7 +156,7 @@ pub(super) async fn get_task(
 
 pub(super) async fn list_tasks(
     store: &PostgresStore,
-    owner: &Owner,
+    owner: &PrincipalName,
     query: &ListQuery,
 ) -> StoreResult<Page> {
     let (sql, params) = list_sql(owner, query);
@@ -171,7 +183,7 @@ pub(super) async fn list_tasks(
 
 pub(super) async fn update_task(
     store: &PostgresStore,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
     change: TaskChange,
     expected: Option<u64>,
@@ -204,7 +216,7 @@ pub(super) async fn update_task(
             .execute(
                 &stmt,
                 &[
-                    &owner,
+                    &owner.as_str(),
                     &id.as_uuid(),
                     &c.title,
                     &c.title_lower,
@@ -231,7 +243,7 @@ pub(super) async fn update_task(
 
 pub(super) async fn delete_task(
     store: &PostgresStore,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
     expected: Option<u64>,
 ) -> StoreResult<()> {
@@ -247,7 +259,10 @@ pub(super) async fn delete_task(
         .await
         .map_err(db)?;
     let deleted = txn
-        .query_opt(&stmt, &[&owner, &id.as_uuid(), &expected.map(to_i64)])
+        .query_opt(
+            &stmt,
+            &[&owner.as_str(), &id.as_uuid(), &expected.map(to_i64)],
+        )
         .await
         .map_err(db)?;
     if let Some(row) = &deleted {
@@ -260,7 +275,7 @@ pub(super) async fn delete_task(
             .await
             .map_err(db)?;
         return match txn
-            .query_opt(&stmt, &[&owner, &id.as_uuid()])
+            .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
             .await
             .map_err(db)?
         {
@@ -274,7 +289,7 @@ pub(super) async fn delete_task(
         .prepare_cached("UPDATE task_counts SET n = GREATEST(n - 1, 0) WHERE owner = $1")
         .await
         .map_err(db)?;
-    txn.execute(&stmt, &[&owner]).await.map_err(db)?;
+    txn.execute(&stmt, &[&owner.as_str()]).await.map_err(db)?;
     txn.commit().await.map_err(db)
 }
 
@@ -290,7 +305,7 @@ pub(super) async fn count_tasks(store: &PostgresStore) -> StoreResult<u64> {
 
 pub(super) async fn create_token(
     store: &PostgresStore,
-    name: &str,
+    name: &PrincipalName,
     digest: TokenDigest,
 ) -> StoreResult<TokenInfo> {
     let client = store.conn().await?;
@@ -300,11 +315,11 @@ pub(super) async fn create_token(
         .await
         .map_err(db)?;
     match client
-        .execute(&stmt, &[&digest.as_slice(), &name, &created_at])
+        .execute(&stmt, &[&digest.as_slice(), &name.as_str(), &created_at])
         .await
     {
         Ok(_) => Ok(TokenInfo {
-            name: name.to_owned(),
+            name: name.clone(),
             created_at,
         }),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -323,10 +338,10 @@ pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenI
     let mut out = Vec::new();
     for r in client.query(&stmt, &[]).await.map_err(db)? {
         match token_record(&r) {
-            Ok(BackupRecord::Token {
+            Ok(Record::Token {
                 name, created_at, ..
             }) => out.push(TokenInfo { name, created_at }),
-            Ok(BackupRecord::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
+            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -335,13 +350,13 @@ pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenI
     Ok(out)
 }
 
-pub(super) async fn revoke_token(store: &PostgresStore, name: &str) -> StoreResult<()> {
+pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) -> StoreResult<()> {
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("DELETE FROM tokens WHERE name = $1")
         .await
         .map_err(db)?;
-    match client.execute(&stmt, &[&name]).await.map_err(db)? {
+    match client.execute(&stmt, &[&name.as_str()]).await.map_err(db)? {
         0 => Err(StorageError::NotFound),
         _ => Ok(()),
     }
@@ -350,7 +365,7 @@ pub(super) async fn revoke_token(store: &PostgresStore, name: &str) -> StoreResu
 pub(super) async fn principal(
     store: &PostgresStore,
     digest: &TokenDigest,
-) -> StoreResult<Option<String>> {
+) -> StoreResult<Option<PrincipalName>> {
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
@@ -361,7 +376,7 @@ pub(super) async fn principal(
         .await
         .map_err(db)?;
     match row.map(|r| token_record(&r)).transpose()? {
-        Some(BackupRecord::Token { name, .. }) => Ok(Some(name)),
+        Some(Record::Token { name, .. }) => Ok(Some(name)),
         _ => Ok(None),
     }
 }
@@ -409,7 +424,7 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
     for t in &set.tokens {
         txn.execute(
             "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
-            &[&t.digest.as_slice(), &t.name, &t.created_at],
+            &[&t.digest.as_slice(), &t.name.as_str(), &t.created_at],
         )
         .await
         .map_err(db)?;
@@ -445,7 +460,7 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
     txn.batch_execute("DELETE FROM task_counts")
         .await
         .map_err(db)?;
-    let owners: Vec<&str> = set.counts.keys().map(String::as_str).collect();
+    let owners: Vec<&str> = set.counts.keys().map(PrincipalName::as_str).collect();
     let counts: Vec<i64> = set.counts.values().map(|&n| to_i64(n)).collect();
     txn.execute(
         "INSERT INTO task_counts (owner, n) SELECT * FROM unnest($1::text[], $2::bigint[])",
@@ -488,7 +503,7 @@ pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreRes
 
 pub(super) async fn get_task_on(
     client: &deadpool_postgres::Object,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
 ) -> StoreResult<Task> {
     let stmt = client
@@ -498,7 +513,7 @@ pub(super) async fn get_task_on(
         .await
         .map_err(db)?;
     match client
-        .query_opt(&stmt, &[&owner, &id.as_uuid()])
+        .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
         .await
         .map_err(db)?
     {

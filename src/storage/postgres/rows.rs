@@ -7,11 +7,8 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use super::corrupt;
-use crate::auth::PrincipalName;
-use crate::domain::{
-    Description, DueAt, Priority, Status, Tag, Tags, Task, TaskFields, TaskId, Title, rfc3339,
-};
-use crate::storage::{BackupRecord, StoreResult};
+use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, rfc3339};
+use crate::storage::{Record, StoreResult};
 
 pub(super) fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -27,78 +24,58 @@ pub(super) fn task_from_row(row: &Row, at: usize, owner: &str) -> StoreResult<Ta
     let key = format!("tasks/{owner}/{id}");
     let bad = |e: String| corrupt("task", &key, e);
     let get = |e: tokio_postgres::Error| bad(e.to_string());
-    let title: String = row.try_get(at + 1).map_err(get)?;
-    let description: Option<String> = row.try_get(at + 2).map_err(get)?;
-    let status: String = row.try_get(at + 3).map_err(get)?;
-    let priority: String = row.try_get(at + 4).map_err(get)?;
-    let due_at: Option<DateTime<Utc>> = row.try_get(at + 5).map_err(get)?;
-    let tags: Vec<String> = row.try_get(at + 6).map_err(get)?;
-    let created_at: DateTime<Utc> = row.try_get(at + 7).map_err(get)?;
-    let updated_at: DateTime<Utc> = row.try_get(at + 8).map_err(get)?;
     let version: i64 = row.try_get(at + 9).map_err(get)?;
-    let tags = tags
-        .iter()
-        .map(|t| Tag::from_stored(t))
-        .collect::<Result<Vec<_>, _>>()
-        .and_then(Tags::new)
-        .map_err(|e| bad(format!("tags: {e}")))?;
-    let task = Task {
-        id: TaskId::from_stored(id).map_err(&bad)?,
-        fields: TaskFields {
-            title: Title::from_stored(&title).map_err(|e| bad(format!("title: {e}")))?,
-            description: description
-                .map(|d| Description::from_stored(&d))
-                .transpose()
-                .map_err(|e| bad(format!("description: {e}")))?,
-            status: Status::parse(&status).ok_or_else(|| bad(format!("status `{status}`")))?,
-            priority: Priority::parse(&priority)
-                .ok_or_else(|| bad(format!("priority `{priority}`")))?,
-            due_at: due_at
-                .map(DueAt::from_stored)
-                .transpose()
-                .map_err(|e| bad(format!("due_at: {e}")))?,
-            tags,
-        },
-        created_at: rfc3339::check_stored(created_at)
-            .map_err(|e| bad(format!("created_at: {e}")))?,
-        updated_at: rfc3339::check_stored(updated_at)
-            .map_err(|e| bad(format!("updated_at: {e}")))?,
+    StoredTask {
+        id,
+        title: row.try_get(at + 1).map_err(get)?,
+        description: row.try_get(at + 2).map_err(get)?,
+        status: row.try_get(at + 3).map_err(get)?,
+        priority: row.try_get(at + 4).map_err(get)?,
+        due_at: row.try_get(at + 5).map_err(get)?,
+        tags: row.try_get(at + 6).map_err(get)?,
+        created_at: row.try_get(at + 7).map_err(get)?,
+        updated_at: row.try_get(at + 8).map_err(get)?,
         version: u64::try_from(version).map_err(|_| bad("negative version".into()))?,
-    };
-    task.check_stored().map_err(&bad)?;
-    Ok(task)
+    }
+    .into_task()
+    .map_err(bad)
 }
 
-/// A row of `SELECT owner, TASK_COLUMNS` as a backup record.
-pub(super) fn task_record(row: &Row) -> StoreResult<BackupRecord> {
+/// A row of `SELECT owner, TASK_COLUMNS` as a record.
+pub(super) fn task_record(row: &Row) -> StoreResult<Record> {
     let owner: String = row
         .try_get(0)
         .map_err(|e| corrupt("task", "tasks", e.to_string()))?;
-    if let Err(e) = PrincipalName::parse(&owner) {
-        let id: Option<Uuid> = row.try_get(1).ok();
-        return Err(corrupt(
-            "task",
-            format!("tasks/{}/{}", owner.escape_debug(), id.unwrap_or_default()),
-            e,
-        ));
-    }
+    let name = match PrincipalName::parse(&owner) {
+        Ok(name) => name,
+        Err(e) => {
+            let id: Option<Uuid> = row.try_get(1).ok();
+            return Err(corrupt(
+                "task",
+                format!("tasks/{}/{}", owner.escape_debug(), id.unwrap_or_default()),
+                e,
+            ));
+        }
+    };
     let task = task_from_row(row, 1, &owner)?;
-    Ok(BackupRecord::Task { owner, task })
+    Ok(Record::Task { owner: name, task })
 }
 
-/// A row of `SELECT digest, name, created_at FROM tokens` as a backup record.
-pub(super) fn token_record(row: &Row) -> StoreResult<BackupRecord> {
+/// A row of `SELECT digest, name, created_at FROM tokens` as a record.
+pub(super) fn token_record(row: &Row) -> StoreResult<Record> {
     let digest: Vec<u8> = row
         .try_get(0)
         .map_err(|e| corrupt("token", "tokens", e.to_string()))?;
     let key = format!("tokens/{}", hex::encode(&digest));
     let bad = |e: String| corrupt("token", &key, e);
+    let digest = TokenDigest::try_from(digest.as_slice())
+        .map_err(|_| bad("the digest is not 32 bytes".into()))?;
     let name: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
-    PrincipalName::parse(&name).map_err(&bad)?;
+    let name = PrincipalName::parse(&name).map_err(&bad)?;
     let created_at: DateTime<Utc> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
-    Ok(BackupRecord::Token {
+    Ok(Record::Token {
         name,
-        digest: hex::encode(digest),
+        digest,
         created_at: rfc3339::check_stored(created_at).map_err(&bad)?,
     })
 }

@@ -4,7 +4,6 @@
 use tokio_postgres::types::ToSql;
 
 use super::rows::to_i64;
-use crate::domain::Owner;
 use crate::storage::{ListQuery, Order};
 
 /// Columns of a task, in the order [`task_from_row`] reads them.
@@ -28,7 +27,7 @@ pub(super) fn contains_pattern(q: &str) -> String {
 /// The listing statement for `query` and its parameters. Only the filters
 /// that are set appear in the SQL, so each combination gets its own cached
 /// plan: an index scan of `(owner, id)` from the cursor, in the page's order.
-pub fn list_sql(owner: &Owner, query: &ListQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
+pub fn list_sql(owner: &str, query: &ListQuery) -> (String, Vec<Box<dyn ToSql + Sync + Send>>) {
     let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1");
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = vec![Box::new(owner.to_owned())];
     let mut add = |sql: &mut String, clause: &str, p: Box<dyn ToSql + Sync + Send>| {

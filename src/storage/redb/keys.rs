@@ -5,8 +5,7 @@ use chrono::{DateTime, Utc};
 use redb::TableHandle;
 
 use super::tables::{IDEMPOTENCY, TASKS};
-use crate::auth::PrincipalName;
-use crate::domain::{Owner, TaskId};
+use crate::domain::{PrincipalName, TaskId};
 
 /// The first 8 bytes of an expiry index key: microseconds since the epoch
 /// with the sign bit flipped, big-endian, so byte order is time order (also
@@ -22,7 +21,7 @@ pub(super) fn expiry_key(created_at: DateTime<Utc>, record_key: &[u8]) -> Vec<u8
     k
 }
 
-pub(super) fn task_key(owner: &Owner, id: TaskId) -> Vec<u8> {
+pub(super) fn task_key(owner: &str, id: TaskId) -> Vec<u8> {
     let mut k = Vec::with_capacity(owner.len() + 17);
     k.extend_from_slice(owner.as_bytes());
     k.push(0);
@@ -30,7 +29,7 @@ pub(super) fn task_key(owner: &Owner, id: TaskId) -> Vec<u8> {
     k
 }
 
-pub(super) fn owner_prefix_bounds(owner: &Owner) -> (Vec<u8>, Vec<u8>) {
+pub(super) fn owner_prefix_bounds(owner: &str) -> (Vec<u8>, Vec<u8>) {
     (
         task_key(owner, TaskId::from_u128(0)),
         task_key(owner, TaskId::from_u128(u128::MAX)),
@@ -44,7 +43,7 @@ pub(super) fn id_of_key(key: &[u8]) -> TaskId {
 }
 
 /// The owner and id a task key holds; the owner must be a principal name.
-pub(super) fn split_task_key(key: &[u8]) -> Result<(String, TaskId), String> {
+pub(super) fn split_task_key(key: &[u8]) -> Result<(PrincipalName, TaskId), String> {
     let Some(sep) = key.len().checked_sub(17) else {
         return Err("the key is too short".into());
     };
@@ -52,8 +51,7 @@ pub(super) fn split_task_key(key: &[u8]) -> Result<(String, TaskId), String> {
         return Err("the key has no owner separator".into());
     }
     let owner = std::str::from_utf8(&key[..sep]).map_err(|_| "the owner is not UTF-8")?;
-    PrincipalName::parse(owner)?;
-    Ok((owner.to_owned(), id_of_key(key)))
+    Ok((PrincipalName::parse(owner)?, id_of_key(key)))
 }
 
 /// A task key as it appears in logs and reports.
@@ -64,7 +62,7 @@ pub(super) fn task_key_name(key: &[u8]) -> String {
     }
 }
 
-pub(super) fn idem_key(owner: &Owner, key: &str) -> Vec<u8> {
+pub(super) fn idem_key(owner: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(owner.len() + key.len() + 1);
     k.extend_from_slice(owner.as_bytes());
     k.push(0);

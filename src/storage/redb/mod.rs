@@ -56,10 +56,9 @@ use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenDigest, TokenInfo,
-    idempotency_cutoff,
+    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
 };
-use crate::domain::{Owner, Task, TaskChange, TaskId};
+use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
 /// How much a read may do; see `RedbStore::read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,21 +287,21 @@ impl RedbStore {
 
 #[async_trait]
 impl Store for RedbStore {
-    async fn create_task(&self, owner: &Owner, new: NewTask) -> StoreResult<Created> {
-        let owner = owner.to_owned();
+    async fn create_task(&self, owner: &PrincipalName, new: NewTask) -> StoreResult<Created> {
+        let owner = owner.clone();
         let clock = self.shared.clock.clone();
         self.write(move |txn| ops::create_task(txn, &owner, new, clock.now()))
             .await
     }
 
-    async fn get_task(&self, owner: &Owner, id: TaskId) -> StoreResult<Task> {
-        let owner = owner.to_owned();
+    async fn get_task(&self, owner: &PrincipalName, id: TaskId) -> StoreResult<Task> {
+        let owner = owner.clone();
         self.read(ReadCost::Short, move |txn| ops::get_task(txn, &owner, id))
             .await
     }
 
-    async fn list_tasks(&self, owner: &Owner, query: &ListQuery) -> StoreResult<Page> {
-        let owner = owner.to_owned();
+    async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page> {
+        let owner = owner.clone();
         let query = query.clone();
         // Unfiltered, a page reads at most `limit + 1` records; a filter may
         // scan all of the owner's tasks to fill one.
@@ -322,12 +321,12 @@ impl Store for RedbStore {
 
     async fn update_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
         expected: Option<u64>,
     ) -> StoreResult<Task> {
-        let owner = owner.to_owned();
+        let owner = owner.clone();
         let clock = self.shared.clock.clone();
         self.write(move |txn| ops::update_task(txn, &owner, id, change, expected, clock.now()))
             .await
@@ -335,11 +334,11 @@ impl Store for RedbStore {
 
     async fn delete_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
         expected: Option<u64>,
     ) -> StoreResult<()> {
-        let owner = owner.to_owned();
+        let owner = owner.clone();
         self.write(move |txn| ops::delete_task(txn, &owner, id, expected))
             .await
     }
@@ -348,8 +347,12 @@ impl Store for RedbStore {
         self.read(ReadCost::Short, ops::count_tasks).await
     }
 
-    async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo> {
-        let name = name.to_owned();
+    async fn create_token(
+        &self,
+        name: &PrincipalName,
+        digest: TokenDigest,
+    ) -> StoreResult<TokenInfo> {
+        let name = name.clone();
         let clock = self.shared.clock.clone();
         self.write(move |txn| ops::create_token(txn, &name, digest, clock.now()))
             .await
@@ -359,12 +362,12 @@ impl Store for RedbStore {
         self.read(ReadCost::Long, ops::list_tokens).await
     }
 
-    async fn revoke_token(&self, name: &str) -> StoreResult<()> {
-        let name = name.to_owned();
+    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {
+        let name = name.clone();
         self.write(move |txn| ops::revoke_token(txn, &name)).await
     }
 
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>> {
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
         let digest = *digest;
         self.read(ReadCost::Short, move |txn| ops::principal(txn, &digest))
             .await

@@ -14,12 +14,11 @@ use super::keys::{
     split_task_key, task_key, task_key_name,
 };
 use super::tables::{COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS};
-use crate::auth::PrincipalName;
-use crate::domain::{Owner, Task, TaskChange, TaskId};
+use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 use crate::storage::codec::{decode, decode_task, encode};
 use crate::storage::{
-    BackupRecord, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, ListQuery, NewTask, Order,
-    Page, StorageError, StoreResult, TokenDigest, TokenInfo, idempotency_fresh,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, ListQuery, NewTask, Order, Page, Record,
+    StorageError, StoreResult, TokenInfo, idempotency_fresh,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -43,7 +42,7 @@ pub(super) fn io<E: std::fmt::Display>(e: E) -> StorageError {
 
 pub(super) fn create_task(
     txn: &WriteTransaction,
-    owner: &Owner,
+    owner: &PrincipalName,
     new: NewTask,
     now: DateTime<Utc>,
 ) -> StoreResult<Created> {
@@ -72,7 +71,10 @@ pub(super) fn create_task(
         }
     }
     let mut counts = txn.open_table(COUNTS).map_err(io)?;
-    let count = counts.get(owner).map_err(io)?.map_or(0, |v| v.value());
+    let count = counts
+        .get(owner.as_str())
+        .map_err(io)?
+        .map_or(0, |v| v.value());
     if count >= new.max_tasks {
         return Err(StorageError::QuotaExceeded { max: new.max_tasks });
     }
@@ -84,7 +86,7 @@ pub(super) fn create_task(
             encode(&task).as_slice(),
         )
         .map_err(io)?;
-    counts.insert(owner, count + 1).map_err(io)?;
+    counts.insert(owner.as_str(), count + 1).map_err(io)?;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
         let rec = IdempotencyRecord {
@@ -106,7 +108,11 @@ pub(super) fn create_task(
     Ok(Created::New(task))
 }
 
-pub(super) fn get_task(txn: &ReadTransaction, owner: &Owner, id: TaskId) -> StoreResult<Task> {
+pub(super) fn get_task(
+    txn: &ReadTransaction,
+    owner: &PrincipalName,
+    id: TaskId,
+) -> StoreResult<Task> {
     let table = txn.open_table(TASKS).map_err(io)?;
     get_task_in(&table, owner, id)
 }
@@ -122,7 +128,7 @@ type RangeEntry<'a> = Result<
 
 pub(super) fn list_tasks(
     txn: &ReadTransaction,
-    owner: &Owner,
+    owner: &PrincipalName,
     query: &ListQuery,
 ) -> StoreResult<Page> {
     let table = txn.open_table(TASKS).map_err(io)?;
@@ -186,7 +192,7 @@ pub(super) fn list_tasks(
 
 pub(super) fn update_task(
     txn: &WriteTransaction,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
     change: TaskChange,
     expected: Option<u64>,
@@ -210,7 +216,7 @@ pub(super) fn update_task(
 
 pub(super) fn delete_task(
     txn: &WriteTransaction,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
     expected: Option<u64>,
 ) -> StoreResult<()> {
@@ -222,9 +228,14 @@ pub(super) fn delete_task(
         });
     }
     let mut counts = txn.open_table(COUNTS).map_err(io)?;
-    let count = counts.get(owner).map_err(io)?.map_or(0, |v| v.value());
+    let count = counts
+        .get(owner.as_str())
+        .map_err(io)?
+        .map_or(0, |v| v.value());
     tasks.remove(task_key(owner, id).as_slice()).map_err(io)?;
-    counts.insert(owner, count.saturating_sub(1)).map_err(io)?;
+    counts
+        .insert(owner.as_str(), count.saturating_sub(1))
+        .map_err(io)?;
     Ok(())
 }
 
@@ -234,25 +245,25 @@ pub(super) fn count_tasks(txn: &ReadTransaction) -> StoreResult<u64> {
 
 pub(super) fn create_token(
     txn: &WriteTransaction,
-    name: &str,
+    name: &PrincipalName,
     digest: TokenDigest,
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
     let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
-    if names.get(name).map_err(io)?.is_some() {
+    if names.get(name.as_str()).map_err(io)?.is_some() {
         return Err(StorageError::AlreadyExists(format!("a token for `{name}`")));
     }
     let rec = TokenRecord {
-        name: name.to_owned(),
+        name: name.to_string(),
         created_at: now,
     };
     let mut tokens = txn.open_table(TOKENS).map_err(io)?;
     tokens
         .insert(digest.as_slice(), encode(&rec).as_slice())
         .map_err(io)?;
-    names.insert(name, digest.as_slice()).map_err(io)?;
+    names.insert(name.as_str(), digest.as_slice()).map_err(io)?;
     Ok(TokenInfo {
-        name: rec.name,
+        name: name.clone(),
         created_at: rec.created_at,
     })
 }
@@ -263,10 +274,10 @@ pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> 
     for e in tokens.iter().map_err(io)? {
         let (k, v) = e.map_err(io)?;
         match token_of(k.value(), v.value()) {
-            Ok(BackupRecord::Token {
+            Ok(Record::Token {
                 name, created_at, ..
             }) => out.push(TokenInfo { name, created_at }),
-            Ok(BackupRecord::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
+            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
             Err(e) => return Err(e),
         }
     }
@@ -274,28 +285,28 @@ pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> 
     Ok(out)
 }
 
-pub(super) fn revoke_token(txn: &WriteTransaction, name: &str) -> StoreResult<()> {
+pub(super) fn revoke_token(txn: &WriteTransaction, name: &PrincipalName) -> StoreResult<()> {
     let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
     let digest = names
-        .get(name)
+        .get(name.as_str())
         .map_err(io)?
         .map(|v| v.value().to_vec())
         .ok_or(StorageError::NotFound)?;
     let mut tokens = txn.open_table(TOKENS).map_err(io)?;
     tokens.remove(digest.as_slice()).map_err(io)?;
-    names.remove(name).map_err(io)?;
+    names.remove(name.as_str()).map_err(io)?;
     Ok(())
 }
 
 pub(super) fn principal(
     txn: &ReadTransaction,
     digest: &TokenDigest,
-) -> StoreResult<Option<String>> {
+) -> StoreResult<Option<PrincipalName>> {
     let tokens = txn.open_table(TOKENS).map_err(io)?;
     match tokens.get(digest.as_slice()).map_err(io)? {
         Some(v) => match token_of(digest, v.value())? {
-            BackupRecord::Token { name, .. } => Ok(Some(name)),
-            BackupRecord::Task { .. } => Ok(None),
+            Record::Token { name, .. } => Ok(Some(name)),
+            Record::Task { .. } => Ok(None),
         },
         None => Ok(None),
     }
@@ -322,7 +333,7 @@ pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64>
     let mut counts = txn.open_table(COUNTS).map_err(io)?;
     for t in &set.tokens {
         let rec = TokenRecord {
-            name: t.name.clone(),
+            name: t.name.to_string(),
             created_at: t.created_at,
         };
         tokens
@@ -392,7 +403,7 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
 
 fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
-    owner: &Owner,
+    owner: &PrincipalName,
     id: TaskId,
 ) -> StoreResult<Task> {
     let key = task_key(owner, id);
@@ -402,36 +413,37 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     }
 }
 
-/// A token record and its key as a backup record; corrupt unless the digest
-/// and the name are valid.
-fn token_of(digest: &[u8], value: &[u8]) -> StoreResult<BackupRecord> {
+/// A token record and its key as a record; corrupt unless the digest and
+/// the name are valid.
+fn token_of(digest: &[u8], value: &[u8]) -> StoreResult<Record> {
     let key = format!(
         "{}/{}",
         redb::TableHandle::name(&TOKENS),
         hex::encode(digest)
     );
     let rec: TokenRecord = decode("token", &key, value)?;
-    if digest.len() != 32 {
+    let Ok(digest) = TokenDigest::try_from(digest) else {
         return Err(StorageError::corrupt(
             "token",
             key,
             "the digest is not 32 bytes",
         ));
-    }
-    PrincipalName::parse(&rec.name).map_err(|e| StorageError::corrupt("token", &key, e))?;
-    Ok(BackupRecord::Token {
-        name: rec.name,
-        digest: hex::encode(digest),
+    };
+    let name =
+        PrincipalName::parse(&rec.name).map_err(|e| StorageError::corrupt("token", &key, e))?;
+    Ok(Record::Token {
+        name,
+        digest,
         created_at: rec.created_at,
     })
 }
 
-/// A task record and its key as a backup record.
-fn task_of(key: &[u8], value: &[u8]) -> StoreResult<BackupRecord> {
+/// A task record and its key as a record.
+fn task_of(key: &[u8], value: &[u8]) -> StoreResult<Record> {
     let name = task_key_name(key);
     let (owner, id) = split_task_key(key).map_err(|e| StorageError::corrupt("task", &name, e))?;
     let task = decode_task(name, id, value)?;
-    Ok(BackupRecord::Task { owner, task })
+    Ok(Record::Task { owner, task })
 }
 
 /// Every record of the two tables; unreadable ones are listed, not fatal.
