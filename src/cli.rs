@@ -70,15 +70,17 @@ pub async fn open_store(
     if let Some(config) = postgres_config(&storage.database)? {
         let store = PostgresStore::connect(&config)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?;
+            .context("cannot open the PostgreSQL database")?;
         return Ok(Arc::new(store));
     }
     let mut cfg = RedbConfig::new(&storage.data_dir);
     cfg.sharing = storage.db_sharing;
     cfg.group_commit = group_commit;
     let store = RedbStore::open(&cfg).map_err(|e| match e {
-        StorageError::Unavailable(m) => anyhow::anyhow!(m),
-        other => anyhow::anyhow!(other),
+        StorageError::Locked { .. } => anyhow::anyhow!(
+            "{e}: stop the other process, or run every process on this file with --db-sharing multi-writer"
+        ),
+        e => anyhow::Error::new(e),
     })?;
     Ok(Arc::new(store))
 }
@@ -105,7 +107,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     })?;
     let applied = crate::storage::postgres::run_migrations(&config)
         .await
-        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        .context("migration failed")?;
     let version = crate::storage::postgres::SCHEMA_VERSION;
     if applied.is_empty() {
         eprintln!("schema is up to date (version {version})");

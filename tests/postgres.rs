@@ -480,7 +480,7 @@ async fn pg_unreachable_server_is_unavailable() {
         .await
         .err()
         .expect("no server there");
-    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -794,7 +794,7 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     assert_eq!(r.status(), 503, "a create while PostgreSQL is down");
     assert!(matches!(
         store.ping().await,
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Unavailable { .. })
     ));
     let restarted_at = Instant::now();
     cluster.pg_ctl_start();

@@ -93,13 +93,13 @@ async fn closed_store_reports_unavailable() {
     fx.store.close().await;
     assert!(matches!(
         fx.store.ping().await,
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Unavailable { .. })
     ));
     let r = fx
         .store
         .create_task(&p("alice"), contract::new_task("late"))
         .await;
-    assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
 }
 
 /// Every accepted body is kept unchanged through the store, HTTP and a
@@ -395,9 +395,9 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     let r = store
         .create_task(&p("alice"), contract::new_task("while full"))
         .await;
-    assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
     assert!(
-        matches!(store.ping().await, Err(StorageError::Unavailable(_))),
+        matches!(store.ping().await, Err(StorageError::Unavailable { .. })),
         "not ready as soon as the write failed"
     );
     // An import while the disk is full fails and leaves nothing behind.
@@ -407,7 +407,7 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
         let r = store
             .create_task(&p("alice"), contract::new_task("still full"))
             .await;
-        assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+        assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
         assert!(store.ping().await.is_err());
     }
 

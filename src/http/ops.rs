@@ -50,7 +50,7 @@ pub async fn health() -> axum::Json<HealthStatus> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<HealthStatus>, ApiError> {
     if state.lifecycle.is_draining() {
-        return Err(ApiError::Unavailable("draining".into()));
+        return Err(ApiError::Draining);
     }
     state.store.ping().await?;
     Ok(axum::Json(HealthStatus { status: "ready" }))

@@ -9,6 +9,7 @@
 //! ([`Clock`]) that dates tasks and idempotency records.
 
 mod codec;
+mod error;
 mod import;
 pub mod postgres;
 pub mod redb;
@@ -24,6 +25,7 @@ use crate::domain::{
     PrincipalName, Priority, Status, Task, TaskChange, TaskFields, TaskId, TokenDigest,
 };
 
+pub use self::error::{Cause, Chain, StorageError, StoreResult};
 pub use self::import::{Export, ImportSet, ImportToken, InvalidRecord, Record, Unreadable};
 pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
@@ -92,54 +94,6 @@ impl Clock for ManualClock {
         *self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
-
-/// Why a storage operation did not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("not found")]
-    NotFound,
-    /// The caller's expected version is not the stored one.
-    #[error("version mismatch: stored version is {current}")]
-    VersionMismatch { current: u64 },
-    /// The same idempotency key was used with a different request body.
-    #[error("idempotency key reused with a different request")]
-    IdempotencyMismatch,
-    #[error("the principal already has {max} tasks")]
-    QuotaExceeded { max: u64 },
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    /// A stored record could not be decoded: the data is damaged, from an
-    /// unknown format version, or a value no rule of the API admits. Never a
-    /// panic. Made with [`StorageError::corrupt`], which reports it.
-    #[error("corrupt record {key}: {reason}")]
-    Corrupt { key: String, reason: String },
-    /// The backend cannot be reached or has stopped (I/O, lock, connection).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl StorageError {
-    pub fn unavailable(e: impl std::fmt::Display) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-
-    /// A stored record of `kind` (`task`, `token`, `idempotency`) at `key`
-    /// that cannot be decoded. It is logged with its key and counted in
-    /// `store_corrupt_records_total{kind}` each time a read meets it; list
-    /// pages and backups skip it, a request for that one record fails.
-    pub fn corrupt(
-        kind: &'static str,
-        key: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        let (key, reason) = (key.to_string(), reason.into());
-        tracing::error!(kind, %key, %reason, "unreadable stored record");
-        metrics::counter!("store_corrupt_records_total", "kind" => kind).increment(1);
-        Self::Corrupt { key, reason }
-    }
-}
-
-pub type StoreResult<T> = Result<T, StorageError>;
 
 /// Sort order of a listing, by creation (task id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -2,7 +2,7 @@
 //! under an advisory lock, so replicas starting together migrate one after
 //! another.
 
-use super::{PostgresConfig, connect_one, db, describe};
+use super::{PostgresConfig, connect_one};
 use crate::storage::{StorageError, StoreResult};
 
 /// One schema change. Versions are dense and increasing; an applied migration
@@ -44,15 +44,12 @@ pub async fn migrate(
     up_to: Option<i32>,
 ) -> StoreResult<Vec<i32>> {
     let target = up_to.unwrap_or(SCHEMA_VERSION);
-    let txn = client.transaction().await.map_err(db)?;
+    let txn = client.transaction().await?;
     // Waiting for another migrator, or migrating a large table, may take longer
     // than a request's statement timeout.
-    txn.batch_execute("SET LOCAL statement_timeout = 0")
-        .await
-        .map_err(db)?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(db)?;
+        .await?;
     txn.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer PRIMARY KEY,
@@ -60,15 +57,13 @@ pub async fn migrate(
              applied_at timestamptz NOT NULL DEFAULT now()
          )",
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let current: i32 = txn
         .query_one(
             "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
             &[],
         )
-        .await
-        .map_err(db)?
+        .await?
         .get(0);
     if current > SCHEMA_VERSION {
         // A newer release migrated (a rolling update in progress). Migrations
@@ -85,22 +80,16 @@ pub async fn migrate(
         .filter(|m| m.version > current && m.version <= target)
     {
         txn.batch_execute(m.sql).await.map_err(|e| {
-            StorageError::Unavailable(format!(
-                "migration {} ({}) failed: {}",
-                m.version,
-                m.name,
-                describe(&e)
-            ))
+            StorageError::io(format!("migration {} ({}) failed", m.version, m.name), e)
         })?;
         txn.execute(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
             &[&m.version, &m.name],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         applied.push(m.version);
     }
-    txn.commit().await.map_err(db)?;
+    txn.commit().await?;
     if !applied.is_empty() {
         tracing::info!(
             ?applied,

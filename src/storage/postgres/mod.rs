@@ -37,7 +37,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 use super::{
-    Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
+    Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
     ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
 };
 use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
@@ -74,9 +74,10 @@ impl PostgresConfig {
     /// application name (explicit settings in the URL win, except the
     /// statement timeout, which is appended to its `options`).
     pub fn pg_config(&self) -> StoreResult<tokio_postgres::Config> {
-        let mut pg: tokio_postgres::Config = self.url.parse().map_err(|e| {
-            StorageError::Unavailable(format!("invalid database URL: {}", describe(&e)))
-        })?;
+        let mut pg: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| StorageError::io("invalid database URL", e))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.connect_timeout);
         }
@@ -139,7 +140,7 @@ impl PostgresStore {
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
             .build()
-            .map_err(StorageError::unavailable)?;
+            .map_err(|e| StorageError::io("cannot build the connection pool", e))?;
         let sweeper = tokio::spawn(sweep_idempotency_keys(pool.clone(), config.clock.clone()));
         Ok(Self {
             pool,
@@ -149,22 +150,13 @@ impl PostgresStore {
     }
 
     pub(super) async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Closed => {
-                StorageError::Unavailable("the store is closed".into())
-            }
-            deadpool_postgres::PoolError::Backend(e) => db(e),
-            other => {
-                StorageError::Unavailable(format!("no database connection: {}", describe(&other)))
-            }
-        })
+        Ok(self.pool.get().await?)
     }
 }
 
-/// Applies the migrations after the database's current version, up to
 /// One connection outside the pool, driven by its own task.
 pub async fn connect_one(pg: &tokio_postgres::Config) -> StoreResult<tokio_postgres::Client> {
-    let (client, connection) = pg.connect(NoTls).await.map_err(db)?;
+    let (client, connection) = pg.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection ended");
@@ -180,54 +172,30 @@ async fn sweep_idempotency_keys(pool: Pool, clock: Arc<dyn Clock>) {
         match sweep(&pool, clock.as_ref()).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired idempotency keys deleted"),
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "idempotency key sweep skipped"),
+            Err(e) => tracing::debug!(error = %Chain(&e), "idempotency key sweep skipped"),
         }
     }
 }
 
 /// Deletes expired idempotency keys, [`IDEMPOTENCY_SWEEP_CHUNK`] per statement.
 pub(super) async fn sweep(pool: &Pool, clock: &dyn Clock) -> StoreResult<u64> {
-    let client = pool.get().await.map_err(StorageError::unavailable)?;
+    let client = pool.get().await?;
     let stmt = client
         .prepare_cached(
             "DELETE FROM idempotency_keys WHERE (owner, key) IN (
                  SELECT owner, key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
         )
-        .await
-        .map_err(db)?;
+        .await?;
     let chunk = to_i64(IDEMPOTENCY_SWEEP_CHUNK as u64);
     let mut total = 0;
     loop {
         let cutoff = idempotency_cutoff(clock.now());
-        let n = client
-            .execute(&stmt, &[&cutoff, &chunk])
-            .await
-            .map_err(db)?;
+        let n = client.execute(&stmt, &[&cutoff, &chunk]).await?;
         total += n;
         if n < IDEMPOTENCY_SWEEP_CHUNK as u64 {
             return Ok(total);
         }
     }
-}
-
-/// Every driver error is the backend being unavailable, except where a caller
-/// matches a specific SQLSTATE first. The message keeps the server's reason
-/// (a statement timeout, a shutdown) for the log.
-pub(super) fn db(e: tokio_postgres::Error) -> StorageError {
-    StorageError::Unavailable(describe(&e))
-}
-
-/// An error with its causes: the driver's own message is only its kind
-/// ("db error"), the server's reason is in the source.
-pub(super) fn describe(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// A row that cannot be decoded, reported (see [`StorageError::corrupt`]).
@@ -310,7 +278,7 @@ impl Store for PostgresStore {
 
     async fn ping(&self) -> StoreResult<()> {
         let client = self.conn().await?;
-        client.simple_query("SELECT 1").await.map_err(db)?;
+        client.simple_query("SELECT 1").await?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::rows::{TaskColumns, task_from_row, task_record, to_i64, token_record};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
-use super::{PostgresStore, corrupt, db};
+use super::{PostgresStore, corrupt};
 use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 use crate::storage::{
     Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
@@ -26,7 +26,7 @@ pub(super) async fn create_task(
     let now = store.clock.now();
     let task = Task::create_at(new.fields, now);
     let mut client = store.conn().await?;
-    let txn = client.transaction().await.map_err(db)?;
+    let txn = client.transaction().await?;
     if let Some(idem) = &new.idempotency {
         let snapshot = Json(&task);
         let digest = idem.request_digest.as_slice();
@@ -37,8 +37,7 @@ pub(super) async fn create_task(
                 "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING",
             )
-            .await
-            .map_err(db)?;
+            .await?;
         let claimed = txn
             .execute(
                 &stmt,
@@ -50,20 +49,15 @@ pub(super) async fn create_task(
                     &snapshot,
                 ],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         if claimed == 0 {
             let stmt = txn
                 .prepare_cached(
                     "SELECT request_digest, created_at, task FROM idempotency_keys
                      WHERE owner = $1 AND key = $2 FOR UPDATE",
                 )
-                .await
-                .map_err(db)?;
-            let row = txn
-                .query_opt(&stmt, &[&owner.as_str(), &idem.key])
-                .await
-                .map_err(db)?;
+                .await?;
+            let row = txn.query_opt(&stmt, &[&owner.as_str(), &idem.key]).await?;
             if let Some(row) = row {
                 let read = || -> Result<(Vec<u8>, DateTime<Utc>, Task), tokio_postgres::Error> {
                     let Json(original): Json<Task> = row.try_get(2)?;
@@ -97,8 +91,7 @@ pub(super) async fn create_task(
                      ON CONFLICT (owner, key) DO UPDATE SET request_digest = EXCLUDED.request_digest,
                          created_at = EXCLUDED.created_at, task = EXCLUDED.task",
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             txn.execute(
                 &stmt,
                 &[
@@ -109,8 +102,7 @@ pub(super) async fn create_task(
                     &snapshot,
                 ],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         }
     }
     // Counts one more task unless the owner is at the limit (no row back).
@@ -120,13 +112,11 @@ pub(super) async fn create_task(
              ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1 WHERE task_counts.n < $2
              RETURNING n",
         )
-        .await
-        .map_err(db)?;
+        .await?;
     let max = to_i64(new.max_tasks);
     if txn
         .query_opt(&stmt, &[&owner.as_str(), &max])
-        .await
-        .map_err(db)?
+        .await?
         .is_none()
     {
         return Err(StorageError::QuotaExceeded { max: new.max_tasks });
@@ -138,10 +128,9 @@ pub(super) async fn create_task(
                                 due_at, tags, created_at, updated_at, version)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
-        .await
-        .map_err(db)?;
-    txn.execute(&stmt, &c.row()).await.map_err(db)?;
-    txn.commit().await.map_err(db)?;
+        .await?;
+    txn.execute(&stmt, &c.row()).await?;
+    txn.commit().await?;
     Ok(Created::New(task))
 }
 
@@ -161,8 +150,8 @@ pub(super) async fn list_tasks(
 ) -> StoreResult<Page> {
     let (sql, params) = list_sql(owner, query);
     let client = store.conn().await?;
-    let stmt = client.prepare_cached(&sql).await.map_err(db)?;
-    let rows = client.query(&stmt, &refs(&params)).await.map_err(db)?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &refs(&params)).await?;
     // The row after the page only says that there is a next page; the
     // cursor is the last row of the page, even one left out as unreadable.
     let next = (rows.len() > query.limit)
@@ -195,8 +184,7 @@ pub(super) async fn update_task(
                  priority = $7, due_at = $8, tags = $9, updated_at = $10, version = $11
              WHERE owner = $1 AND id = $2 AND version = $12",
         )
-        .await
-        .map_err(db)?;
+        .await?;
     // Each round reads the current version and writes only if it is still
     // current; a lost race re-reads. Without `expected` the change applies
     // to whatever version is current when it lands, as on redb.
@@ -230,15 +218,14 @@ pub(super) async fn update_task(
                     &to_i64(current.version),
                 ],
             )
-            .await
-            .map_err(db)?;
+            .await?;
         if written == 1 {
             return Ok(updated);
         }
     }
-    Err(StorageError::Unavailable(format!(
-        "task {id} is changing too often to update"
-    )))
+    Err(StorageError::Busy {
+        what: format!("task {id} is changing too often to update").into(),
+    })
 }
 
 pub(super) async fn delete_task(
@@ -248,7 +235,7 @@ pub(super) async fn delete_task(
     expected: Option<u64>,
 ) -> StoreResult<()> {
     let mut client = store.conn().await?;
-    let txn = client.transaction().await.map_err(db)?;
+    let txn = client.transaction().await?;
     // The deleted row must decode, as on redb: an unreadable task is an
     // error for every request on it (and this transaction rolls back).
     let stmt = txn
@@ -256,15 +243,13 @@ pub(super) async fn delete_task(
             "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
              RETURNING {TASK_COLUMNS}"
         ))
-        .await
-        .map_err(db)?;
+        .await?;
     let deleted = txn
         .query_opt(
             &stmt,
             &[&owner.as_str(), &id.as_uuid(), &expected.map(to_i64)],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     if let Some(row) = &deleted {
         task_from_row(row, 0, owner)?;
     } else {
@@ -272,12 +257,10 @@ pub(super) async fn delete_task(
             .prepare_cached(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
             ))
-            .await
-            .map_err(db)?;
+            .await?;
         return match txn
             .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
-            .await
-            .map_err(db)?
+            .await?
         {
             None => Err(StorageError::NotFound),
             Some(row) => Err(StorageError::VersionMismatch {
@@ -287,19 +270,17 @@ pub(super) async fn delete_task(
     }
     let stmt = txn
         .prepare_cached("UPDATE task_counts SET n = GREATEST(n - 1, 0) WHERE owner = $1")
-        .await
-        .map_err(db)?;
-    txn.execute(&stmt, &[&owner.as_str()]).await.map_err(db)?;
-    txn.commit().await.map_err(db)
+        .await?;
+    txn.execute(&stmt, &[&owner.as_str()]).await?;
+    Ok(txn.commit().await?)
 }
 
 pub(super) async fn count_tasks(store: &PostgresStore) -> StoreResult<u64> {
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("SELECT COALESCE(SUM(n), 0)::bigint FROM task_counts")
-        .await
-        .map_err(db)?;
-    let n: i64 = client.query_one(&stmt, &[]).await.map_err(db)?.get(0);
+        .await?;
+    let n: i64 = client.query_one(&stmt, &[]).await?.get(0);
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
@@ -312,8 +293,7 @@ pub(super) async fn create_token(
     let created_at = store.clock.now();
     let stmt = client
         .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
-        .await
-        .map_err(db)?;
+        .await?;
     match client
         .execute(&stmt, &[&digest.as_slice(), &name.as_str(), &created_at])
         .await
@@ -325,7 +305,7 @@ pub(super) async fn create_token(
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             Err(StorageError::AlreadyExists(format!("a token for `{name}`")))
         }
-        Err(e) => Err(db(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -333,10 +313,9 @@ pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenI
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens")
-        .await
-        .map_err(db)?;
+        .await?;
     let mut out = Vec::new();
-    for r in client.query(&stmt, &[]).await.map_err(db)? {
+    for r in client.query(&stmt, &[]).await? {
         match token_record(&r) {
             Ok(Record::Token {
                 name, created_at, ..
@@ -354,9 +333,8 @@ pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) ->
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("DELETE FROM tokens WHERE name = $1")
-        .await
-        .map_err(db)?;
-    match client.execute(&stmt, &[&name.as_str()]).await.map_err(db)? {
+        .await?;
+    match client.execute(&stmt, &[&name.as_str()]).await? {
         0 => Err(StorageError::NotFound),
         _ => Ok(()),
     }
@@ -369,12 +347,8 @@ pub(super) async fn principal(
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
-        .await
-        .map_err(db)?;
-    let row = client
-        .query_opt(&stmt, &[&digest.as_slice()])
-        .await
-        .map_err(db)?;
+        .await?;
+    let row = client.query_opt(&stmt, &[&digest.as_slice()]).await?;
     match row.map(|r| token_record(&r)).transpose()? {
         Some(Record::Token { name, .. }) => Ok(Some(name)),
         _ => Ok(None),
@@ -389,32 +363,27 @@ pub(super) async fn export(store: &PostgresStore) -> StoreResult<Export> {
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
-        .await
-        .map_err(db)?;
-    txn.batch_execute("SET LOCAL statement_timeout = 0")
-        .await
-        .map_err(db)?;
+        .await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
     let out = export_in(&txn).await?;
-    txn.commit().await.map_err(db)?;
+    txn.commit().await?;
     Ok(out)
 }
 
 pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult<u64> {
     let mut client = store.conn().await?;
-    let txn = client.transaction().await.map_err(db)?;
+    let txn = client.transaction().await?;
     txn.batch_execute(
         "SET LOCAL statement_timeout = 0;
          LOCK TABLE tasks, tokens, task_counts IN SHARE ROW EXCLUSIVE MODE",
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let occupied: bool = txn
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM tokens)",
             &[],
         )
-        .await
-        .map_err(db)?
+        .await?
         .get(0);
     if occupied {
         return Err(StorageError::AlreadyExists(
@@ -426,16 +395,14 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
             "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
             &[&t.digest.as_slice(), &t.name.as_str(), &t.created_at],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     }
     let sink = txn
         .copy_in(
             "COPY tasks (owner, id, title, title_lower, description, status, priority, due_at,
                          tags, created_at, updated_at, version) FROM STDIN BINARY",
         )
-        .await
-        .map_err(db)?;
+        .await?;
     let types = [
         Type::TEXT,
         Type::UUID,
@@ -453,24 +420,21 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
     let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
     for (owner, task) in &set.tasks {
         let c = TaskColumns::of(owner, task);
-        writer.as_mut().write(&c.row()).await.map_err(db)?;
+        writer.as_mut().write(&c.row()).await?;
     }
-    writer.as_mut().finish().await.map_err(db)?;
+    writer.as_mut().finish().await?;
     // Counts are rebuilt from scratch, so the quota holds per owner.
-    txn.batch_execute("DELETE FROM task_counts")
-        .await
-        .map_err(db)?;
+    txn.batch_execute("DELETE FROM task_counts").await?;
     let owners: Vec<&str> = set.counts.keys().map(PrincipalName::as_str).collect();
     let counts: Vec<i64> = set.counts.values().map(|&n| to_i64(n)).collect();
     txn.execute(
         "INSERT INTO task_counts (owner, n) SELECT * FROM unnest($1::text[], $2::bigint[])",
         &[&owners, &counts],
     )
-    .await
-    .map_err(db)?;
+    .await?;
     // Read back inside the transaction: a difference rolls everything back.
     set.verify(export_in(&txn).await?)?;
-    txn.commit().await.map_err(db)?;
+    txn.commit().await?;
     Ok(set.len() as u64)
 }
 
@@ -482,8 +446,7 @@ pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreRes
             "SELECT digest, name, created_at FROM tokens ORDER BY name",
             &[],
         )
-        .await
-        .map_err(db)?
+        .await?
     {
         out.push(token_record(&r))?;
     }
@@ -492,8 +455,7 @@ pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreRes
             &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
             &[],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     out.records.reserve(rows.len());
     for r in rows {
         out.push(task_record(&r))?;
@@ -510,12 +472,10 @@ pub(super) async fn get_task_on(
         .prepare_cached(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
         ))
-        .await
-        .map_err(db)?;
+        .await?;
     match client
         .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
-        .await
-        .map_err(db)?
+        .await?
     {
         Some(row) => task_from_row(&row, 0, owner),
         None => Err(StorageError::NotFound),

@@ -49,16 +49,13 @@ pub(super) fn builder(sharing: DbSharing, cache_size: usize) -> Builder {
     b
 }
 
+/// An error opening the file at `path`: [`StorageError::Locked`] when
+/// another process holds it alone, else unavailable with the cause.
 pub(super) fn open_error(path: &Path, e: DatabaseError) -> StorageError {
     match e {
-        DatabaseError::DatabaseAlreadyOpen => StorageError::Unavailable(format!(
-            "{} is locked by another process; stop it, or run every process on this file \
-             with --db-sharing multi-writer",
-            path.display()
-        )),
-        DatabaseError::Storage(redb::StorageError::Io(io)) => {
-            StorageError::Unavailable(format!("cannot open {}: {io}", path.display()))
-        }
-        other => StorageError::Unavailable(format!("cannot open {}: {other}", path.display())),
+        DatabaseError::DatabaseAlreadyOpen => StorageError::Locked {
+            path: path.to_owned(),
+        },
+        other => StorageError::io(format!("cannot open {}", path.display()), other),
     }
 }

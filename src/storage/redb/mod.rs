@@ -51,7 +51,6 @@ use redb::{Database, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
 use self::files::{builder, create_private_dir, open_error, open_private_file};
-use self::ops::io;
 use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
@@ -148,17 +147,16 @@ impl RedbStore {
     /// Errors say what the operator should do.
     pub fn open(config: &RedbConfig) -> StoreResult<Self> {
         create_private_dir(&config.data_dir).map_err(|e| {
-            StorageError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
+            StorageError::io(
+                format!("cannot create data directory {}", config.data_dir.display()),
+                e,
+            )
         })?;
         let path = config.db_path();
         let (sharing, cache_size) = (config.sharing, config.cache_size);
         let open: Opener = Box::new(move || {
-            let file = open_private_file(&path).map_err(|e| {
-                StorageError::Unavailable(format!("cannot open {}: {e}", path.display()))
-            })?;
+            let file = open_private_file(&path)
+                .map_err(|e| StorageError::io(format!("cannot open {}", path.display()), e))?;
             let backend =
                 redb::backends::FileBackend::new(file).map_err(|e| open_error(&path, e))?;
             builder(sharing, cache_size)
@@ -181,7 +179,7 @@ impl RedbStore {
         let open: Opener = Box::new(move || {
             builder(sharing, cache_size)
                 .create_with_backend(backend())
-                .map_err(|e| StorageError::Unavailable(format!("cannot open the database: {e}")))
+                .map_err(|e| StorageError::io("cannot open the database", e))
         });
         Self::start(config, open)
     }
@@ -212,7 +210,7 @@ impl RedbStore {
         let writer = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run(&rx))
-            .map_err(StorageError::unavailable)?;
+            .map_err(|e| StorageError::io("cannot start the writer thread", e))?;
         Ok(Self {
             shared,
             jobs,
@@ -241,9 +239,9 @@ impl RedbStore {
         });
         self.jobs
             .send(Msg::Write(job))
-            .map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
+            .map_err(|_| StorageError::unavailable("the store is closed"))?;
         rx.await
-            .map_err(|_| StorageError::Unavailable("the write was not committed".into()))?
+            .map_err(|_| StorageError::unavailable("the write was not committed"))?
     }
 
     /// Runs `op` in a read transaction of its own, which never waits for the
@@ -260,18 +258,16 @@ impl RedbStore {
         op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
         let run = |db: Arc<Database>| {
-            let txn = db.begin_read().map_err(io)?;
+            let txn = db.begin_read()?;
             op(&txn)
         };
         let db = self.shared.db()?;
         let result = if self.reads_inline && cost == ReadCost::Short {
             run(db)
         } else {
-            tokio::task::spawn_blocking(move || run(db))
-                .await
-                .map_err(StorageError::unavailable)?
+            tokio::task::spawn_blocking(move || run(db)).await?
         };
-        if matches!(result, Err(StorageError::Unavailable(_))) {
+        if matches!(result, Err(StorageError::Unavailable { .. })) {
             let _ = self.jobs.send(Msg::Check);
         }
         result
@@ -281,7 +277,7 @@ impl RedbStore {
     /// it is for tests and offline tools.
     pub fn check_integrity(path: &Path) -> StoreResult<bool> {
         let mut db = Database::open(path).map_err(|e| open_error(path, e))?;
-        db.check_integrity().map_err(StorageError::unavailable)
+        Ok(db.check_integrity()?)
     }
 }
 
@@ -404,8 +400,8 @@ impl Store for RedbStore {
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|t| Instant::now() < t);
         if !self.shared.healthy.load(Ordering::SeqCst) || holding_off {
-            return Err(StorageError::Unavailable(
-                "recovering from a fatal storage error".into(),
+            return Err(StorageError::unavailable(
+                "recovering from a fatal storage error",
             ));
         }
         let writer_alive = self
@@ -414,12 +410,11 @@ impl Store for RedbStore {
             .map(|w| w.as_ref().is_some_and(|h| !h.is_finished()))
             .unwrap_or(false);
         if !writer_alive {
-            return Err(StorageError::Unavailable(
-                "the writer is not running".into(),
-            ));
+            return Err(StorageError::unavailable("the writer is not running"));
         }
         self.read(ReadCost::Short, |txn| {
-            txn.open_table(TASKS).map(|_| ()).map_err(io)
+            txn.open_table(TASKS)?;
+            Ok(())
         })
         .await
     }

@@ -36,25 +36,18 @@ pub(super) struct IdempotencyRecord {
     task: Task,
 }
 
-pub(super) fn io<E: std::fmt::Display>(e: E) -> StorageError {
-    StorageError::unavailable(e)
-}
-
 pub(super) fn create_task(
     txn: &WriteTransaction,
     owner: &PrincipalName,
     new: NewTask,
     now: DateTime<Utc>,
 ) -> StoreResult<Created> {
-    let mut idem_table = txn.open_table(IDEMPOTENCY).map_err(io)?;
+    let mut idem_table = txn.open_table(IDEMPOTENCY)?;
     // The age of an expired record for this key, whose index entry goes.
     let mut expired_at = None;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
-        let existing = idem_table
-            .get(key.as_slice())
-            .map_err(io)?
-            .map(|v| v.value().to_vec());
+        let existing = idem_table.get(key.as_slice())?.map(|v| v.value().to_vec());
         if let Some(bytes) = existing {
             // An unreadable record (reported) is replaced like an expired one.
             if let Ok(rec) = decode::<IdempotencyRecord>("idempotency", idem_key_name(&key), &bytes)
@@ -70,23 +63,18 @@ pub(super) fn create_task(
             }
         }
     }
-    let mut counts = txn.open_table(COUNTS).map_err(io)?;
-    let count = counts
-        .get(owner.as_str())
-        .map_err(io)?
-        .map_or(0, |v| v.value());
+    let mut counts = txn.open_table(COUNTS)?;
+    let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
     if count >= new.max_tasks {
         return Err(StorageError::QuotaExceeded { max: new.max_tasks });
     }
     let task = Task::create_at(new.fields, now);
-    let mut tasks = txn.open_table(TASKS).map_err(io)?;
-    tasks
-        .insert(
-            task_key(owner, task.id).as_slice(),
-            encode(&task).as_slice(),
-        )
-        .map_err(io)?;
-    counts.insert(owner.as_str(), count + 1).map_err(io)?;
+    let mut tasks = txn.open_table(TASKS)?;
+    tasks.insert(
+        task_key(owner, task.id).as_slice(),
+        encode(&task).as_slice(),
+    )?;
+    counts.insert(owner.as_str(), count + 1)?;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
         let rec = IdempotencyRecord {
@@ -94,16 +82,12 @@ pub(super) fn create_task(
             created_at: task.created_at,
             task: task.clone(),
         };
-        idem_table
-            .insert(key.as_slice(), encode(&rec).as_slice())
-            .map_err(io)?;
-        let mut index = txn.open_table(IDEMPOTENCY_EXPIRY).map_err(io)?;
+        idem_table.insert(key.as_slice(), encode(&rec).as_slice())?;
+        let mut index = txn.open_table(IDEMPOTENCY_EXPIRY)?;
         if let Some(at) = expired_at {
-            index.remove(expiry_key(at, &key).as_slice()).map_err(io)?;
+            index.remove(expiry_key(at, &key).as_slice())?;
         }
-        index
-            .insert(expiry_key(rec.created_at, &key).as_slice(), ())
-            .map_err(io)?;
+        index.insert(expiry_key(rec.created_at, &key).as_slice(), ())?;
     }
     Ok(Created::New(task))
 }
@@ -113,7 +97,7 @@ pub(super) fn get_task(
     owner: &PrincipalName,
     id: TaskId,
 ) -> StoreResult<Task> {
-    let table = txn.open_table(TASKS).map_err(io)?;
+    let table = txn.open_table(TASKS)?;
     get_task_in(&table, owner, id)
 }
 
@@ -131,7 +115,7 @@ pub(super) fn list_tasks(
     owner: &PrincipalName,
     query: &ListQuery,
 ) -> StoreResult<Page> {
-    let table = txn.open_table(TASKS).map_err(io)?;
+    let table = txn.open_table(TASKS)?;
     let (lo, hi) = owner_prefix_bounds(owner);
     let range = match (query.order, query.after) {
         (Order::Asc, Some(after)) => {
@@ -149,12 +133,11 @@ pub(super) fn list_tasks(
             table.range(lo.as_slice()..end.as_slice())
         }
         (_, None) => table.range(lo.as_slice()..=hi.as_slice()),
-    }
-    .map_err(io)?;
+    }?;
     let mut items = Vec::with_capacity(query.limit);
     let mut next = None;
     let mut visit = |entry: RangeEntry| -> StoreResult<bool> {
-        let (k, v) = entry.map_err(io)?;
+        let (k, v) = entry?;
         let key = k.value();
         let task = match decode_task(task_key_name(key), id_of_key(key), v.value()) {
             Ok(task) => task,
@@ -198,7 +181,7 @@ pub(super) fn update_task(
     expected: Option<u64>,
     now: DateTime<Utc>,
 ) -> StoreResult<Task> {
-    let mut tasks = txn.open_table(TASKS).map_err(io)?;
+    let mut tasks = txn.open_table(TASKS)?;
     let current = get_task_in(&tasks, owner, id)?;
     if expected.is_some_and(|v| v != current.version) {
         return Err(StorageError::VersionMismatch {
@@ -207,9 +190,7 @@ pub(super) fn update_task(
     }
     let updated = change.apply(&current, now);
     if updated.version != current.version {
-        tasks
-            .insert(task_key(owner, id).as_slice(), encode(&updated).as_slice())
-            .map_err(io)?;
+        tasks.insert(task_key(owner, id).as_slice(), encode(&updated).as_slice())?;
     }
     Ok(updated)
 }
@@ -220,27 +201,22 @@ pub(super) fn delete_task(
     id: TaskId,
     expected: Option<u64>,
 ) -> StoreResult<()> {
-    let mut tasks = txn.open_table(TASKS).map_err(io)?;
+    let mut tasks = txn.open_table(TASKS)?;
     let current = get_task_in(&tasks, owner, id)?;
     if expected.is_some_and(|v| v != current.version) {
         return Err(StorageError::VersionMismatch {
             current: current.version,
         });
     }
-    let mut counts = txn.open_table(COUNTS).map_err(io)?;
-    let count = counts
-        .get(owner.as_str())
-        .map_err(io)?
-        .map_or(0, |v| v.value());
-    tasks.remove(task_key(owner, id).as_slice()).map_err(io)?;
-    counts
-        .insert(owner.as_str(), count.saturating_sub(1))
-        .map_err(io)?;
+    let mut counts = txn.open_table(COUNTS)?;
+    let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
+    tasks.remove(task_key(owner, id).as_slice())?;
+    counts.insert(owner.as_str(), count.saturating_sub(1))?;
     Ok(())
 }
 
 pub(super) fn count_tasks(txn: &ReadTransaction) -> StoreResult<u64> {
-    txn.open_table(TASKS).map_err(io)?.len().map_err(io)
+    Ok(txn.open_table(TASKS)?.len()?)
 }
 
 pub(super) fn create_token(
@@ -249,19 +225,17 @@ pub(super) fn create_token(
     digest: TokenDigest,
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
-    let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
-    if names.get(name.as_str()).map_err(io)?.is_some() {
+    let mut names = txn.open_table(TOKEN_NAMES)?;
+    if names.get(name.as_str())?.is_some() {
         return Err(StorageError::AlreadyExists(format!("a token for `{name}`")));
     }
     let rec = TokenRecord {
         name: name.to_string(),
         created_at: now,
     };
-    let mut tokens = txn.open_table(TOKENS).map_err(io)?;
-    tokens
-        .insert(digest.as_slice(), encode(&rec).as_slice())
-        .map_err(io)?;
-    names.insert(name.as_str(), digest.as_slice()).map_err(io)?;
+    let mut tokens = txn.open_table(TOKENS)?;
+    tokens.insert(digest.as_slice(), encode(&rec).as_slice())?;
+    names.insert(name.as_str(), digest.as_slice())?;
     Ok(TokenInfo {
         name: name.clone(),
         created_at: rec.created_at,
@@ -269,10 +243,10 @@ pub(super) fn create_token(
 }
 
 pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
-    let tokens = txn.open_table(TOKENS).map_err(io)?;
+    let tokens = txn.open_table(TOKENS)?;
     let mut out = Vec::new();
-    for e in tokens.iter().map_err(io)? {
-        let (k, v) = e.map_err(io)?;
+    for e in tokens.iter()? {
+        let (k, v) = e?;
         match token_of(k.value(), v.value()) {
             Ok(Record::Token {
                 name, created_at, ..
@@ -286,15 +260,14 @@ pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> 
 }
 
 pub(super) fn revoke_token(txn: &WriteTransaction, name: &PrincipalName) -> StoreResult<()> {
-    let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
+    let mut names = txn.open_table(TOKEN_NAMES)?;
     let digest = names
-        .get(name.as_str())
-        .map_err(io)?
+        .get(name.as_str())?
         .map(|v| v.value().to_vec())
         .ok_or(StorageError::NotFound)?;
-    let mut tokens = txn.open_table(TOKENS).map_err(io)?;
-    tokens.remove(digest.as_slice()).map_err(io)?;
-    names.remove(name.as_str()).map_err(io)?;
+    let mut tokens = txn.open_table(TOKENS)?;
+    tokens.remove(digest.as_slice())?;
+    names.remove(name.as_str())?;
     Ok(())
 }
 
@@ -302,8 +275,8 @@ pub(super) fn principal(
     txn: &ReadTransaction,
     digest: &TokenDigest,
 ) -> StoreResult<Option<PrincipalName>> {
-    let tokens = txn.open_table(TOKENS).map_err(io)?;
-    match tokens.get(digest.as_slice()).map_err(io)? {
+    let tokens = txn.open_table(TOKENS)?;
+    match tokens.get(digest.as_slice())? {
         Some(v) => match token_of(digest, v.value())? {
             Record::Token { name, .. } => Ok(Some(name)),
             Record::Task { .. } => Ok(None),
@@ -313,8 +286,8 @@ pub(super) fn principal(
 }
 
 pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
-    let tokens = txn.open_table(TOKENS).map_err(io)?;
-    let tasks = txn.open_table(TASKS).map_err(io)?;
+    let tokens = txn.open_table(TOKENS)?;
+    let tasks = txn.open_table(TASKS)?;
     export_from(&tokens, &tasks)
 }
 
@@ -322,34 +295,28 @@ pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
 /// means the batch must be rolled back.
 pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64> {
     let n = set.len() as u64;
-    let mut tasks = txn.open_table(TASKS).map_err(io)?;
-    let mut tokens = txn.open_table(TOKENS).map_err(io)?;
-    if !tasks.is_empty().map_err(io)? || !tokens.is_empty().map_err(io)? {
+    let mut tasks = txn.open_table(TASKS)?;
+    let mut tokens = txn.open_table(TOKENS)?;
+    if !tasks.is_empty()? || !tokens.is_empty()? {
         return Err(StorageError::AlreadyExists(
             "data in the target store".into(),
         ));
     }
-    let mut names = txn.open_table(TOKEN_NAMES).map_err(io)?;
-    let mut counts = txn.open_table(COUNTS).map_err(io)?;
+    let mut names = txn.open_table(TOKEN_NAMES)?;
+    let mut counts = txn.open_table(COUNTS)?;
     for t in &set.tokens {
         let rec = TokenRecord {
             name: t.name.to_string(),
             created_at: t.created_at,
         };
-        tokens
-            .insert(t.digest.as_slice(), encode(&rec).as_slice())
-            .map_err(io)?;
-        names
-            .insert(t.name.as_str(), t.digest.as_slice())
-            .map_err(io)?;
+        tokens.insert(t.digest.as_slice(), encode(&rec).as_slice())?;
+        names.insert(t.name.as_str(), t.digest.as_slice())?;
     }
     for (owner, task) in &set.tasks {
-        tasks
-            .insert(task_key(owner, task.id).as_slice(), encode(task).as_slice())
-            .map_err(io)?;
+        tasks.insert(task_key(owner, task.id).as_slice(), encode(task).as_slice())?;
     }
     for (owner, n) in &set.counts {
-        counts.insert(owner.as_str(), *n).map_err(io)?;
+        counts.insert(owner.as_str(), *n)?;
     }
     set.verify(export_from(&tokens, &tasks)?)?;
     Ok(n)
@@ -366,22 +333,21 @@ pub(super) struct Swept {
 /// Deletes up to [`IDEMPOTENCY_SWEEP_CHUNK`] idempotency records made at or
 /// before `cutoff`, oldest first.
 pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> StoreResult<Swept> {
-    let mut index = txn.open_table(IDEMPOTENCY_EXPIRY).map_err(io)?;
-    let mut records = txn.open_table(IDEMPOTENCY).map_err(io)?;
+    let mut index = txn.open_table(IDEMPOTENCY_EXPIRY)?;
+    let mut records = txn.open_table(IDEMPOTENCY)?;
     let end = expiry_prefix(cutoff.timestamp_micros().saturating_add(1));
     let keys: Vec<Vec<u8>> = index
-        .range(..end.as_slice())
-        .map_err(io)?
+        .range(..end.as_slice())?
         .take(IDEMPOTENCY_SWEEP_CHUNK)
-        .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(io))
+        .map(|e| {
+            e.map(|(k, _)| k.value().to_vec())
+                .map_err(StorageError::from)
+        })
         .collect::<StoreResult<_>>()?;
     let mut deleted = 0;
     for k in &keys {
         let record_key = &k[8..];
-        let stored = records
-            .get(record_key)
-            .map_err(io)?
-            .map(|v| v.value().to_vec());
+        let stored = records.get(record_key)?.map(|v| v.value().to_vec());
         if let Some(bytes) = stored {
             // The key may have been used again since: then only this stale
             // index entry goes.
@@ -389,11 +355,11 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
                 decode::<IdempotencyRecord>("idempotency", idem_key_name(record_key), &bytes)
                     .map_or(true, |r| r.created_at <= cutoff);
             if expired {
-                records.remove(record_key).map_err(io)?;
+                records.remove(record_key)?;
                 deleted += 1;
             }
         }
-        index.remove(k.as_slice()).map_err(io)?;
+        index.remove(k.as_slice())?;
     }
     Ok(Swept {
         visited: keys.len(),
@@ -407,7 +373,7 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     id: TaskId,
 ) -> StoreResult<Task> {
     let key = task_key(owner, id);
-    match table.get(key.as_slice()).map_err(io)? {
+    match table.get(key.as_slice())? {
         Some(v) => decode_task(task_key_name(&key), id, v.value()),
         None => Err(StorageError::NotFound),
     }
@@ -452,12 +418,12 @@ fn export_from(
     tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
 ) -> StoreResult<Export> {
     let mut out = Export::default();
-    for e in tokens.iter().map_err(io)? {
-        let (k, v) = e.map_err(io)?;
+    for e in tokens.iter()? {
+        let (k, v) = e?;
         out.push(token_of(k.value(), v.value()))?;
     }
-    for e in tasks.iter().map_err(io)? {
-        let (k, v) = e.map_err(io)?;
+    for e in tasks.iter()? {
+        let (k, v) = e?;
         out.push(task_of(k.value(), v.value()))?;
     }
     Ok(out)

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 use super::keys::{expiry_key, idem_key_name};
-use super::ops::{IdempotencyRecord, io};
+use super::ops::IdempotencyRecord;
 use crate::domain::DueAt;
 use crate::storage::StoreResult;
 use crate::storage::codec::decode;
@@ -31,22 +31,21 @@ pub(super) const IDEMPOTENCY_EXPIRY: TableDefinition<&[u8], ()> =
 /// Creates missing tables and, on a file from before the expiry index,
 /// indexes the idempotency records it holds.
 pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> {
-    let txn = db.begin_write().map_err(io)?;
+    let txn = db.begin_write()?;
     {
         let indexed = txn
-            .list_tables()
-            .map_err(io)?
+            .list_tables()?
             .any(|t| t.name() == IDEMPOTENCY_EXPIRY.name());
-        txn.open_table(TASKS).map_err(io)?;
-        txn.open_table(COUNTS).map_err(io)?;
-        txn.open_table(TOKENS).map_err(io)?;
-        txn.open_table(TOKEN_NAMES).map_err(io)?;
-        let records = txn.open_table(IDEMPOTENCY).map_err(io)?;
-        let mut index = txn.open_table(IDEMPOTENCY_EXPIRY).map_err(io)?;
+        txn.open_table(TASKS)?;
+        txn.open_table(COUNTS)?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(TOKEN_NAMES)?;
+        let records = txn.open_table(IDEMPOTENCY)?;
+        let mut index = txn.open_table(IDEMPOTENCY_EXPIRY)?;
         if !indexed {
             let mut entries = Vec::new();
-            for e in records.iter().map_err(io)? {
-                let (k, v) = e.map_err(io)?;
+            for e in records.iter()? {
+                let (k, v) = e?;
                 // An unreadable record is indexed as the oldest: the next
                 // sweep deletes it.
                 let at =
@@ -55,12 +54,12 @@ pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> 
                 entries.push(expiry_key(at, k.value()));
             }
             for k in &entries {
-                index.insert(k.as_slice(), ()).map_err(io)?;
+                index.insert(k.as_slice(), ())?;
             }
             if !entries.is_empty() {
                 tracing::info!(records = entries.len(), now = %now, "indexed idempotency records by age");
             }
         }
     }
-    txn.commit().map_err(io)
+    Ok(txn.commit()?)
 }

@@ -13,7 +13,7 @@ use super::ops::sweep_chunk;
 use super::tables::init_tables;
 use super::{READY_HOLD_OFF, REOPEN_RETRY};
 use crate::storage::{
-    Clock, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, StorageError, StoreResult,
+    Chain, Clock, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, StorageError, StoreResult,
     idempotency_cutoff,
 };
 
@@ -52,7 +52,7 @@ pub(super) fn job<T: Send + 'static>(
     Box::new(move |txn| {
         let result = op(txn);
         let poisoned = match poison {
-            Poison::OnIoError => matches!(result, Err(StorageError::Unavailable(_))),
+            Poison::OnIoError => matches!(result, Err(StorageError::Unavailable { .. })),
             Poison::OnAnyError => result.is_err(),
         };
         Applied {
@@ -95,9 +95,7 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| {
-                StorageError::Unavailable(
-                    "the database is being reopened after a storage error".into(),
-                )
+                StorageError::unavailable("the database is being reopened after a storage error")
             })
     }
 
@@ -220,13 +218,13 @@ impl Writer {
             Ok(txn) => {
                 let _ = txn.abort();
             }
-            Err(e) => self.fatal(&e.to_string()),
+            Err(e) => self.fatal(&e.into()),
         }
     }
 
     /// A fatal storage error: not ready from now on, and the database is
     /// closed and opened again (see the module documentation).
-    fn fatal(&mut self, error: &str) {
+    fn fatal(&mut self, error: &StorageError) {
         self.shared.healthy.store(false, Ordering::SeqCst);
         *self
             .shared
@@ -235,7 +233,7 @@ impl Writer {
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + READY_HOLD_OFF);
         metrics::counter!("store_fatal_errors_total").increment(1);
         tracing::error!(
-            error,
+            error = %Chain(error),
             "fatal storage error: not ready; closing and reopening the database"
         );
         self.shared.set_db(None);
@@ -294,7 +292,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, writes = size, "cannot begin write transaction");
                 batch.clear();
-                self.fatal(&e.to_string());
+                self.fatal(&e.into());
                 return;
             }
         };
@@ -325,12 +323,14 @@ impl Writer {
             if let Err(e) = txn.abort() {
                 tracing::error!(error = %e, "abort failed");
             }
-            Err("the batch was rolled back after a storage error".to_owned())
+            Err(StorageError::unavailable(
+                "the batch was rolled back after a storage error",
+            ))
         } else {
             txn.commit().map_err(|e| {
                 tracing::error!(error = %e, writes = size, "commit failed");
                 commit_failed = true;
-                e.to_string()
+                StorageError::io("the commit failed", e)
             })
         };
         metrics::histogram!("store_commit_batch_size").record(size as f64);
@@ -344,7 +344,7 @@ impl Writer {
             self.check();
         }
         for respond in responders {
-            respond(outcome.clone().map_err(StorageError::Unavailable));
+            respond(outcome.clone());
         }
     }
 }
