@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use contract::{Fixture, p};
 use devops_api::auth::{self, StaticTokens};
-use devops_api::domain::{Priority, Status};
+use devops_api::domain::{Precondition, Priority, Status};
 use devops_api::http::{ApiConfig, AppState, app};
 use devops_api::lifecycle::ShutdownPolicy;
 use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
@@ -935,7 +935,11 @@ async fn pg_undecodable_rows_are_isolated() {
             store.get_task(&p("alice"), id).await,
             Err(StorageError::Corrupt { .. })
         ));
-        for expected in [None, Some(1), Some(2)] {
+        for expected in [
+            Precondition::Any,
+            Precondition::version(1),
+            Precondition::version(2),
+        ] {
             assert!(matches!(
                 store.delete_task(&p("alice"), id, expected).await,
                 Err(StorageError::Corrupt { .. })
@@ -944,7 +948,9 @@ async fn pg_undecodable_rows_are_isolated() {
         let change =
             devops_api::domain::TaskChange::Replace(contract::fields(json!({"title": "x"})));
         assert!(matches!(
-            store.update_task(&p("alice"), id, change, None).await,
+            store
+                .update_task(&p("alice"), id, change, Precondition::Any)
+                .await,
             Err(StorageError::Corrupt { .. })
         ));
     }
@@ -1027,4 +1033,47 @@ fn crafted_backup(path: &Path, records: &[devops_api::backup::Line]) {
         hex::encode(hash.finalize())
     ));
     std::fs::write(path, out).unwrap();
+}
+
+/// An idempotency record that cannot be decoded (a damaged snapshot, a
+/// digest of the wrong length) frees its key, as on redb: the create makes a
+/// new task and the key answers for it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_unreadable_idempotency_records_free_their_keys() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
+    let c = db.client().await;
+    for (key, damage) in [
+        (
+            "k1",
+            "UPDATE idempotency_keys SET task = '\"nope\"'::jsonb WHERE key = 'k1'",
+        ),
+        (
+            "k2",
+            "UPDATE idempotency_keys SET request_digest = '\\x01' WHERE key = 'k2'",
+        ),
+    ] {
+        let first = store
+            .create_task(&p("alice"), contract::keyed_new_task("a", key))
+            .await
+            .unwrap();
+        c.batch_execute(damage).await.unwrap();
+        let again = store
+            .create_task(&p("alice"), contract::keyed_new_task("a", key))
+            .await
+            .unwrap();
+        let devops_api::storage::Created::New(t) = again else {
+            panic!("{key}: an unreadable record replayed: {again:?}")
+        };
+        assert_ne!(t.id, first.task().id, "{key}");
+        assert_eq!(
+            store
+                .create_task(&p("alice"), contract::keyed_new_task("a", key))
+                .await
+                .unwrap(),
+            devops_api::storage::Created::Replayed(t),
+            "{key}: the key answers for the new task"
+        );
+    }
+    store.close().await;
 }

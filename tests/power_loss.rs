@@ -14,7 +14,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devops_api::domain::{PrincipalName, TaskId, parse_create, parse_merge_patch};
+use devops_api::domain::{Precondition, PrincipalName, TaskId, parse_create, parse_merge_patch};
 use devops_api::storage::{NewTask, RedbConfig, RedbStore, StorageError, Store};
 use redb::backends::InMemoryBackend;
 use redb::{Builder, StorageBackend};
@@ -232,7 +232,10 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
                         let change =
                             parse_merge_patch(&serde_json::json!({ "title": title })).unwrap();
                         h.states.push(Some((version + 1, title)));
-                        match store.update_task(&owner, id, change, Some(version)).await {
+                        match store
+                            .update_task(&owner, id, change, Precondition::version(version))
+                            .await
+                        {
                             Ok(task) => {
                                 assert_eq!(
                                     state(&task),
@@ -245,7 +248,10 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
                         }
                     } else {
                         h.states.push(None);
-                        match store.delete_task(&owner, id, Some(version)).await {
+                        match store
+                            .delete_task(&owner, id, Precondition::version(version))
+                            .await
+                        {
                             Ok(()) => {
                                 h.last_acked = Some(h.states.len() - 1);
                                 live.retain(|&x| x != pick);

@@ -7,6 +7,7 @@ mod roundtrip;
 use std::sync::Arc;
 
 use contract::{Fixture, p};
+use devops_api::domain::Precondition;
 use devops_api::storage::{DbSharing, ManualClock, RedbConfig, RedbStore, StorageError, Store};
 
 fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
@@ -235,11 +236,13 @@ async fn undecodable_records_are_isolated() {
             serde_json::json!({"title": "x"}),
         ));
         assert!(matches!(
-            store.update_task(&p("alice"), id, change, None).await,
+            store
+                .update_task(&p("alice"), id, change, Precondition::Any)
+                .await,
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            store.delete_task(&p("alice"), id, None).await,
+            store.delete_task(&p("alice"), id, Precondition::Any).await,
             Err(StorageError::Corrupt { .. })
         ));
     }
@@ -509,7 +512,7 @@ async fn keyed_create_delete_does_not_grow_the_file_without_bound() {
             };
             let t = store.create_task(&p("alice"), new).await.unwrap();
             store
-                .delete_task(&p("alice"), t.task().id, None)
+                .delete_task(&p("alice"), t.task().id, Precondition::Any)
                 .await
                 .unwrap();
         }
@@ -585,5 +588,52 @@ async fn idempotency_records_of_older_files_are_swept() {
     assert_eq!(store.sweep_expired().await.unwrap(), 0);
     clock.advance(devops_api::storage::IDEMPOTENCY_TTL + std::time::Duration::from_secs(1));
     assert_eq!(store.sweep_expired().await.unwrap(), 2);
+    store.close().await;
+}
+
+/// An idempotency record that cannot be decoded frees its key (reported and
+/// counted): the create makes a new task and the key answers for it from
+/// then on.
+#[tokio::test]
+async fn an_unreadable_idempotency_record_frees_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let first = store
+        .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    {
+        let db = redb::Database::create(cfg.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&[u8], &[u8]> =
+                redb::TableDefinition::new("idempotency_v1");
+            let mut t = txn.open_table(table).unwrap();
+            t.insert(b"alice\0k".as_slice(), b"\x01{not json".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&cfg).unwrap();
+    let before = corrupt_count();
+    let again = store
+        .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+        .await
+        .unwrap();
+    let devops_api::storage::Created::New(t) = again else {
+        panic!("an unreadable record replayed: {again:?}")
+    };
+    assert_ne!(t.id, first.task().id);
+    assert!(corrupt_count() > before, "the unreadable record is counted");
+    assert_eq!(
+        store
+            .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+            .await
+            .unwrap(),
+        devops_api::storage::Created::Replayed(t)
+    );
     store.close().await;
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::auth;
-use crate::domain::{FieldError, PrincipalName, TaskId};
+use crate::domain::{FieldError, Precondition, PrincipalName, TaskId};
 
 /// The authenticated principal of a `/v1` request.
 ///
@@ -156,27 +156,24 @@ impl FromRequestParts<AppState> for TaskIdPath {
     }
 }
 
-/// An `If-Match` precondition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `*`: the task must exist.
-    Any,
-    /// The task's version must be one of these (strong comparison).
-    Versions(Vec<u64>),
-}
-
-/// Parses `If-Match`. Weak tags never match (RFC 9110 requires strong
-/// comparison here), and a header that names no valid tag matches nothing.
-pub fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
-    let raw = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
+/// The precondition of `If-Match`: none without the header or with `*`
+/// (the task must exist, which every write requires anyway), else the
+/// versions of its strong tags. Weak tags never match (RFC 9110 requires
+/// strong comparison here), and a header that names no valid tag matches
+/// nothing.
+pub fn if_match(headers: &HeaderMap) -> Precondition {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Precondition::Any;
+    };
+    let raw = raw.to_str().unwrap_or("");
     if raw.trim() == "*" {
-        return Some(IfMatch::Any);
+        return Precondition::Any;
     }
-    Some(IfMatch::Versions(
+    Precondition::Versions(
         raw.split(',')
             .filter_map(|t| parse_strong(t.trim()))
             .collect(),
-    ))
+    )
 }
 
 /// Whether `If-None-Match` matches `version` (weak comparison).
@@ -210,11 +207,15 @@ mod tests {
 
     #[test]
     fn if_match_forms() {
-        assert_eq!(if_match(&HeaderMap::new()), None);
-        assert_eq!(if_match(&h(header::IF_MATCH, "*")), Some(IfMatch::Any));
+        assert_eq!(if_match(&HeaderMap::new()), Precondition::Any);
+        assert_eq!(if_match(&h(header::IF_MATCH, "*")), Precondition::Any);
         assert_eq!(
             if_match(&h(header::IF_MATCH, "\"3\", W/\"4\", \"x\"")),
-            Some(IfMatch::Versions(vec![3]))
+            Precondition::Versions(vec![3])
+        );
+        assert_eq!(
+            if_match(&h(header::IF_MATCH, "W/\"4\"")),
+            Precondition::Versions(vec![])
         );
     }
 

@@ -3,18 +3,24 @@
 //! contract suite in `tests/contract/` holds every backend to the same behaviour.
 //!
 //! Rules that every backend needs live here, above them, and the backends only
-//! do I/O: the freshness of idempotency records ([`idempotency_fresh`]), the
+//! do I/O: what an idempotency key means ([`idempotency_fresh`] and
+//! `rules::use_key`), conditional writes, the quota, the order of tokens, the
 //! validation of restored records ([`ImportSet`]), the reporting of records
 //! that cannot be decoded ([`StorageError::corrupt`]), and the clock
 //! ([`Clock`]) that dates tasks and idempotency records.
+//!
+//! The parts: [`error`](StorageError), `rules`, `import` ([`Record`],
+//! [`ImportSet`]), `clock`, `codec` (the versioned records of the embedded
+//! backend), and one module per backend: [`redb`] and [`postgres`].
 
+mod clock;
 mod codec;
 mod error;
 mod import;
 pub mod postgres;
 pub mod redb;
+mod rules;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,13 +28,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    PrincipalName, Priority, Status, Task, TaskChange, TaskFields, TaskId, TokenDigest,
+    Precondition, PrincipalName, Priority, Status, Task, TaskChange, TaskFields, TaskId,
+    TokenDigest,
 };
 
+pub use self::clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use self::error::{Cause, Chain, StorageError, StoreResult};
 pub use self::import::{Export, ImportSet, ImportToken, InvalidRecord, Record, Unreadable};
 pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
+pub use self::rules::{idempotency_cutoff, idempotency_fresh};
 
 /// How long an idempotency key remembers its request.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -39,61 +48,6 @@ pub const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// The most idempotency records one sweep commit deletes, so a backlog never
 /// becomes one long transaction.
 pub const IDEMPOTENCY_SWEEP_CHUNK: usize = 1_000;
-
-/// Whether an idempotency record made at `created_at` still answers for its
-/// key at `now`. A record from the future (a clock stepped back) is fresh.
-pub fn idempotency_fresh(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    created_at > idempotency_cutoff(now)
-}
-
-/// Idempotency records made at or before this instant have expired at `now`.
-pub fn idempotency_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(IDEMPOTENCY_TTL).expect("the TTL fits a chrono duration")
-}
-
-/// Where a store reads the time: task timestamps and the age of idempotency
-/// records. Production uses [`SystemClock`]; tests move a [`ManualClock`].
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Now, in whole microseconds (what both backends keep).
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        crate::domain::now()
-    }
-}
-
-/// The default clock of a store's configuration.
-pub fn system_clock() -> Arc<dyn Clock> {
-    Arc::new(SystemClock)
-}
-
-/// A clock that moves only when told (tests).
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    /// Starts at the current system time.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self(Mutex::new(crate::domain::now())))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *t += chrono::Duration::from_std(by).expect("a test duration fits");
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Sort order of a listing, by creation (task id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -193,19 +147,22 @@ pub trait Store: Send + Sync + 'static {
     async fn create_task(&self, owner: &PrincipalName, new: NewTask) -> StoreResult<Created>;
     async fn get_task(&self, owner: &PrincipalName, id: TaskId) -> StoreResult<Task>;
     async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page>;
-    /// Applies `change` if the stored version equals `expected` (when given).
+    /// Applies `change` if `precondition` admits the stored version
+    /// (`VersionMismatch` otherwise), checked in the same transaction as
+    /// the write.
     async fn update_task(
         &self,
         owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<Task>;
+    /// Deletes the task if `precondition` admits the stored version.
     async fn delete_task(
         &self,
         owner: &PrincipalName,
         id: TaskId,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<()>;
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
@@ -216,7 +173,16 @@ pub trait Store: Send + Sync + 'static {
         name: &PrincipalName,
         digest: TokenDigest,
     ) -> StoreResult<TokenInfo>;
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+    /// Every readable stored token, in any order (a backend's part of
+    /// [`Store::list_tokens`]).
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+    /// Every readable stored token, by principal name in byte order whatever
+    /// a backend's collation. Backends do not override it.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        let mut tokens = self.tokens().await?;
+        tokens.sort_unstable_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(tokens)
+    }
     /// Removes the principal's token; `NotFound` if there is none.
     async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()>;
     /// The principal whose token has this digest.

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use devops_api::domain::{self, PrincipalName, Task, TaskChange, TaskFields, TaskId};
+use devops_api::domain::{self, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId};
 use devops_api::storage::{
     Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet, ListQuery,
     ManualClock, NewTask, Order, Record, StorageError, Store,
@@ -37,11 +37,14 @@ macro_rules! store_contract_tests {
             concurrent_conflicting_updates_one_wins, delete_checks_version_and_owner,
             idempotent_create_replays_and_rejects_other_bodies, quota_limits_creates,
             tokens_lifecycle, export_import_round_trip, import_refuses_non_empty_store,
-            concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone);
+            concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone,
+            a_replay_is_not_held_to_the_quota, a_quota_of_zero_refuses_every_create,
+            preconditions_admit_any_version_they_list, tokens_are_listed_in_byte_order_of_names);
         $crate::store_contract_tests!(@clock_cases $fixture;
             idempotency_keys_expire_after_their_window,
             sweep_deletes_only_expired_idempotency_records, sweep_works_through_a_backlog,
-            a_deleted_task_still_replays_within_the_window, timestamps_come_from_the_store_clock);
+            a_deleted_task_still_replays_within_the_window, timestamps_come_from_the_store_clock,
+            a_record_from_a_clock_stepped_back_is_fresh);
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {
         $(
@@ -158,11 +161,12 @@ pub async fn other_owner_sees_nothing(store: Arc<dyn Store>) {
     assert!(page.items.is_empty());
     let change = TaskChange::Replace(fields(json!({"title": "mine now"})));
     assert!(matches!(
-        s.update_task(&p("bob"), t.id, change, None).await,
+        s.update_task(&p("bob"), t.id, change, Precondition::Any)
+            .await,
         Err(StorageError::NotFound)
     ));
     assert!(matches!(
-        s.delete_task(&p("bob"), t.id, None).await,
+        s.delete_task(&p("bob"), t.id, Precondition::Any).await,
         Err(StorageError::NotFound)
     ));
     assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t);
@@ -223,8 +227,12 @@ pub async fn pagination_is_stable_under_inserts_and_deletes(store: Arc<dyn Store
         .unwrap();
     let cursor = first.next.expect("more pages");
     // Delete one already seen and one not yet seen; add a new one.
-    s.delete_task(&p("alice"), made[1], None).await.unwrap();
-    s.delete_task(&p("alice"), made[6], None).await.unwrap();
+    s.delete_task(&p("alice"), made[1], Precondition::Any)
+        .await
+        .unwrap();
+    s.delete_task(&p("alice"), made[6], Precondition::Any)
+        .await
+        .unwrap();
     let added = create(s, "alice", json!({"title": "new"})).await.id;
     let rest = all_pages(s, "alice", page_query(4, Order::Asc, Some(cursor))).await;
     let mut expected: Vec<_> = made[4..]
@@ -326,30 +334,31 @@ pub async fn update_checks_version(store: Arc<dyn Store>) {
     let t = create(s, "alice", json!({"title": "a"})).await;
     let change = |title: &str| TaskChange::Replace(fields(json!({"title": title})));
     let t2 = s
-        .update_task(&p("alice"), t.id, change("b"), Some(1))
+        .update_task(&p("alice"), t.id, change("b"), Precondition::version(1))
         .await
         .unwrap();
     assert_eq!((t2.version, t2.fields.title.as_str()), (2, "b"));
     assert!(t2.updated_at >= t.updated_at);
     assert_eq!(t2.created_at, t.created_at);
     assert!(matches!(
-        s.update_task(&p("alice"), t.id, change("c"), Some(1)).await,
+        s.update_task(&p("alice"), t.id, change("c"), Precondition::version(1))
+            .await,
         Err(StorageError::VersionMismatch { current: 2 })
     ));
     let t3 = s
-        .update_task(&p("alice"), t.id, change("c"), None)
+        .update_task(&p("alice"), t.id, change("c"), Precondition::Any)
         .await
         .unwrap();
     assert_eq!(t3.version, 3);
     assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t3);
     assert!(matches!(
-        s.update_task(&p("alice"), TaskId::new(), change("x"), None)
+        s.update_task(&p("alice"), TaskId::new(), change("x"), Precondition::Any)
             .await,
         Err(StorageError::NotFound)
     ));
     let merged = domain::parse_merge_patch(&json!({"status": "done"})).unwrap();
     let t4 = s
-        .update_task(&p("alice"), t.id, merged, Some(3))
+        .update_task(&p("alice"), t.id, merged, Precondition::version(3))
         .await
         .unwrap();
     assert_eq!(
@@ -363,7 +372,7 @@ pub async fn noop_update_keeps_version(store: Arc<dyn Store>) {
     let t = create(s, "alice", json!({"title": "a", "tags": ["x"]})).await;
     let same = TaskChange::Replace(t.fields.clone());
     let back = s
-        .update_task(&p("alice"), t.id, same, Some(1))
+        .update_task(&p("alice"), t.id, same, Precondition::version(1))
         .await
         .unwrap();
     assert_eq!(back, t);
@@ -379,13 +388,13 @@ pub async fn concurrent_conflicting_updates_one_wins(store: Arc<dyn Store>) {
                 &alice,
                 t.id,
                 TaskChange::Replace(fields(json!({"title": "A"}))),
-                Some(1)
+                Precondition::version(1)
             ),
             s.update_task(
                 &alice,
                 t.id,
                 TaskChange::Replace(fields(json!({"title": "B"}))),
-                Some(1)
+                Precondition::version(1)
             ),
         );
         let wins = [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count();
@@ -406,16 +415,19 @@ pub async fn delete_checks_version_and_owner(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "a"})).await;
     assert!(matches!(
-        s.delete_task(&p("alice"), t.id, Some(7)).await,
+        s.delete_task(&p("alice"), t.id, Precondition::version(7))
+            .await,
         Err(StorageError::VersionMismatch { current: 1 })
     ));
-    s.delete_task(&p("alice"), t.id, Some(1)).await.unwrap();
+    s.delete_task(&p("alice"), t.id, Precondition::version(1))
+        .await
+        .unwrap();
     assert!(matches!(
         s.get_task(&p("alice"), t.id).await,
         Err(StorageError::NotFound)
     ));
     assert!(matches!(
-        s.delete_task(&p("alice"), t.id, None).await,
+        s.delete_task(&p("alice"), t.id, Precondition::Any).await,
         Err(StorageError::NotFound)
     ));
 }
@@ -464,7 +476,7 @@ pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn S
         &p("alice"),
         t.id,
         TaskChange::Replace(fields(json!({"title": "z"}))),
-        None,
+        Precondition::Any,
     )
     .await
     .unwrap();
@@ -491,7 +503,7 @@ pub async fn quota_limits_creates(store: Arc<dyn Store>) {
     s.create_task(&p("bob"), capped("other owner"))
         .await
         .unwrap();
-    s.delete_task(&p("alice"), t2.task().id, None)
+    s.delete_task(&p("alice"), t2.task().id, Precondition::Any)
         .await
         .unwrap();
     s.create_task(&p("alice"), capped("3"))
@@ -543,7 +555,7 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
         &p("alice"),
         a.id,
         domain::parse_merge_patch(&json!({"status": "done"})).unwrap(),
-        None,
+        Precondition::Any,
     )
     .await
     .unwrap();
@@ -553,8 +565,12 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     let records = export.records;
     assert_eq!(records.len(), 3);
     // Import into the same backend kind after emptying it.
-    s.delete_task(&p("alice"), a.id, None).await.unwrap();
-    s.delete_task(&p("bob"), b.id, None).await.unwrap();
+    s.delete_task(&p("alice"), a.id, Precondition::Any)
+        .await
+        .unwrap();
+    s.delete_task(&p("bob"), b.id, Precondition::Any)
+        .await
+        .unwrap();
     s.revoke_token(&p("alice")).await.unwrap();
     let set = ImportSet::validate(records.clone()).unwrap();
     assert_eq!(s.import(set).await.unwrap(), 3);
@@ -775,7 +791,9 @@ pub async fn a_deleted_task_still_replays_within_the_window(
     else {
         panic!("first use creates")
     };
-    s.delete_task(&p("alice"), t.id, None).await.unwrap();
+    s.delete_task(&p("alice"), t.id, Precondition::Any)
+        .await
+        .unwrap();
     assert_eq!(
         s.create_task(&p("alice"), keyed("a", "k", 1))
             .await
@@ -803,11 +821,166 @@ pub async fn timestamps_come_from_the_store_clock(store: Arc<dyn Store>, clock: 
             &p("alice"),
             t.id,
             TaskChange::Replace(fields(json!({"title": "changed"}))),
-            None,
+            Precondition::Any,
         )
         .await
         .unwrap();
     assert_eq!(u.updated_at, clock.now());
     let token = s.create_token(&p("ci"), [1; 32]).await.unwrap();
     assert_eq!(token.created_at, clock.now());
+}
+
+/// A replay writes nothing, so an owner at the quota still gets it; a new
+/// create is refused.
+pub async fn a_replay_is_not_held_to_the_quota(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let capped = |title: &str, key: &str, digest: u8| NewTask {
+        max_tasks: 1,
+        ..keyed(title, key, digest)
+    };
+    let Created::New(t) = s
+        .create_task(&p("alice"), capped("a", "k", 1))
+        .await
+        .unwrap()
+    else {
+        panic!("first use creates")
+    };
+    assert_eq!(
+        s.create_task(&p("alice"), capped("a", "k", 1))
+            .await
+            .unwrap(),
+        Created::Replayed(t)
+    );
+    assert!(matches!(
+        s.create_task(&p("alice"), capped("b", "k2", 1)).await,
+        Err(StorageError::QuotaExceeded { max: 1 })
+    ));
+    assert!(matches!(
+        s.create_task(&p("alice"), capped("b", "k", 2)).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 1);
+}
+
+/// A quota of 0 refuses the first create as it refuses any other, and the
+/// refused create leaves no trace (the next one with room works).
+pub async fn a_quota_of_zero_refuses_every_create(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let none = NewTask {
+        max_tasks: 0,
+        ..keyed_new_task("a", "k")
+    };
+    assert!(matches!(
+        s.create_task(&p("alice"), none).await,
+        Err(StorageError::QuotaExceeded { max: 0 })
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 0);
+    let one = NewTask {
+        max_tasks: 1,
+        ..keyed_new_task("a", "k")
+    };
+    assert!(matches!(
+        s.create_task(&p("alice"), one).await.unwrap(),
+        Created::New(_)
+    ));
+}
+
+/// `If-Match` with several entity tags: a write goes through when the stored
+/// version is any of them, and is refused (reporting the stored version)
+/// when it is none, also for a list without a valid tag.
+pub async fn preconditions_admit_any_version_they_list(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "a"})).await;
+    let change = |title: &str| TaskChange::Replace(fields(json!({ "title": title })));
+    let t2 = s
+        .update_task(
+            &p("alice"),
+            t.id,
+            change("b"),
+            Precondition::Versions(vec![5, 1]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t2.version, 2);
+    for refused in [vec![1], vec![], vec![3, 4]] {
+        assert!(matches!(
+            s.update_task(
+                &p("alice"),
+                t.id,
+                change("c"),
+                Precondition::Versions(refused.clone())
+            )
+            .await,
+            Err(StorageError::VersionMismatch { current: 2 })
+        ));
+        assert!(matches!(
+            s.delete_task(&p("alice"), t.id, Precondition::Versions(refused))
+                .await,
+            Err(StorageError::VersionMismatch { current: 2 })
+        ));
+    }
+    assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t2);
+    s.delete_task(&p("alice"), t.id, Precondition::Versions(vec![2, 9]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_task(&p("alice"), t.id, Precondition::Versions(vec![2]))
+            .await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+/// Tokens are listed by name in byte order (upper case before lower case,
+/// `-` before `.` before `_`), whatever the backend's collation.
+pub async fn tokens_are_listed_in_byte_order_of_names(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    for (i, name) in ["a_b", "Z9", "a", "B", "a.b", "a-b"].iter().enumerate() {
+        s.create_token(&p(name), [i as u8; 32]).await.unwrap();
+    }
+    let names: Vec<_> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["B", "Z9", "a", "a-b", "a.b", "a_b"]);
+}
+
+/// An idempotency record dated after the store's clock (the clock was
+/// stepped back) is fresh: it replays, refuses another body and is not
+/// swept, until its window has passed by the clock.
+pub async fn a_record_from_a_clock_stepped_back_is_fresh(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) {
+    let s = store.as_ref();
+    let Created::New(t) = s
+        .create_task(&p("alice"), keyed("a", "k", 1))
+        .await
+        .unwrap()
+    else {
+        panic!("first use creates")
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    clock.rewind(hour);
+    assert_eq!(
+        s.create_task(&p("alice"), keyed("a", "k", 1))
+            .await
+            .unwrap(),
+        Created::Replayed(t.clone())
+    );
+    assert!(matches!(
+        s.create_task(&p("alice"), keyed("b", "k", 2)).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    assert_eq!(s.sweep_expired().await.unwrap(), 0);
+    clock.advance(hour + IDEMPOTENCY_TTL);
+    assert_eq!(s.sweep_expired().await.unwrap(), 1);
+    assert!(matches!(
+        s.create_task(&p("alice"), keyed("b", "k", 2))
+            .await
+            .unwrap(),
+        Created::New(_)
+    ));
 }

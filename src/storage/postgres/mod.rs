@@ -40,7 +40,7 @@ use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
     ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
 };
-use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
 pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
 use self::rows::to_i64;
@@ -226,18 +226,18 @@ impl Store for PostgresStore {
         owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<Task> {
-        ops::update_task(self, owner, id, change, expected).await
+        ops::update_task(self, owner, id, change, precondition).await
     }
 
     async fn delete_task(
         &self,
         owner: &PrincipalName,
         id: TaskId,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<()> {
-        ops::delete_task(self, owner, id, expected).await
+        ops::delete_task(self, owner, id, precondition).await
     }
 
     async fn count_tasks(&self) -> StoreResult<u64> {
@@ -252,8 +252,8 @@ impl Store for PostgresStore {
         ops::create_token(self, name, digest).await
     }
 
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        ops::list_tokens(self).await
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        ops::tokens(self).await
     }
 
     async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {

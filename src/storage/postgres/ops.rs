@@ -2,20 +2,20 @@
 //! pool (through `PostgresStore::conn`) and does one operation, in one
 //! transaction where it writes more than one row.
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::IsolationLevel;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
-use super::rows::{TaskColumns, task_from_row, task_record, to_i64, token_record};
+use super::PostgresStore;
+use super::rows::{TaskColumns, key_record, task_from_row, task_record, to_i64, token_record};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
-use super::{PostgresStore, corrupt};
-use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
     Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
-    TokenInfo, idempotency_fresh,
+    TokenInfo,
 };
 
 pub(super) async fn create_task(
@@ -57,31 +57,13 @@ pub(super) async fn create_task(
                      WHERE owner = $1 AND key = $2 FOR UPDATE",
                 )
                 .await?;
-            let row = txn.query_opt(&stmt, &[&owner.as_str(), &idem.key]).await?;
-            if let Some(row) = row {
-                let read = || -> Result<(Vec<u8>, DateTime<Utc>, Task), tokio_postgres::Error> {
-                    let Json(original): Json<Task> = row.try_get(2)?;
-                    Ok((row.try_get(0)?, row.try_get(1)?, original))
-                };
-                match read() {
-                    Ok((stored, created_at, original)) if idempotency_fresh(created_at, now) => {
-                        // Nothing was written: dropping the transaction rolls it back.
-                        return if stored == idem.request_digest {
-                            Ok(Created::Replayed(original))
-                        } else {
-                            Err(StorageError::IdempotencyMismatch)
-                        };
-                    }
-                    Ok(_) => {}
-                    // Reported, then replaced like an expired record.
-                    Err(e) => {
-                        corrupt(
-                            "idempotency",
-                            format!("idempotency_keys/{owner}/{}", idem.key),
-                            e.to_string(),
-                        );
-                    }
-                }
+            let found = txn
+                .query_opt(&stmt, &[&owner.as_str(), &idem.key])
+                .await?
+                .map(|row| key_record(&row, owner, &idem.key));
+            if let KeyUse::Replay(original) = rules::use_key(found, idem, now)? {
+                // Nothing was written: dropping the transaction rolls it back.
+                return Ok(Created::Replayed(original));
             }
             // Expired, unreadable or swept meanwhile: the key starts afresh.
             let stmt = txn
@@ -105,22 +87,17 @@ pub(super) async fn create_task(
             .await?;
         }
     }
-    // Counts one more task unless the owner is at the limit (no row back).
+    // One more task for the owner, under the row lock of its count; over
+    // the quota, returning drops the transaction and rolls this back.
     let stmt = txn
         .prepare_cached(
-            "INSERT INTO task_counts (owner, n) SELECT $1, 1 WHERE $2::bigint > 0
-             ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1 WHERE task_counts.n < $2
+            "INSERT INTO task_counts (owner, n) VALUES ($1, 1)
+             ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1
              RETURNING n",
         )
         .await?;
-    let max = to_i64(new.max_tasks);
-    if txn
-        .query_opt(&stmt, &[&owner.as_str(), &max])
-        .await?
-        .is_none()
-    {
-        return Err(StorageError::QuotaExceeded { max: new.max_tasks });
-    }
+    let held: i64 = txn.query_one(&stmt, &[&owner.as_str()]).await?.get(0);
+    rules::check_quota(u64::try_from(held - 1).unwrap_or(0), new.max_tasks)?;
     let c = TaskColumns::of(owner, &task);
     let stmt = txn
         .prepare_cached(
@@ -175,7 +152,7 @@ pub(super) async fn update_task(
     owner: &PrincipalName,
     id: TaskId,
     change: TaskChange,
-    expected: Option<u64>,
+    precondition: Precondition,
 ) -> StoreResult<Task> {
     let client = store.conn().await?;
     let stmt = client
@@ -186,15 +163,11 @@ pub(super) async fn update_task(
         )
         .await?;
     // Each round reads the current version and writes only if it is still
-    // current; a lost race re-reads. Without `expected` the change applies
-    // to whatever version is current when it lands, as on redb.
+    // current; a lost race re-reads. Without a precondition the change
+    // applies to whatever version is current when it lands, as on redb.
     for _ in 0..64 {
         let current = get_task_on(&client, owner, id).await?;
-        if expected.is_some_and(|v| v != current.version) {
-            return Err(StorageError::VersionMismatch {
-                current: current.version,
-            });
-        }
+        rules::check_version(&precondition, &current)?;
         let updated = change.apply(&current, store.clock.now());
         if updated.version == current.version {
             return Ok(updated);
@@ -232,42 +205,31 @@ pub(super) async fn delete_task(
     store: &PostgresStore,
     owner: &PrincipalName,
     id: TaskId,
-    expected: Option<u64>,
+    precondition: Precondition,
 ) -> StoreResult<()> {
     let mut client = store.conn().await?;
     let txn = client.transaction().await?;
-    // The deleted row must decode, as on redb: an unreadable task is an
-    // error for every request on it (and this transaction rolls back).
+    // The row is locked, decoded and checked before it goes: an unreadable
+    // task is an error for every request on it, as on redb (and this
+    // transaction rolls back).
     let stmt = txn
         .prepare_cached(&format!(
-            "DELETE FROM tasks WHERE owner = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)
-             RETURNING {TASK_COLUMNS}"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2 FOR UPDATE"
         ))
         .await?;
-    let deleted = txn
-        .query_opt(
-            &stmt,
-            &[&owner.as_str(), &id.as_uuid(), &expected.map(to_i64)],
-        )
+    let current = match txn
+        .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
+        .await?
+    {
+        Some(row) => task_from_row(&row, 0, owner)?,
+        None => return Err(StorageError::NotFound),
+    };
+    rules::check_version(&precondition, &current)?;
+    let stmt = txn
+        .prepare_cached("DELETE FROM tasks WHERE owner = $1 AND id = $2")
         .await?;
-    if let Some(row) = &deleted {
-        task_from_row(row, 0, owner)?;
-    } else {
-        let stmt = txn
-            .prepare_cached(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
-            ))
-            .await?;
-        return match txn
-            .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
-            .await?
-        {
-            None => Err(StorageError::NotFound),
-            Some(row) => Err(StorageError::VersionMismatch {
-                current: task_from_row(&row, 0, owner)?.version,
-            }),
-        };
-    }
+    txn.execute(&stmt, &[&owner.as_str(), &id.as_uuid()])
+        .await?;
     let stmt = txn
         .prepare_cached("UPDATE task_counts SET n = GREATEST(n - 1, 0) WHERE owner = $1")
         .await?;
@@ -309,7 +271,7 @@ pub(super) async fn create_token(
     }
 }
 
-pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>> {
+pub(super) async fn tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>> {
     let client = store.conn().await?;
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens")
@@ -324,8 +286,6 @@ pub(super) async fn list_tokens(store: &PostgresStore) -> StoreResult<Vec<TokenI
             Err(e) => return Err(e),
         }
     }
-    // Byte order of names, as redb lists them, whatever the collation.
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -385,11 +345,7 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
         )
         .await?
         .get(0);
-    if occupied {
-        return Err(StorageError::AlreadyExists(
-            "data in the target store".into(),
-        ));
-    }
+    rules::check_import_target(occupied)?;
     for t in &set.tokens {
         txn.execute(
             "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",

@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
+use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::corrupt;
 use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, rfc3339};
+use crate::storage::rules::KeyRecord;
 use crate::storage::{Record, StoreResult};
 
 pub(super) fn to_i64(v: u64) -> i64 {
@@ -39,6 +41,22 @@ pub(super) fn task_from_row(row: &Row, at: usize, owner: &str) -> StoreResult<Ta
     }
     .into_task()
     .map_err(bad)
+}
+
+/// A row of `SELECT request_digest, created_at, task FROM idempotency_keys`
+/// for `owner`'s `key`, decoded (a failure is reported).
+pub(super) fn key_record(row: &Row, owner: &str, key: &str) -> StoreResult<KeyRecord> {
+    let name = format!("idempotency_keys/{owner}/{key}");
+    let bad = |e: String| corrupt("idempotency", &name, e);
+    let digest: Vec<u8> = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+    let request_digest = <[u8; 32]>::try_from(digest.as_slice())
+        .map_err(|_| bad("the request digest is not 32 bytes".into()))?;
+    let Json(task): Json<Task> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    Ok(KeyRecord {
+        request_digest,
+        created_at: row.try_get(1).map_err(|e| bad(e.to_string()))?,
+        task,
+    })
 }
 
 /// A row of `SELECT owner, TASK_COLUMNS` as a record.

@@ -57,7 +57,7 @@ use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
     ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
 };
-use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
 /// How much a read may do; see `RedbStore::read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,11 +320,11 @@ impl Store for RedbStore {
         owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<Task> {
         let owner = owner.clone();
         let clock = self.shared.clock.clone();
-        self.write(move |txn| ops::update_task(txn, &owner, id, change, expected, clock.now()))
+        self.write(move |txn| ops::update_task(txn, &owner, id, change, precondition, clock.now()))
             .await
     }
 
@@ -332,10 +332,10 @@ impl Store for RedbStore {
         &self,
         owner: &PrincipalName,
         id: TaskId,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<()> {
         let owner = owner.clone();
-        self.write(move |txn| ops::delete_task(txn, &owner, id, expected))
+        self.write(move |txn| ops::delete_task(txn, &owner, id, precondition))
             .await
     }
 
@@ -354,8 +354,8 @@ impl Store for RedbStore {
             .await
     }
 
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        self.read(ReadCost::Long, ops::list_tokens).await
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        self.read(ReadCost::Long, ops::tokens).await
     }
 
     async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {

@@ -14,11 +14,12 @@ use super::keys::{
     split_task_key, task_key, task_key_name,
 };
 use super::tables::{COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS};
-use crate::domain::{PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 use crate::storage::codec::{decode, decode_task, encode};
+use crate::storage::rules::{self, KeyRecord, KeyUse};
 use crate::storage::{
     Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, ListQuery, NewTask, Order, Page, Record,
-    StorageError, StoreResult, TokenInfo, idempotency_fresh,
+    StorageError, StoreResult, TokenInfo,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -47,27 +48,17 @@ pub(super) fn create_task(
     let mut expired_at = None;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
-        let existing = idem_table.get(key.as_slice())?.map(|v| v.value().to_vec());
-        if let Some(bytes) = existing {
-            // An unreadable record (reported) is replaced like an expired one.
-            if let Ok(rec) = decode::<IdempotencyRecord>("idempotency", idem_key_name(&key), &bytes)
-            {
-                if idempotency_fresh(rec.created_at, now) {
-                    return if rec.request_digest == hex::encode(idem.request_digest) {
-                        Ok(Created::Replayed(rec.task))
-                    } else {
-                        Err(StorageError::IdempotencyMismatch)
-                    };
-                }
-                expired_at = Some(rec.created_at);
-            }
+        let found = idem_table
+            .get(key.as_slice())?
+            .map(|v| key_record(&key, v.value()));
+        match rules::use_key(found, idem, now)? {
+            KeyUse::Replay(task) => return Ok(Created::Replayed(task)),
+            KeyUse::Create { expired_at: at } => expired_at = at,
         }
     }
     let mut counts = txn.open_table(COUNTS)?;
     let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
-    if count >= new.max_tasks {
-        return Err(StorageError::QuotaExceeded { max: new.max_tasks });
-    }
+    rules::check_quota(count, new.max_tasks)?;
     let task = Task::create_at(new.fields, now);
     let mut tasks = txn.open_table(TASKS)?;
     tasks.insert(
@@ -178,16 +169,12 @@ pub(super) fn update_task(
     owner: &PrincipalName,
     id: TaskId,
     change: TaskChange,
-    expected: Option<u64>,
+    precondition: Precondition,
     now: DateTime<Utc>,
 ) -> StoreResult<Task> {
     let mut tasks = txn.open_table(TASKS)?;
     let current = get_task_in(&tasks, owner, id)?;
-    if expected.is_some_and(|v| v != current.version) {
-        return Err(StorageError::VersionMismatch {
-            current: current.version,
-        });
-    }
+    rules::check_version(&precondition, &current)?;
     let updated = change.apply(&current, now);
     if updated.version != current.version {
         tasks.insert(task_key(owner, id).as_slice(), encode(&updated).as_slice())?;
@@ -199,15 +186,11 @@ pub(super) fn delete_task(
     txn: &WriteTransaction,
     owner: &PrincipalName,
     id: TaskId,
-    expected: Option<u64>,
+    precondition: Precondition,
 ) -> StoreResult<()> {
     let mut tasks = txn.open_table(TASKS)?;
     let current = get_task_in(&tasks, owner, id)?;
-    if expected.is_some_and(|v| v != current.version) {
-        return Err(StorageError::VersionMismatch {
-            current: current.version,
-        });
-    }
+    rules::check_version(&precondition, &current)?;
     let mut counts = txn.open_table(COUNTS)?;
     let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
     tasks.remove(task_key(owner, id).as_slice())?;
@@ -242,7 +225,7 @@ pub(super) fn create_token(
     })
 }
 
-pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
+pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
     let tokens = txn.open_table(TOKENS)?;
     let mut out = Vec::new();
     for e in tokens.iter()? {
@@ -255,7 +238,6 @@ pub(super) fn list_tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> 
             Err(e) => return Err(e),
         }
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -297,11 +279,7 @@ pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64>
     let n = set.len() as u64;
     let mut tasks = txn.open_table(TASKS)?;
     let mut tokens = txn.open_table(TOKENS)?;
-    if !tasks.is_empty()? || !tokens.is_empty()? {
-        return Err(StorageError::AlreadyExists(
-            "data in the target store".into(),
-        ));
-    }
+    rules::check_import_target(!tasks.is_empty()? || !tokens.is_empty()?)?;
     let mut names = txn.open_table(TOKEN_NAMES)?;
     let mut counts = txn.open_table(COUNTS)?;
     for t in &set.tokens {
@@ -364,6 +342,20 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
     Ok(Swept {
         visited: keys.len(),
         deleted,
+    })
+}
+
+/// The idempotency record at `key`, decoded (a failure is reported).
+fn key_record(key: &[u8], bytes: &[u8]) -> StoreResult<KeyRecord> {
+    let name = idem_key_name(key);
+    let rec: IdempotencyRecord = decode("idempotency", &name, bytes)?;
+    let mut request_digest = [0u8; 32];
+    hex::decode_to_slice(&rec.request_digest, &mut request_digest)
+        .map_err(|e| StorageError::corrupt("idempotency", &name, format!("request digest: {e}")))?;
+    Ok(KeyRecord {
+        request_digest,
+        created_at: rec.created_at,
+        task: rec.task,
     })
 }
 
