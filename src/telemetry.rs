@@ -77,6 +77,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
+            crate::metrics_catalog::describe();
+            crate::metrics_catalog::register_zeroes();
             metrics::gauge!(
                 "build_info",
                 "version" => env!("CARGO_PKG_VERSION"),

@@ -206,4 +206,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// Stops accepting work, finishes what was accepted and releases the backend.
     async fn close(&self);
+
+    /// Sets the gauges that describe the backend now (file and file-system
+    /// size, open readers, pool connections); called at each scrape. Cheap
+    /// and never blocking on the database.
+    fn publish_metrics(&self) {}
 }

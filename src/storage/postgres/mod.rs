@@ -282,6 +282,14 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    fn publish_metrics(&self) {
+        let status = self.pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        metrics::gauge!("store_pool_connections", "state" => "in_use").set(in_use as f64);
+        metrics::gauge!("store_pool_connections", "state" => "idle").set(status.available as f64);
+        metrics::gauge!("store_pool_waiting").set(status.waiting as f64);
+    }
+
     async fn close(&self) {
         if let Some(sweeper) = self.sweeper.lock().ok().and_then(|mut s| s.take()) {
             sweeper.abort();

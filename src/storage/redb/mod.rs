@@ -41,7 +41,7 @@ mod tables;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -139,6 +139,27 @@ pub struct RedbStore {
     /// Exclusive: a read only touches memory and the OS page cache, so it runs
     /// on the calling task without a thread hand-off.
     reads_inline: bool,
+    /// Read transactions open now (`store_reads_in_flight`).
+    readers: Arc<AtomicI64>,
+    /// The database file and its directory, for the size gauges; `None` for
+    /// a store on a backend other than a file.
+    file: Option<PathBuf>,
+}
+
+/// Counts an open read transaction for as long as it lives.
+struct Reader(Arc<AtomicI64>);
+
+impl Reader {
+    fn new(readers: &Arc<AtomicI64>) -> Self {
+        readers.fetch_add(1, Ordering::Relaxed);
+        Self(readers.clone())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl RedbStore {
@@ -163,7 +184,9 @@ impl RedbStore {
                 .create_with_backend(backend)
                 .map_err(|e| open_error(&path, e))
         });
-        Self::start(config, open)
+        let mut store = Self::start(config, open)?;
+        store.file = Some(config.db_path());
+        Ok(store)
     }
 
     /// Opens (or creates) the database on a backend from `backend` instead of
@@ -216,6 +239,8 @@ impl RedbStore {
             jobs,
             writer: Mutex::new(Some(writer)),
             reads_inline: config.sharing == DbSharing::Exclusive,
+            readers: Arc::new(AtomicI64::new(0)),
+            file: None,
         })
     }
 
@@ -257,7 +282,9 @@ impl RedbStore {
         cost: ReadCost,
         op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
     ) -> StoreResult<T> {
-        let run = |db: Arc<Database>| {
+        let readers = self.readers.clone();
+        let run = move |db: Arc<Database>| {
+            let _reader = Reader::new(&readers);
             let txn = db.begin_read()?;
             op(&txn)
         };
@@ -417,6 +444,19 @@ impl Store for RedbStore {
             Ok(())
         })
         .await
+    }
+
+    fn publish_metrics(&self) {
+        metrics::gauge!("store_reads_in_flight").set(self.readers.load(Ordering::Relaxed) as f64);
+        let Some(file) = &self.file else { return };
+        if let Ok(meta) = std::fs::metadata(file) {
+            metrics::gauge!("store_file_size_bytes").set(meta.len() as f64);
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        if let Some((avail, size)) = crate::metrics_catalog::filesystem_space(dir) {
+            metrics::gauge!("store_filesystem_avail_bytes").set(avail as f64);
+            metrics::gauge!("store_filesystem_size_bytes").set(size as f64);
+        }
     }
 
     async fn close(&self) {
