@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod jsonlog;
 pub mod lifecycle;
 pub mod metrics_catalog;
 pub mod ratelimit;

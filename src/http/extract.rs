@@ -44,6 +44,9 @@ impl FromRequestParts<AppState> for Principal {
             }
             other => other?,
         };
+        // The request span (see `middleware::observe`) names the principal
+        // on every later line of this request.
+        tracing::Span::current().record("principal", name.as_str());
         if let Some(limiter) = &state.limiter {
             limiter
                 .check(&name)
