@@ -44,10 +44,7 @@ pub fn describe() {
         Unit::Seconds,
         "Time from receiving a request to its response head, by method, route template and status class."
     );
-    describe_gauge!(
-        "http_requests_in_flight",
-        "HTTP requests being served now."
-    );
+    describe_gauge!("http_requests_in_flight", "HTTP requests being served now.");
     describe_gauge!(
         "http_connections_open",
         "Client connections open now (the listener stops accepting at --max-connections)."

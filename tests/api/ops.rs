@@ -1,7 +1,7 @@
 //! Health, readiness, metrics, request ids and the OpenAPI document.
 
-use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::helpers::{problem, spawn_app};
 
