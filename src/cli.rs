@@ -95,6 +95,7 @@ fn postgres_config(db: &DatabaseArgs) -> anyhow::Result<Option<PostgresConfig>> 
         "--database-pool-size must be at least 1"
     );
     let mut config = PostgresConfig::new(url);
+    config.ca_file = db.database_ca_file.clone();
     config.pool_size = db.database_pool_size;
     config.statement_timeout = seconds("--statement-timeout", db.statement_timeout)?;
     Ok(Some(config))

@@ -112,12 +112,18 @@ pub struct StorageArgs {
 #[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`); when set, PostgreSQL
-    /// is used instead of the redb file. Plain TCP only (no TLS): loopback or an overlay network.
+    /// is used instead of the redb file. TLS as libpq's `sslmode` in the URL says:
+    /// disable, prefer (default), require, verify-ca, verify-full.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// File holding the PostgreSQL URL (a Docker secret; a trailing newline is ignored).
     #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
     pub database_url_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the PostgreSQL server's certificate, for
+    /// `sslmode=verify-ca` or `verify-full` (default: the URL's `sslrootcert`,
+    /// else the Mozilla root store).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Most PostgreSQL connections per process (replicas × this must stay below max_connections).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
     pub database_pool_size: usize,
@@ -157,6 +163,7 @@ impl std::fmt::Debug for DatabaseArgs {
                 &self.database_url.as_ref().map(|_| "<redacted>"),
             )
             .field("database_url_file", &self.database_url_file)
+            .field("database_ca_file", &self.database_ca_file)
             .field("database_pool_size", &self.database_pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .finish()

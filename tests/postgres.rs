@@ -53,8 +53,9 @@ fn with_dbname(url: &str, db: &str) -> String {
 }
 
 async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let pg: tokio_postgres::Config = url.parse().expect("TEST_DATABASE_URL is a valid URL");
-    match postgres::connect_one(&pg).await {
+    let cfg = PostgresConfig::new(url);
+    let pg = cfg.pg_config().expect("TEST_DATABASE_URL is a valid URL");
+    match postgres::connect_one(&pg, &cfg.tls().expect("TLS set-up")).await {
         Ok(c) => c,
         Err(e) => panic!(
             "cannot reach PostgreSQL at TEST_DATABASE_URL={url}: {e}\n\
@@ -110,8 +111,10 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let pg: tokio_postgres::Config = server.parse().ok()?;
-                let c = postgres::connect_one(&pg).await.ok()?;
+                let cfg = PostgresConfig::new(&server);
+                let c = postgres::connect_one(&cfg.pg_config().ok()?, &cfg.tls().ok()?)
+                    .await
+                    .ok()?;
                 c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await
                     .ok()
@@ -489,7 +492,7 @@ async fn pg_statement_timeout_is_set_per_connection() {
     let db = TestDb::create().await;
     let mut cfg = db.config();
     cfg.statement_timeout = Duration::from_millis(1234);
-    let c = postgres::connect_one(&cfg.pg_config().unwrap())
+    let c = postgres::connect_one(&cfg.pg_config().unwrap(), &cfg.tls().unwrap())
         .await
         .unwrap();
     let v: String = c
@@ -1076,4 +1079,138 @@ async fn pg_unreadable_idempotency_records_free_their_keys() {
         );
     }
     store.close().await;
+}
+
+/// A path the throwaway cluster's script exports (nix/test/postgres.sh
+/// generates a CA, a server certificate for `localhost` and an unrelated CA).
+fn cert_env(name: &str) -> std::path::PathBuf {
+    std::env::var_os(name).map(Into::into).unwrap_or_else(|| {
+        panic!("{name} is not set: run the tests through nix/test/postgres.sh, which generates the server certificate")
+    })
+}
+
+/// Connects with `cfg` and says whether the connection is encrypted.
+async fn ssl_in_use(cfg: &PostgresConfig) -> Result<bool, StorageError> {
+    let c = postgres::connect_one(&cfg.pg_config()?, &cfg.tls()?).await?;
+    let row = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn with_query(url: &str, query: &str, ca: Option<&std::path::Path>) -> PostgresConfig {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut c = PostgresConfig::new(format!("{url}{sep}{query}"));
+    c.ca_file = ca.map(Into::into);
+    c
+}
+
+fn refused(err: StorageError, what: &str) {
+    let text = devops_api::storage::Chain(&err).to_string();
+    assert!(
+        matches!(err, StorageError::Unavailable { .. }) && text.contains("certificate"),
+        "{what}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
+    let ca = cert_env("TEST_PG_CA_FILE");
+    let wrong = cert_env("TEST_PG_WRONG_CA_FILE");
+    let by_ip = server_url();
+    assert!(
+        by_ip.contains("127.0.0.1"),
+        "the cluster listens on 127.0.0.1: {by_ip}"
+    );
+    // The certificate names `localhost` only.
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+
+    assert!(
+        !ssl_in_use(&with_query(&by_ip, "sslmode=disable", None))
+            .await
+            .unwrap()
+    );
+    // prefer (the default) and require encrypt without checking the certificate.
+    assert!(ssl_in_use(&PostgresConfig::new(&by_ip)).await.unwrap());
+    assert!(
+        ssl_in_use(&with_query(&by_ip, "sslmode=require", None))
+            .await
+            .unwrap()
+    );
+    // verify-full: the right CA and name.
+    assert!(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", Some(&ca)))
+            .await
+            .unwrap()
+    );
+    let rootcert = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    assert!(
+        ssl_in_use(&with_query(&by_name, &rootcert, None))
+            .await
+            .unwrap()
+    );
+    // A wrong CA, the public roots (no CA file), or a name the certificate
+    // does not hold are refused.
+    refused(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", Some(&wrong)))
+            .await
+            .unwrap_err(),
+        "wrong CA",
+    );
+    refused(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", None))
+            .await
+            .unwrap_err(),
+        "public roots",
+    );
+    refused(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-full", Some(&ca)))
+            .await
+            .unwrap_err(),
+        "host name mismatch",
+    );
+    // verify-ca checks the chain only.
+    assert!(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-ca", Some(&ca)))
+            .await
+            .unwrap()
+    );
+    refused(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-ca", Some(&wrong)))
+            .await
+            .unwrap_err(),
+        "verify-ca, wrong CA",
+    );
+
+    // The whole store over verify-full: migrations, the pool, a write.
+    let db = TestDb::create().await;
+    let mut cfg = with_query(
+        &db.url.replace("127.0.0.1", "localhost"),
+        "sslmode=verify-full",
+        Some(&ca),
+    );
+    cfg.pool_size = 2;
+    let store = PostgresStore::connect(&cfg).await.unwrap();
+    store.ping().await.unwrap();
+    store
+        .create_token(
+            &devops_api::domain::PrincipalName::parse("tls").unwrap(),
+            [7; 32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    store.close().await;
+    let err = PostgresStore::connect(&with_query(
+        &db.url.replace("127.0.0.1", "localhost"),
+        "sslmode=verify-full",
+        Some(&wrong),
+    ))
+    .await
+    .err()
+    .expect("a wrong CA is refused");
+    refused(err, "store with a wrong CA");
 }

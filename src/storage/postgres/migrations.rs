@@ -102,7 +102,7 @@ pub async fn migrate(
 
 /// `devops-api migrate`: applies pending migrations over one connection.
 pub async fn run_migrations(config: &PostgresConfig) -> StoreResult<Vec<i32>> {
-    let mut client = connect_one(&config.pg_config()?).await?;
+    let mut client = connect_one(&config.pg_config()?, &config.tls()?).await?;
     migrate(&mut client, None).await
 }
 

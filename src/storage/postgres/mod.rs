@@ -1,9 +1,7 @@
 //! The PostgreSQL backend, for swarms whose API tasks run on several nodes.
 //!
-//! Connections come from a deadpool pool of tokio-postgres clients. They are
-//! plain TCP (`NoTls`): the database is expected on loopback or on the swarm's
-//! encrypted overlay network, and no TLS crate is linked. A URL that demands
-//! TLS (`sslmode=require`) fails to connect with a clear error.
+//! Connections come from a deadpool pool of tokio-postgres clients, over TLS
+//! (rustls) as the URL's `sslmode` asks: see [`tls`] for the modes and the CA.
 //!
 //! Behaviour matches the redb backend method for method (the shared contract
 //! suite runs on both):
@@ -28,13 +26,15 @@ pub mod migrations;
 mod ops;
 mod rows;
 mod sql;
+pub mod tls;
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
@@ -47,8 +47,12 @@ use self::rows::to_i64;
 pub use self::sql::list_sql;
 #[derive(Clone)]
 pub struct PostgresConfig {
-    /// `postgres://user:password@host:5432/database` or `host=… dbname=…`.
+    /// `postgres://user:password@host:5432/database` or `host=… dbname=…`,
+    /// with libpq's `sslmode` and `sslrootcert` (see [`tls`]).
     pub url: String,
+    /// PEM file of the CA(s) that sign the server's certificate, for
+    /// `sslmode=verify-ca`/`verify-full`; wins over the URL's `sslrootcert`.
+    pub ca_file: Option<PathBuf>,
     /// Most connections this process holds (replicas × this ≤ `max_connections`).
     pub pool_size: usize,
     /// Server-side limit per statement, set on every connection; zero turns it off.
@@ -63,6 +67,7 @@ impl PostgresConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca_file: None,
             pool_size: 10,
             statement_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -74,10 +79,11 @@ impl PostgresConfig {
     /// application name (explicit settings in the URL win, except the
     /// statement timeout, which is appended to its `options`).
     pub fn pg_config(&self) -> StoreResult<tokio_postgres::Config> {
-        let mut pg: tokio_postgres::Config = self
-            .url
+        let (rest, url_tls) = self.split_url()?;
+        let mut pg: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| StorageError::io("invalid database URL", e))?;
+        pg.ssl_mode(url_tls.mode.unwrap_or_default().driver_mode());
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(self.connect_timeout);
         }
@@ -94,6 +100,18 @@ impl PostgresConfig {
         pg.options(options.trim());
         Ok(pg)
     }
+
+    fn split_url(&self) -> StoreResult<(String, tls::UrlTls)> {
+        tls::split_url(&self.url)
+            .map_err(|e| StorageError::unavailable(format!("invalid database URL: {e}")))
+    }
+
+    /// The TLS connector for the URL's `sslmode` and the CA file.
+    pub fn tls(&self) -> StoreResult<MakeRustlsConnect> {
+        let (_, url_tls) = self.split_url()?;
+        let ca = self.ca_file.clone().or(url_tls.root_cert);
+        tls::connector(url_tls.mode.unwrap_or_default(), ca.as_deref())
+    }
 }
 
 /// The URL carries a password: never print it.
@@ -101,6 +119,7 @@ impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresConfig")
             .field("url", &"<redacted>")
+            .field("ca_file", &self.ca_file)
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -121,12 +140,13 @@ impl PostgresStore {
     /// opens further connections on demand.
     pub async fn connect(config: &PostgresConfig) -> StoreResult<Self> {
         let pg = config.pg_config()?;
-        let mut first = connect_one(&pg).await?;
+        let tls = config.tls()?;
+        let mut first = connect_one(&pg, &tls).await?;
         migrate(&mut first, None).await?;
         drop(first);
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 // A closed connection (server restarted) is dropped on checkout;
                 // one that breaks mid-query fails that query with `Unavailable`.
@@ -155,8 +175,11 @@ impl PostgresStore {
 }
 
 /// One connection outside the pool, driven by its own task.
-pub async fn connect_one(pg: &tokio_postgres::Config) -> StoreResult<tokio_postgres::Client> {
-    let (client, connection) = pg.connect(NoTls).await?;
+pub async fn connect_one(
+    pg: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> StoreResult<tokio_postgres::Client> {
+    let (client, connection) = pg.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "database connection ended");
