@@ -168,6 +168,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let state = AppState::new(store.clone(), config, static_tokens);
     let lifecycle = state.lifecycle.clone();
+    #[cfg(unix)]
+    let control = start_control_socket(&args, &store)?;
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -215,9 +217,42 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let app = http::app(state);
     server::serve_with(listener, app, stop, lifecycle, policy, limits).await?;
+    #[cfg(unix)]
+    if let Some(control) = control {
+        control.abort();
+        let _ = std::fs::remove_file(crate::backup::online::socket_path(&args.storage.data_dir));
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The control socket for online backups (redb only: a PostgreSQL server is
+/// backed up through the database). `None` when another process on the same
+/// data directory already serves it.
+#[cfg(unix)]
+fn start_control_socket(
+    args: &ServeArgs,
+    store: &Arc<dyn Store>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    use crate::backup::online;
+    if args.storage.database.database_url.is_some()
+        || args.storage.database.database_url_file.is_some()
+    {
+        return Ok(None);
+    }
+    let dir = &args.storage.data_dir;
+    let Some(listener) = online::bind(dir).with_context(|| {
+        format!(
+            "cannot create the control socket {}",
+            online::socket_path(dir).display()
+        )
+    })?
+    else {
+        tracing::info!("another process on this data directory serves the control socket");
+        return Ok(None);
+    };
+    Ok(Some(tokio::spawn(online::serve(listener, store.clone()))))
 }
 
 /// Connections the metrics listener may hold (scrapers are few).
@@ -372,6 +407,30 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 /// backup was written, [`EXIT_INCOMPLETE`] when the file was written but
 /// records the store could not read are missing from it.
 async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
+    #[cfg(unix)]
+    if args.storage.database.url()?.is_none()
+        && let Some(stream) = crate::backup::online::connect(&args.storage.data_dir).await
+    {
+        eprintln!(
+            "a server runs on {}: backing up through its control socket",
+            args.storage.data_dir.display()
+        );
+        let done = crate::backup::online::fetch(stream, &args.out, &mut report).await?;
+        eprintln!(
+            "backup of {} records written to {} and verified",
+            done.records,
+            args.out.display()
+        );
+        if done.unreadable == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "error: {} records could not be read and are NOT in the backup (the server's log lists them); \
+             the backup holds everything else",
+            done.unreadable
+        );
+        return Ok(ExitCode::from(EXIT_INCOMPLETE));
+    }
     let store = open_store(&args.storage, true).await?;
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
     store.close().await;
@@ -395,11 +454,42 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(EXIT_INCOMPLETE))
 }
 
+/// `devops-api restore`: the file is read and validated before any store is
+/// opened, so a missing or damaged file leaves nothing behind; a data file
+/// this command created is removed again when the import fails.
 async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
+    let loaded = crate::backup::load(&args.file, &mut report)?;
+    let redb = args.storage.database.url()?.is_none();
+    let db_file = RedbConfig::new(&args.storage.data_dir).db_path();
+    let dir_existed = args.storage.data_dir.exists();
+    let file_existed = db_file.exists();
     let store = open_store(&args.storage, true).await?;
-    let result = crate::backup::restore(store.as_ref(), &args.file, &mut report).await;
+    let result = async {
+        let set = if args.force {
+            keep_old_data(store.as_ref(), &args.file).await?;
+            loaded.set.replacing()
+        } else {
+            loaded.set
+        };
+        let loaded = crate::backup::Loaded { set, ..loaded };
+        anyhow::Ok(crate::backup::import(store.as_ref(), loaded, &mut report).await?)
+    }
+    .await;
     store.close().await;
-    let restored = result?;
+    if result.is_err() && redb && !file_existed {
+        let _ = std::fs::remove_file(&db_file);
+        if !dir_existed {
+            let _ = std::fs::remove_dir(&args.storage.data_dir);
+        }
+    }
+    let restored = result.map_err(|e| match e.downcast::<crate::backup::BackupError>() {
+        Ok(crate::backup::BackupError::TargetNotEmpty) => anyhow::anyhow!(
+            "{}; or pass --force to replace it (the current data is first saved to a backup file)",
+            crate::backup::BackupError::TargetNotEmpty
+        ),
+        Ok(e) => e.into(),
+        Err(e) => e,
+    })?;
     if restored.lacking > 0 {
         eprintln!(
             "warning: this backup lacks {} records that its source could not read",
@@ -410,6 +500,33 @@ async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
         "restored {} records from {} and verified",
         restored.records,
         args.file.display()
+    );
+    Ok(())
+}
+
+/// `restore --force`: saves what `store` holds to `pre-restore-<time>.backup`
+/// beside `file` before it is replaced. Nothing is saved for an empty store.
+async fn keep_old_data(store: &dyn Store, file: &Path) -> anyhow::Result<()> {
+    if store.count_tasks().await? == 0 && store.list_tokens().await?.is_empty() {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let keep = file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("pre-restore-{stamp}.backup"));
+    let done = crate::backup::backup(store, &keep, &mut report)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot keep the current data in {}; nothing was restored",
+                keep.display()
+            )
+        })?;
+    eprintln!(
+        "the current data ({} records) is kept in {}",
+        done.records,
+        keep.display()
     );
     Ok(())
 }

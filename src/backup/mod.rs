@@ -16,6 +16,8 @@
 //! token digest.
 
 pub mod format;
+#[cfg(unix)]
+pub mod online;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
@@ -158,7 +160,7 @@ pub async fn backup(
     let export = store.export().await.map_err(BackupError::Export)?;
     let (records, unreadable) = (export.records, export.unreadable);
     let total = records.len() as u64;
-    let tmp = out.with_extension("partial");
+    let tmp = partial_path(out);
     {
         let file = create_private(&tmp).map_err(io_error("cannot create", &tmp))?;
         let mut w = BufWriter::new(file);
@@ -178,18 +180,36 @@ pub async fn backup(
             .map_err(io_error("cannot flush to disk", &tmp))?;
     }
     progress("written", total, total);
-    let back = read(&tmp, &mut |_, _, _| {}).map_err(|e| BackupError::Verify(Box::new(e)))?;
+    let back = verify_and_move(&tmp, out)?;
     if back.lines.len() as u64 != total {
         return Err(BackupError::Format(format!(
             "verification read {} records, wrote {total}",
             back.lines.len()
         )));
     }
-    std::fs::rename(&tmp, out).map_err(io_error("cannot move the backup to", out))?;
     Ok(BackupReport {
         records: total,
         unreadable,
     })
+}
+
+/// Where a backup to `out` is written until it is complete and verified.
+fn partial_path(out: &Path) -> PathBuf {
+    out.with_extension("partial")
+}
+
+/// Reads the complete file `tmp` back ([`read`]) and renames it to `out`;
+/// on a failed check `tmp` is removed and `out` left as it was.
+fn verify_and_move(tmp: &Path, out: &Path) -> Result<BackupFile, BackupError> {
+    let back = match read(tmp, &mut |_, _, _| {}) {
+        Ok(back) => back,
+        Err(e) => {
+            let _ = std::fs::remove_file(tmp);
+            return Err(BackupError::Verify(Box::new(e)));
+        }
+    };
+    std::fs::rename(tmp, out).map_err(io_error("cannot move the backup to", out))?;
+    Ok(back)
 }
 
 /// Reads and checks a backup file: format, version, record count and checksum
@@ -271,15 +291,19 @@ pub fn read(path: &Path, progress: Progress<'_>) -> Result<BackupFile, BackupErr
     })
 }
 
-/// Restores `path` into `store`, which must be empty: every record is
-/// validated first ([`Line::into_record`], [`ImportSet::validate`]), then
-/// imported in one transaction that reads the records back and compares them
-/// before it commits. On any error nothing was written.
-pub async fn restore(
-    store: &dyn Store,
-    path: &Path,
-    progress: Progress<'_>,
-) -> Result<RestoreReport, BackupError> {
+/// A backup file read, checked and validated: ready to import.
+#[derive(Debug)]
+pub struct Loaded {
+    pub set: ImportSet,
+    pub records: u64,
+    /// How many records of its source the backup says it lacks.
+    pub lacking: u64,
+}
+
+/// Reads `path` and validates every record ([`Line::into_record`],
+/// [`ImportSet::validate`]) without touching any store: a file that is
+/// missing, damaged or invalid fails here, before a target is opened.
+pub fn load(path: &Path, progress: Progress<'_>) -> Result<Loaded, BackupError> {
     let file = read(path, progress).map_err(|e| BackupError::Unreadable(Box::new(e)))?;
     let total = file.lines.len() as u64;
     let invalid = |e: InvalidRecord| BackupError::Invalid {
@@ -301,13 +325,39 @@ pub async fn restore(
         .map_err(invalid)?;
     let set = ImportSet::validate(records).map_err(invalid)?;
     progress("checked", total, total);
-    let written = store.import(set).await.map_err(|e| match e {
+    Ok(Loaded {
+        set,
+        records: total,
+        lacking: file.unreadable,
+    })
+}
+
+/// Imports what [`load`] read into `store` in one transaction that reads
+/// the records back and compares them before it commits.
+pub async fn import(
+    store: &dyn Store,
+    loaded: Loaded,
+    progress: Progress<'_>,
+) -> Result<RestoreReport, BackupError> {
+    let total = loaded.records;
+    let written = store.import(loaded.set).await.map_err(|e| match e {
         StorageError::AlreadyExists(_) => BackupError::TargetNotEmpty,
         e => BackupError::Import(e),
     })?;
     progress("imported and verified", written, total);
     Ok(RestoreReport {
         records: total,
-        lacking: file.unreadable,
+        lacking: loaded.lacking,
     })
+}
+
+/// Restores `path` into `store`, which must be empty: [`load`], then
+/// [`import`]. On any error nothing was written.
+pub async fn restore(
+    store: &dyn Store,
+    path: &Path,
+    progress: Progress<'_>,
+) -> Result<RestoreReport, BackupError> {
+    let loaded = load(path, progress)?;
+    import(store, loaded, progress).await
 }

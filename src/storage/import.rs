@@ -102,9 +102,19 @@ pub struct ImportSet {
     pub(crate) tasks: Vec<(PrincipalName, Task)>,
     /// Tasks per owner, for the quota counters.
     pub(crate) counts: BTreeMap<PrincipalName, u64>,
+    /// Delete what the target holds (tasks, tokens, idempotency records) in
+    /// the import's own transaction instead of refusing a target with data.
+    pub(crate) replace: bool,
 }
 
 impl ImportSet {
+    /// This set, replacing the target's data in the import's transaction
+    /// (`restore --force`): the old data is gone only if the import commits.
+    pub fn replacing(mut self) -> Self {
+        self.replace = true;
+        self
+    }
+
     pub fn validate(records: Vec<Record>) -> Result<Self, InvalidRecord> {
         let mut set = Self::default();
         let mut ids = HashSet::new();

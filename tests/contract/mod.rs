@@ -37,6 +37,7 @@ macro_rules! store_contract_tests {
             concurrent_conflicting_updates_one_wins, delete_checks_version_and_owner,
             idempotent_create_replays_and_rejects_other_bodies, quota_limits_creates,
             tokens_lifecycle, export_import_round_trip, import_refuses_non_empty_store,
+            a_replacing_import_replaces_everything_at_once,
             concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone,
             a_replay_is_not_held_to_the_quota, a_quota_of_zero_refuses_every_create,
             preconditions_admit_any_version_they_list, tokens_are_listed_in_byte_order_of_names);
@@ -617,6 +618,57 @@ pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
         "nothing was written"
     );
     assert_eq!(s.principal(&[4; 32]).await.unwrap(), None);
+}
+
+/// `restore --force`: the old tasks, tokens, quota counts and idempotency
+/// records are gone and the new ones are in, from one transaction.
+pub async fn a_replacing_import_replaces_everything_at_once(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut keyed = new_task("keyed");
+    keyed.idempotency = Some(devops_api::storage::Idempotency {
+        key: "k1".into(),
+        request_digest: [1; 32],
+    });
+    let old = s.create_task(&p("alice"), keyed).await.unwrap();
+    s.create_token(&p("alice"), [3; 32]).await.unwrap();
+    let new = Task::create(fields(json!({"title": "new"})));
+    let records = vec![
+        Record::Task {
+            owner: p("bob"),
+            task: new.clone(),
+        },
+        Record::Token {
+            name: p("bob"),
+            digest: [4u8; 32],
+            created_at: domain::now(),
+        },
+    ];
+    let set = ImportSet::validate(records.clone()).unwrap().replacing();
+    assert_eq!(s.import(set).await.unwrap(), 2);
+    let mut back = s.export().await.unwrap().records;
+    back.sort_by_key(|r| format!("{r:?}"));
+    let mut want = records;
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(back, want);
+    assert_eq!(s.principal(&[3; 32]).await.unwrap(), None, "old token gone");
+    assert_eq!(s.principal(&[4; 32]).await.unwrap(), Some(p("bob")));
+    assert!(matches!(
+        s.get_task(&p("alice"), old.task().id).await,
+        Err(StorageError::NotFound)
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 1);
+    // The old idempotency record went with its task (the key creates anew),
+    // and alice's quota count with her tasks (a quota of 1 admits one).
+    let mut again = new_task("keyed");
+    again.max_tasks = 1;
+    again.idempotency = Some(devops_api::storage::Idempotency {
+        key: "k1".into(),
+        request_digest: [1; 32],
+    });
+    assert!(matches!(
+        s.create_task(&p("alice"), again).await.unwrap(),
+        Created::New(_)
+    ));
 }
 
 pub async fn concurrent_creates_are_all_durable_and_distinct(store: Arc<dyn Store>) {

@@ -338,14 +338,19 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
          LOCK TABLE tasks, tokens, task_counts IN SHARE ROW EXCLUSIVE MODE",
     )
     .await?;
-    let occupied: bool = txn
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM tokens)",
-            &[],
-        )
-        .await?
-        .get(0);
-    rules::check_import_target(occupied)?;
+    if set.replace {
+        txn.batch_execute("TRUNCATE tasks, tokens, task_counts, idempotency_keys")
+            .await?;
+    } else {
+        let occupied: bool = txn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM tokens)",
+                &[],
+            )
+            .await?
+            .get(0);
+        rules::check_import_target(occupied)?;
+    }
     for t in &set.tokens {
         txn.execute(
             "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",

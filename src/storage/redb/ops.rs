@@ -277,6 +277,14 @@ pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
 /// means the batch must be rolled back.
 pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64> {
     let n = set.len() as u64;
+    if set.replace {
+        txn.delete_table(TASKS)?;
+        txn.delete_table(TOKENS)?;
+        txn.delete_table(TOKEN_NAMES)?;
+        txn.delete_table(COUNTS)?;
+        txn.delete_table(IDEMPOTENCY)?;
+        txn.delete_table(IDEMPOTENCY_EXPIRY)?;
+    }
     let mut tasks = txn.open_table(TASKS)?;
     let mut tokens = txn.open_table(TOKENS)?;
     rules::check_import_target(!tasks.is_empty()? || !tokens.is_empty()?)?;
