@@ -169,7 +169,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state = AppState::new(store.clone(), config, static_tokens);
     let lifecycle = state.lifecycle.clone();
     #[cfg(unix)]
-    let control = start_control_socket(&args, &store)?;
+    let control = start_control_socket(&args, &store);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -219,8 +219,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     server::serve_with(listener, app, stop, lifecycle, policy, limits).await?;
     #[cfg(unix)]
     if let Some(control) = control {
+        // The aborted task removes the socket file if this process owns it.
         control.abort();
-        let _ = std::fs::remove_file(crate::backup::online::socket_path(&args.storage.data_dir));
+        let _ = control.await;
     }
     store.close().await;
     tracing::info!("stopped");
@@ -228,31 +229,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// The control socket for online backups (redb only: a PostgreSQL server is
-/// backed up through the database). `None` when another process on the same
-/// data directory already serves it.
+/// backed up through the database); see [`crate::backup::online::start`].
 #[cfg(unix)]
 fn start_control_socket(
     args: &ServeArgs,
     store: &Arc<dyn Store>,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    use crate::backup::online;
-    if args.storage.database.database_url.is_some()
-        || args.storage.database.database_url_file.is_some()
-    {
-        return Ok(None);
-    }
-    let dir = &args.storage.data_dir;
-    let Some(listener) = online::bind(dir).with_context(|| {
-        format!(
-            "cannot create the control socket {}",
-            online::socket_path(dir).display()
-        )
-    })?
-    else {
-        tracing::info!("another process on this data directory serves the control socket");
-        return Ok(None);
-    };
-    Ok(Some(tokio::spawn(online::serve(listener, store.clone()))))
+) -> Option<tokio::task::JoinHandle<()>> {
+    let postgres = args.storage.database.database_url.is_some()
+        || args.storage.database.database_url_file.is_some();
+    (!postgres).then(|| crate::backup::online::start(args.storage.data_dir.clone(), store.clone()))
 }
 
 /// Connections the metrics listener may hold (scrapers are few).

@@ -13,8 +13,7 @@
 
 use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
-/// Stored tasks of every owner (a gauge; `tasks_total` before, renamed
-/// because `_total` marks counters).
+/// Stored tasks of every owner: a gauge, so no `_total` (which marks counters).
 pub const TASKS_STORED: &str = "tasks_stored";
 /// 1 while the process is draining after a stop signal, else 0.
 pub const SERVER_DRAINING: &str = "server_draining";

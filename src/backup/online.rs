@@ -47,15 +47,77 @@ pub fn bind(data_dir: &Path) -> io::Result<Option<UnixListener>> {
         }
         std::fs::remove_file(&path)?;
     }
-    let listener = UnixListener::bind(&path)?;
+    let listener = match UnixListener::bind(&path) {
+        Ok(l) => l,
+        // Another process bound it since we looked.
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(None),
+        Err(e) => return Err(e),
+    };
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(Some(listener))
 }
 
-/// Serves backups on `listener` until the future is dropped; one connection
-/// at a time is enough for a backup job.
-pub async fn serve(listener: UnixListener, store: Arc<dyn Store>) {
+/// How often a process without the socket checks whether it is free.
+const RETAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves the control socket of `data_dir` from a task that removes the
+/// socket file when it ends or is aborted, if this process bound it. While another process on
+/// the same data directory holds the socket, checks every [`RETAKE`] and
+/// takes it over once that process is gone, so some task of a service that
+/// shares a file always answers. A socket that cannot be created (a path
+/// longer than the system allows, a read-only directory) is logged and
+/// retried; the server works without it.
+///
+/// The first attempt is made before this returns, so a server that reports
+/// ready already answers on its socket.
+pub fn start(data_dir: PathBuf, store: Arc<dyn Store>) -> tokio::task::JoinHandle<()> {
+    let first = bind(&data_dir);
+    tokio::spawn(run(data_dir, store, first))
+}
+
+async fn run(data_dir: PathBuf, store: Arc<dyn Store>, first: io::Result<Option<UnixListener>>) {
+    let mut warned = false;
+    let mut attempt = Some(first);
+    loop {
+        let bound = match attempt.take() {
+            Some(first) => first,
+            None => bind(&data_dir),
+        };
+        match bound {
+            Ok(Some(listener)) => {
+                let _owned = Owned(socket_path(&data_dir));
+                tracing::info!(socket = %socket_path(&data_dir).display(), "control socket for online backups");
+                serve(listener, store).await;
+                return;
+            }
+            Ok(None) => {}
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    socket = %socket_path(&data_dir).display(),
+                    error = %e,
+                    "cannot create the control socket: online backups through it are unavailable; retrying"
+                );
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(RETAKE).await;
+    }
+}
+
+/// Removes the socket file of the process that bound it.
+struct Owned(PathBuf);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Serves backups on `listener`; one connection at a time is enough for a
+/// backup job.
+async fn serve(listener: UnixListener, store: Arc<dyn Store>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

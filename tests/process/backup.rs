@@ -187,3 +187,31 @@ async fn restore_force_replaces_data_and_keeps_the_old_data_as_a_backup() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(records(&again).await == dst_records, "the old data is kept");
 }
+
+/// Tasks sharing a file in multi-writer mode: one serves the socket; when it
+/// stops, another takes the socket over, so online backups keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_socket_passes_to_a_remaining_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let shared = [("DB_SHARING", "multi-writer")];
+    let mut first = Server::start(&data, &shared);
+    let second = Server::start(&data, &shared);
+    create(&client(), &second.url(""), "kept").await.unwrap();
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(20)).success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !data.join("control.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task took the socket over"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let file = dir.path().join("b.backup");
+    let out = run(&["backup", "--out", file.to_str().unwrap()], &data, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("control socket"), "{}", stderr(&out));
+    assert!(std::fs::read_to_string(&file).unwrap().contains("\"kept\""));
+    drop(second);
+}
