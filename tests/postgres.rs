@@ -1120,7 +1120,8 @@ fn refused(err: StorageError, what: &str) {
 async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
     let ca = cert_env("TEST_PG_CA_FILE");
     let wrong = cert_env("TEST_PG_WRONG_CA_FILE");
-    let by_ip = server_url();
+    // The script's URL disables TLS for the rest of the suite.
+    let (by_ip, _) = postgres::tls::split_url(&server_url()).unwrap();
     assert!(
         by_ip.contains("127.0.0.1"),
         "the cluster listens on 127.0.0.1: {by_ip}"
@@ -1187,8 +1188,9 @@ async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
 
     // The whole store over verify-full: migrations, the pool, a write.
     let db = TestDb::create().await;
+    let (db_url, _) = postgres::tls::split_url(&db.url).unwrap();
     let mut cfg = with_query(
-        &db.url.replace("127.0.0.1", "localhost"),
+        &db_url.replace("127.0.0.1", "localhost"),
         "sslmode=verify-full",
         Some(&ca),
     );
@@ -1205,7 +1207,7 @@ async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
     assert_eq!(store.list_tokens().await.unwrap().len(), 1);
     store.close().await;
     let err = PostgresStore::connect(&with_query(
-        &db.url.replace("127.0.0.1", "localhost"),
+        &db_url.replace("127.0.0.1", "localhost"),
         "sslmode=verify-full",
         Some(&wrong),
     ))
