@@ -52,8 +52,16 @@ fn with_dbname(url: &str, db: &str) -> String {
     }
 }
 
+/// Settings for a test's own connections: the URL's TLS settings, and no
+/// statement timeout (CREATE/DROP DATABASE may take seconds on a loaded machine).
+fn admin_config(url: &str) -> PostgresConfig {
+    let mut cfg = PostgresConfig::new(url);
+    cfg.statement_timeout = Duration::ZERO;
+    cfg
+}
+
 async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let cfg = PostgresConfig::new(url);
+    let cfg = admin_config(url);
     let pg = cfg.pg_config().expect("TEST_DATABASE_URL is a valid URL");
     match postgres::connect_one(&pg, &cfg.tls().expect("TLS set-up")).await {
         Ok(c) => c,
@@ -111,7 +119,7 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let cfg = PostgresConfig::new(&server);
+                let cfg = admin_config(&server);
                 let c = postgres::connect_one(&cfg.pg_config().ok()?, &cfg.tls().ok()?)
                     .await
                     .ok()?;
