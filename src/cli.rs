@@ -10,11 +10,12 @@ use anyhow::Context;
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 
-use crate::auth::{self, PrincipalName, StaticTokens};
+use crate::auth::{self, StaticTokens};
 use crate::config::{
     Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
     TokenArgs,
 };
+use crate::domain::PrincipalName;
 use crate::http::{self, ApiConfig, AppState, TrustedProxies};
 use crate::lifecycle::{self, Lifecycle, ShutdownPolicy};
 use crate::server::ConnLimits;
@@ -69,15 +70,17 @@ pub async fn open_store(
     if let Some(config) = postgres_config(&storage.database)? {
         let store = PostgresStore::connect(&config)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot open the PostgreSQL database: {e}"))?;
+            .context("cannot open the PostgreSQL database")?;
         return Ok(Arc::new(store));
     }
     let mut cfg = RedbConfig::new(&storage.data_dir);
     cfg.sharing = storage.db_sharing;
     cfg.group_commit = group_commit;
     let store = RedbStore::open(&cfg).map_err(|e| match e {
-        StorageError::Unavailable(m) => anyhow::anyhow!(m),
-        other => anyhow::anyhow!(other),
+        StorageError::Locked { .. } => anyhow::anyhow!(
+            "{e}: stop the other process, or run every process on this file with --db-sharing multi-writer"
+        ),
+        e => anyhow::Error::new(e),
     })?;
     Ok(Arc::new(store))
 }
@@ -92,6 +95,7 @@ fn postgres_config(db: &DatabaseArgs) -> anyhow::Result<Option<PostgresConfig>> 
         "--database-pool-size must be at least 1"
     );
     let mut config = PostgresConfig::new(url);
+    config.ca_file = db.database_ca_file.clone();
     config.pool_size = db.database_pool_size;
     config.statement_timeout = seconds("--statement-timeout", db.statement_timeout)?;
     Ok(Some(config))
@@ -104,7 +108,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     })?;
     let applied = crate::storage::postgres::run_migrations(&config)
         .await
-        .map_err(|e| anyhow::anyhow!("migration failed: {e}"))?;
+        .context("migration failed")?;
     let version = crate::storage::postgres::SCHEMA_VERSION;
     if applied.is_empty() {
         eprintln!("schema is up to date (version {version})");
@@ -164,6 +168,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let state = AppState::new(store.clone(), config, static_tokens);
     let lifecycle = state.lifecycle.clone();
+    #[cfg(unix)]
+    let control = start_control_socket(&args, &store);
 
     let listener = TcpListener::bind(args.listen)
         .await
@@ -211,9 +217,27 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let app = http::app(state);
     server::serve_with(listener, app, stop, lifecycle, policy, limits).await?;
+    #[cfg(unix)]
+    if let Some(control) = control {
+        // The aborted task removes the socket file if this process owns it.
+        control.abort();
+        let _ = control.await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The control socket for online backups (redb only: a PostgreSQL server is
+/// backed up through the database); see [`crate::backup::online::start`].
+#[cfg(unix)]
+fn start_control_socket(
+    args: &ServeArgs,
+    store: &Arc<dyn Store>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let postgres = args.storage.database.database_url.is_some()
+        || args.storage.database.database_url_file.is_some();
+    (!postgres).then(|| crate::backup::online::start(args.storage.data_dir.clone(), store.clone()))
 }
 
 /// Connections the metrics listener may hold (scrapers are few).
@@ -267,7 +291,8 @@ async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
         return Ok(());
     }
     let token = auth::generate_token();
-    match store.create_token("admin", auth::digest(&token)).await {
+    let admin = PrincipalName::parse("admin").expect("`admin` is a principal name");
+    match store.create_token(&admin, auth::digest(&token)).await {
         Ok(_) => {
             println!(
                 "\nNo tokens existed, so a token for principal `admin` was created.\n\
@@ -302,7 +327,7 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                 }
                 let token = auth::generate_token();
                 store
-                    .create_token(name.as_str(), auth::digest(&token))
+                    .create_token(&name, auth::digest(&token))
                     .await
                     .map_err(|e| match e {
                         StorageError::AlreadyExists(_) => anyhow::anyhow!(
@@ -331,7 +356,12 @@ async fn token(args: TokenArgs) -> anyhow::Result<()> {
                 }
             }
             TokenAction::Revoke { name } => {
-                store.revoke_token(name).await.map_err(|e| match e {
+                // A name that is not a principal's has no token either.
+                let revoked = match PrincipalName::parse(name) {
+                    Ok(principal) => store.revoke_token(&principal).await,
+                    Err(_) => Err(StorageError::NotFound),
+                };
+                revoked.map_err(|e| match e {
                     StorageError::NotFound => anyhow::anyhow!("`{name}` has no token"),
                     e => e.into(),
                 })?;
@@ -354,10 +384,38 @@ fn report(what: &str, done: u64, total: u64) {
     }
 }
 
+/// Exit status of `devops-api backup` when the file was written and verified
+/// but records of the store could not be read and are missing from it.
+pub const EXIT_INCOMPLETE: u8 = 3;
+
 /// `devops-api backup`: exit 0 when every record was written, 1 when no
-/// backup was written, [`crate::backup::EXIT_INCOMPLETE`] when the file was
-/// written but records the store could not read are missing from it.
+/// backup was written, [`EXIT_INCOMPLETE`] when the file was written but
+/// records the store could not read are missing from it.
 async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
+    #[cfg(unix)]
+    if args.storage.database.url()?.is_none()
+        && let Some(stream) = crate::backup::online::connect(&args.storage.data_dir).await
+    {
+        eprintln!(
+            "a server runs on {}: backing up through its control socket",
+            args.storage.data_dir.display()
+        );
+        let done = crate::backup::online::fetch(stream, &args.out, &mut report).await?;
+        eprintln!(
+            "backup of {} records written to {} and verified",
+            done.records,
+            args.out.display()
+        );
+        if done.unreadable == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!(
+            "error: {} records could not be read and are NOT in the backup (the server's log lists them); \
+             the backup holds everything else",
+            done.unreadable
+        );
+        return Ok(ExitCode::from(EXIT_INCOMPLETE));
+    }
     let store = open_store(&args.storage, true).await?;
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
     store.close().await;
@@ -378,17 +436,82 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
          the backup holds everything else",
         done.unreadable.len()
     );
-    Ok(ExitCode::from(crate::backup::EXIT_INCOMPLETE))
+    Ok(ExitCode::from(EXIT_INCOMPLETE))
 }
 
+/// `devops-api restore`: the file is read and validated before any store is
+/// opened, so a missing or damaged file leaves nothing behind; a data file
+/// this command created is removed again when the import fails.
 async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
+    let loaded = crate::backup::load(&args.file, &mut report)?;
+    let redb = args.storage.database.url()?.is_none();
+    let db_file = RedbConfig::new(&args.storage.data_dir).db_path();
+    let dir_existed = args.storage.data_dir.exists();
+    let file_existed = db_file.exists();
     let store = open_store(&args.storage, true).await?;
-    let result = crate::backup::restore(store.as_ref(), &args.file, &mut report).await;
+    let result = async {
+        let set = if args.force {
+            keep_old_data(store.as_ref(), &args.file).await?;
+            loaded.set.replacing()
+        } else {
+            loaded.set
+        };
+        let loaded = crate::backup::Loaded { set, ..loaded };
+        anyhow::Ok(crate::backup::import(store.as_ref(), loaded, &mut report).await?)
+    }
+    .await;
     store.close().await;
-    let n = result?;
+    if result.is_err() && redb && !file_existed {
+        let _ = std::fs::remove_file(&db_file);
+        if !dir_existed {
+            let _ = std::fs::remove_dir(&args.storage.data_dir);
+        }
+    }
+    let restored = result.map_err(|e| match e.downcast::<crate::backup::BackupError>() {
+        Ok(crate::backup::BackupError::TargetNotEmpty) => anyhow::anyhow!(
+            "{}; or pass --force to replace it (the current data is first saved to a backup file)",
+            crate::backup::BackupError::TargetNotEmpty
+        ),
+        Ok(e) => e.into(),
+        Err(e) => e,
+    })?;
+    if restored.lacking > 0 {
+        eprintln!(
+            "warning: this backup lacks {} records that its source could not read",
+            restored.lacking
+        );
+    }
     eprintln!(
-        "restored {n} records from {} and verified",
+        "restored {} records from {} and verified",
+        restored.records,
         args.file.display()
+    );
+    Ok(())
+}
+
+/// `restore --force`: saves what `store` holds to `pre-restore-<time>.backup`
+/// beside `file` before it is replaced. Nothing is saved for an empty store.
+async fn keep_old_data(store: &dyn Store, file: &Path) -> anyhow::Result<()> {
+    if store.count_tasks().await? == 0 && store.list_tokens().await?.is_empty() {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let keep = file
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!("pre-restore-{stamp}.backup"));
+    let done = crate::backup::backup(store, &keep, &mut report)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot keep the current data in {}; nothing was restored",
+                keep.display()
+            )
+        })?;
+    eprintln!(
+        "the current data ({} records) is kept in {}",
+        done.records,
+        keep.display()
     );
     Ok(())
 }

@@ -38,12 +38,14 @@ pub enum Command {
     Token(TokenArgs),
     /// Apply pending PostgreSQL schema migrations and exit (`serve` also applies them at start).
     Migrate(MigrateArgs),
-    /// Write a consistent snapshot of all tasks and tokens to a file, while the
-    /// server runs (it must use --db-sharing multi-writer for redb), and verify it.
+    /// Write a consistent snapshot of all tasks and tokens to a file, also
+    /// while the server runs, and verify it.
     #[command(
         long_about = "Write a consistent snapshot of all tasks and tokens (token digests, \
-        never tokens) to a file, while the server runs (it must use --db-sharing multi-writer \
-        for redb), and verify it. The file is created with mode 0600 and replaces OUT only when \
+        never tokens) to a file, also while the server runs, and verify it. When a server \
+        answers on the control socket of the data directory (DATA_DIR/control.sock, any \
+        --db-sharing mode) the snapshot comes from it; otherwise the file (or PostgreSQL) is \
+        opened directly. The file is created with mode 0600 and replaces OUT only when \
         complete.\n\n\
         The file ends with a SHA-256 over its records: an integrity check that detects a \
         truncated or damaged file, not an authenticity check (it has no key; anyone who can \
@@ -58,7 +60,9 @@ pub enum Command {
     /// Load a backup file into an empty data directory (or empty database) and verify it.
     #[command(
         long_about = "Load a backup file into an empty data directory (or empty \
-        database) and verify it.\n\n\
+        database; with --force, one that holds data, which is first saved to a backup file) \
+        and verify it. The file is read and checked before any store is opened: a missing \
+        or damaged file leaves nothing behind.\n\n\
         The file's SHA-256 is an integrity check (truncation, damage), not an authenticity \
         check: it has no key, so an edited file can carry a matching checksum. Every record is \
         therefore validated as the API would: principal names (owners and token names), \
@@ -84,6 +88,11 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// The backup file to read.
     pub file: PathBuf,
+    /// Replace data the target holds, after saving it to
+    /// `pre-restore-<time>.backup` beside FILE; the replacement is one
+    /// transaction (the old data stays if the import fails).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub storage: StorageArgs,
 }
@@ -112,12 +121,18 @@ pub struct StorageArgs {
 #[derive(Clone, Args)]
 pub struct DatabaseArgs {
     /// PostgreSQL URL (`postgres://user:password@host:5432/db`); when set, PostgreSQL
-    /// is used instead of the redb file. Plain TCP only (no TLS): loopback or an overlay network.
+    /// is used instead of the redb file. TLS as libpq's `sslmode` in the URL says:
+    /// disable, prefer (default), require, verify-ca, verify-full.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// File holding the PostgreSQL URL (a Docker secret; a trailing newline is ignored).
     #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
     pub database_url_file: Option<PathBuf>,
+    /// PEM file of the CA that signs the PostgreSQL server's certificate, for
+    /// `sslmode=verify-ca` or `verify-full` (default: the URL's `sslrootcert`,
+    /// else the Mozilla root store).
+    #[arg(long, env = "DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
     /// Most PostgreSQL connections per process (replicas × this must stay below max_connections).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 10)]
     pub database_pool_size: usize,
@@ -157,6 +172,7 @@ impl std::fmt::Debug for DatabaseArgs {
                 &self.database_url.as_ref().map(|_| "<redacted>"),
             )
             .field("database_url_file", &self.database_url_file)
+            .field("database_ca_file", &self.database_ca_file)
             .field("database_pool_size", &self.database_pool_size)
             .field("statement_timeout", &self.statement_timeout)
             .finish()

@@ -13,7 +13,8 @@
 //!   and the connection limits (cap, header and idle timeouts); `server::serve`
 //!   takes a bound listener and a shutdown future, so tests bind port 0 and
 //!   decide when to stop.
-//! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics.
+//! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics;
+//!   [`metrics_catalog`]: every exported metric with its HELP text.
 
 pub mod auth;
 pub mod backup;
@@ -21,7 +22,9 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod jsonlog;
 pub mod lifecycle;
+pub mod metrics_catalog;
 pub mod ratelimit;
 pub mod server;
 pub mod storage;

@@ -13,7 +13,13 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter as Governor};
 
-type Keyed = Governor<String, governor::state::keyed::DefaultKeyedStateStore<String>, DefaultClock>;
+use crate::domain::PrincipalName;
+
+type Keyed = Governor<
+    PrincipalName,
+    governor::state::keyed::DefaultKeyedStateStore<PrincipalName>,
+    DefaultClock,
+>;
 
 pub struct RateLimiter {
     inner: Keyed,
@@ -32,14 +38,11 @@ impl RateLimiter {
     }
 
     /// `Ok` to proceed, or the whole seconds to wait before retrying.
-    pub fn check(&self, principal: &str) -> Result<(), u64> {
-        // Allocates only for the key lookup; principals are few and short.
-        self.inner
-            .check_key(&principal.to_owned())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.clock.now());
-                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-            })
+    pub fn check(&self, principal: &PrincipalName) -> Result<(), u64> {
+        self.inner.check_key(principal).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        })
     }
 
     /// Forget principals whose buckets are full again, so memory stays bounded.
@@ -215,12 +218,16 @@ mod tests {
     #[test]
     fn bursts_then_limits_each_principal_separately() {
         let rl = RateLimiter::new(2);
+        let (a, b) = (
+            PrincipalName::parse("a").unwrap(),
+            PrincipalName::parse("b").unwrap(),
+        );
         for _ in 0..4 {
-            assert!(rl.check("a").is_ok());
+            assert!(rl.check(&a).is_ok());
         }
-        let wait = rl.check("a").unwrap_err();
+        let wait = rl.check(&a).unwrap_err();
         assert!((1..=1).contains(&wait), "wait {wait}");
-        assert!(rl.check("b").is_ok());
+        assert!(rl.check(&b).is_ok());
     }
 
     fn v4(n: u32) -> IpAddr {

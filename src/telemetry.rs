@@ -3,9 +3,13 @@
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::IsTerminal;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +34,8 @@ pub struct LogGuard {
 /// Lines are formatted on the calling thread and written to standard error by
 /// a dedicated thread, so a request never waits for a `write` system call.
 /// The queue is bounded and blocks when full instead of dropping lines: every
-/// request keeps its log line.
+/// request keeps its log line. The pretty format colours its output only when
+/// standard error is a terminal.
 pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<LogGuard> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| anyhow::anyhow!("invalid log level `{level}`: {e}"))?;
@@ -43,20 +48,44 @@ pub fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<LogGuard> 
         .thread_name("log-writer")
         // The worker flushes whenever its queue runs empty.
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_span_events(FmtSpan::NONE)
-        .with_writer(writer);
-    match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-    }
-    .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
+    let ansi = std::io::stderr().is_terminal();
+    tracing::subscriber::set_global_default(subscriber(filter, format, ansi, writer))
+        .map_err(|e| anyhow::anyhow!("logging already initialised: {e}"))?;
     Ok(LogGuard { _worker: worker })
+}
+
+/// The subscriber `init_logging` installs, writing to `writer` (tests pass a
+/// buffer). `ansi`: colour the pretty format (never the JSON one).
+///
+/// Both formats carry the fields of every span an event happens in: the
+/// pretty one as a `span{field=value}:` prefix, the JSON one as top-level
+/// keys beside the event's own (the event's win on a clash). So every line
+/// logged while a request is served carries the request span's `request_id`
+/// (see `http::middleware::observe`).
+pub fn subscriber<W>(
+    filter: EnvFilter,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Pretty => Box::new(
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_span_events(FmtSpan::NONE)
+                .with_ansi(ansi)
+                .with_writer(writer)
+                .finish(),
+        ),
+        LogFormat::Json => Box::new(
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(crate::jsonlog::JsonLines::new(writer)),
+        ),
+    }
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -77,6 +106,8 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .expect("bucket list is not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
+            crate::metrics_catalog::describe();
+            crate::metrics_catalog::register_zeroes();
             metrics::gauge!(
                 "build_info",
                 "version" => env!("CARGO_PKG_VERSION"),

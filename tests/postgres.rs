@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use contract::Fixture;
+use contract::{Fixture, p};
 use devops_api::auth::{self, StaticTokens};
-use devops_api::domain::{Priority, Status};
+use devops_api::domain::{Precondition, Priority, Status};
 use devops_api::http::{ApiConfig, AppState, app};
 use devops_api::lifecycle::ShutdownPolicy;
 use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
@@ -52,9 +52,18 @@ fn with_dbname(url: &str, db: &str) -> String {
     }
 }
 
+/// Settings for a test's own connections: the URL's TLS settings, and no
+/// statement timeout (CREATE/DROP DATABASE may take seconds on a loaded machine).
+fn admin_config(url: &str) -> PostgresConfig {
+    let mut cfg = PostgresConfig::new(url);
+    cfg.statement_timeout = Duration::ZERO;
+    cfg
+}
+
 async fn admin_client(url: &str) -> tokio_postgres::Client {
-    let pg: tokio_postgres::Config = url.parse().expect("TEST_DATABASE_URL is a valid URL");
-    match postgres::connect_one(&pg).await {
+    let cfg = admin_config(url);
+    let pg = cfg.pg_config().expect("TEST_DATABASE_URL is a valid URL");
+    match postgres::connect_one(&pg, &cfg.tls().expect("TLS set-up")).await {
         Ok(c) => c,
         Err(e) => panic!(
             "cannot reach PostgreSQL at TEST_DATABASE_URL={url}: {e}\n\
@@ -110,8 +119,10 @@ impl Drop for TestDb {
                 .build()
                 .ok()?;
             rt.block_on(async {
-                let pg: tokio_postgres::Config = server.parse().ok()?;
-                let c = postgres::connect_one(&pg).await.ok()?;
+                let cfg = admin_config(&server);
+                let c = postgres::connect_one(&cfg.pg_config().ok()?, &cfg.tls().ok()?)
+                    .await
+                    .ok()?;
                 c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await
                     .ok()
@@ -241,7 +252,7 @@ async fn pg_migrations_from_previous_version() {
     let store = PostgresStore::connect(&db.config()).await.unwrap();
     assert_eq!(versions(&c).await, all_versions());
     let t = store
-        .get_task("alice", devops_api::domain::TaskId::from_uuid(id))
+        .get_task(&p("alice"), devops_api::domain::TaskId::from_uuid(id))
         .await
         .unwrap();
     assert_eq!(
@@ -326,7 +337,7 @@ async fn pg_list_query_uses_the_index() {
     .unwrap();
     let after = store
         .list_tasks(
-            "owner3",
+            &p("owner3"),
             &ListQuery {
                 limit: 50,
                 ..ListQuery::default()
@@ -413,7 +424,7 @@ async fn pg_list_query_uses_the_index() {
         }
     }
     // And the pages themselves agree with the filters.
-    let page = store.list_tasks("owner3", &queries[2]).await.unwrap();
+    let page = store.list_tasks(&p("owner3"), &queries[2]).await.unwrap();
     assert!(!page.items.is_empty());
     assert!(page.items.iter().all(|t| queries[2].matches(t)));
     store.close().await;
@@ -453,7 +464,7 @@ async fn pg_q_matches_like_the_embedded_backend() {
             ..ListQuery::default()
         };
         let got: Vec<String> = store
-            .list_tasks("alice", &query)
+            .list_tasks(&p("alice"), &query)
             .await
             .unwrap()
             .items
@@ -480,7 +491,7 @@ async fn pg_unreachable_server_is_unavailable() {
         .await
         .err()
         .expect("no server there");
-    assert!(matches!(err, StorageError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -489,7 +500,7 @@ async fn pg_statement_timeout_is_set_per_connection() {
     let db = TestDb::create().await;
     let mut cfg = db.config();
     cfg.statement_timeout = Duration::from_millis(1234);
-    let c = postgres::connect_one(&cfg.pg_config().unwrap())
+    let c = postgres::connect_one(&cfg.pg_config().unwrap(), &cfg.tls().unwrap())
         .await
         .unwrap();
     let v: String = c
@@ -702,7 +713,7 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&cfg).await.unwrap());
     let token = auth::generate_token();
     store
-        .create_token("alice", auth::digest(&token))
+        .create_token(&p("alice"), auth::digest(&token))
         .await
         .unwrap();
     let config = ApiConfig {
@@ -794,7 +805,7 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     assert_eq!(r.status(), 503, "a create while PostgreSQL is down");
     assert!(matches!(
         store.ping().await,
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Unavailable { .. })
     ));
     let restarted_at = Instant::now();
     cluster.pg_ctl_start();
@@ -914,7 +925,10 @@ async fn pg_undecodable_rows_are_isolated() {
         };
         let mut ids = Vec::new();
         loop {
-            let page = store.list_tasks("alice", &q).await.expect("a list page");
+            let page = store
+                .list_tasks(&p("alice"), &q)
+                .await
+                .expect("a list page");
             ids.extend(page.items.iter().map(|t| t.id));
             match page.next {
                 Some(n) => q.after = Some(n),
@@ -929,19 +943,25 @@ async fn pg_undecodable_rows_are_isolated() {
     for id in &bad_ids {
         let id = devops_api::domain::TaskId::from_uuid(*id);
         assert!(matches!(
-            store.get_task("alice", id).await,
+            store.get_task(&p("alice"), id).await,
             Err(StorageError::Corrupt { .. })
         ));
-        for expected in [None, Some(1), Some(2)] {
+        for expected in [
+            Precondition::Any,
+            Precondition::version(1),
+            Precondition::version(2),
+        ] {
             assert!(matches!(
-                store.delete_task("alice", id, expected).await,
+                store.delete_task(&p("alice"), id, expected).await,
                 Err(StorageError::Corrupt { .. })
             ));
         }
         let change =
             devops_api::domain::TaskChange::Replace(contract::fields(json!({"title": "x"})));
         assert!(matches!(
-            store.update_task("alice", id, change, None).await,
+            store
+                .update_task(&p("alice"), id, change, Precondition::Any)
+                .await,
             Err(StorageError::Corrupt { .. })
         ));
     }
@@ -965,14 +985,14 @@ async fn pg_refused_restore_leaves_the_database_empty() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
     let dir = tempfile::tempdir().unwrap();
     let task = devops_api::domain::Task::create(contract::fields(json!({"title": "a"})));
-    let token = |name: &str, d: u8| devops_api::storage::BackupRecord::Token {
+    let token = |name: &str, d: u8| devops_api::backup::Line::Token {
         name: name.into(),
         digest: hex::encode([d; 32]),
         created_at: devops_api::domain::now(),
     };
-    let ok_task = devops_api::storage::BackupRecord::Task {
+    let ok_task = devops_api::backup::Line::Task {
         owner: "alice".into(),
-        task: task.clone(),
+        task: devops_api::domain::StoredTask::from(&task).into(),
     };
     for (name, records) in [
         ("duplicate task", vec![ok_task.clone(), ok_task.clone()]),
@@ -999,13 +1019,13 @@ async fn pg_refused_restore_leaves_the_database_empty() {
     devops_api::backup::restore(store.as_ref(), &file, &mut |_, _, _| {})
         .await
         .expect("a valid restore after refused ones");
-    assert_eq!(store.get_task("alice", task.id).await.unwrap(), task);
+    assert_eq!(store.get_task(&p("alice"), task.id).await.unwrap(), task);
     store.close().await;
 }
 
 /// A backup file with `records` and a correct checksum, as an attacker who
 /// can edit the file would write it.
-fn crafted_backup(path: &Path, records: &[devops_api::storage::BackupRecord]) {
+fn crafted_backup(path: &Path, records: &[devops_api::backup::Line]) {
     use sha2::Digest;
     let mut out = String::from(
         "{\"format\":\"devops-api-backup\",\"version\":1,\"created_at\":\"2026-01-01T00:00:00.000000Z\"}\n",
@@ -1024,4 +1044,183 @@ fn crafted_backup(path: &Path, records: &[devops_api::storage::BackupRecord]) {
         hex::encode(hash.finalize())
     ));
     std::fs::write(path, out).unwrap();
+}
+
+/// An idempotency record that cannot be decoded (a damaged snapshot, a
+/// digest of the wrong length) frees its key, as on redb: the create makes a
+/// new task and the key answers for it from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_unreadable_idempotency_records_free_their_keys() {
+    let db = TestDb::create().await;
+    let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.config()).await.unwrap());
+    let c = db.client().await;
+    for (key, damage) in [
+        (
+            "k1",
+            "UPDATE idempotency_keys SET task = '\"nope\"'::jsonb WHERE key = 'k1'",
+        ),
+        (
+            "k2",
+            "UPDATE idempotency_keys SET request_digest = '\\x01' WHERE key = 'k2'",
+        ),
+    ] {
+        let first = store
+            .create_task(&p("alice"), contract::keyed_new_task("a", key))
+            .await
+            .unwrap();
+        c.batch_execute(damage).await.unwrap();
+        let again = store
+            .create_task(&p("alice"), contract::keyed_new_task("a", key))
+            .await
+            .unwrap();
+        let devops_api::storage::Created::New(t) = again else {
+            panic!("{key}: an unreadable record replayed: {again:?}")
+        };
+        assert_ne!(t.id, first.task().id, "{key}");
+        assert_eq!(
+            store
+                .create_task(&p("alice"), contract::keyed_new_task("a", key))
+                .await
+                .unwrap(),
+            devops_api::storage::Created::Replayed(t),
+            "{key}: the key answers for the new task"
+        );
+    }
+    store.close().await;
+}
+
+/// A path the throwaway cluster's script exports (nix/test/postgres.sh
+/// generates a CA, a server certificate for `localhost` and an unrelated CA).
+fn cert_env(name: &str) -> std::path::PathBuf {
+    std::env::var_os(name).map(Into::into).unwrap_or_else(|| {
+        panic!("{name} is not set: run the tests through nix/test/postgres.sh, which generates the server certificate")
+    })
+}
+
+/// Connects with `cfg` and says whether the connection is encrypted.
+async fn ssl_in_use(cfg: &PostgresConfig) -> Result<bool, StorageError> {
+    let c = postgres::connect_one(&cfg.pg_config()?, &cfg.tls()?).await?;
+    let row = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+fn with_query(url: &str, query: &str, ca: Option<&std::path::Path>) -> PostgresConfig {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut c = PostgresConfig::new(format!("{url}{sep}{query}"));
+    c.ca_file = ca.map(Into::into);
+    c
+}
+
+fn refused(err: StorageError, what: &str) {
+    let text = devops_api::storage::Chain(&err).to_string();
+    assert!(
+        matches!(err, StorageError::Unavailable { .. }) && text.contains("certificate"),
+        "{what}: {text}"
+    );
+}
+
+#[tokio::test]
+async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
+    let ca = cert_env("TEST_PG_CA_FILE");
+    let wrong = cert_env("TEST_PG_WRONG_CA_FILE");
+    // The script's URL disables TLS for the rest of the suite.
+    let (by_ip, _) = postgres::tls::split_url(&server_url()).unwrap();
+    assert!(
+        by_ip.contains("127.0.0.1"),
+        "the cluster listens on 127.0.0.1: {by_ip}"
+    );
+    // The certificate names `localhost` only.
+    let by_name = by_ip.replace("127.0.0.1", "localhost");
+
+    assert!(
+        !ssl_in_use(&with_query(&by_ip, "sslmode=disable", None))
+            .await
+            .unwrap()
+    );
+    // prefer (the default) and require encrypt without checking the certificate.
+    assert!(ssl_in_use(&PostgresConfig::new(&by_ip)).await.unwrap());
+    assert!(
+        ssl_in_use(&with_query(&by_ip, "sslmode=require", None))
+            .await
+            .unwrap()
+    );
+    // verify-full: the right CA and name.
+    assert!(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", Some(&ca)))
+            .await
+            .unwrap()
+    );
+    let rootcert = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+    assert!(
+        ssl_in_use(&with_query(&by_name, &rootcert, None))
+            .await
+            .unwrap()
+    );
+    // A wrong CA, the public roots (no CA file), or a name the certificate
+    // does not hold are refused.
+    refused(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", Some(&wrong)))
+            .await
+            .unwrap_err(),
+        "wrong CA",
+    );
+    refused(
+        ssl_in_use(&with_query(&by_name, "sslmode=verify-full", None))
+            .await
+            .unwrap_err(),
+        "public roots",
+    );
+    refused(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-full", Some(&ca)))
+            .await
+            .unwrap_err(),
+        "host name mismatch",
+    );
+    // verify-ca checks the chain only.
+    assert!(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-ca", Some(&ca)))
+            .await
+            .unwrap()
+    );
+    refused(
+        ssl_in_use(&with_query(&by_ip, "sslmode=verify-ca", Some(&wrong)))
+            .await
+            .unwrap_err(),
+        "verify-ca, wrong CA",
+    );
+
+    // The whole store over verify-full: migrations, the pool, a write.
+    let db = TestDb::create().await;
+    let (db_url, _) = postgres::tls::split_url(&db.url).unwrap();
+    let mut cfg = with_query(
+        &db_url.replace("127.0.0.1", "localhost"),
+        "sslmode=verify-full",
+        Some(&ca),
+    );
+    cfg.pool_size = 2;
+    let store = PostgresStore::connect(&cfg).await.unwrap();
+    store.ping().await.unwrap();
+    store
+        .create_token(
+            &devops_api::domain::PrincipalName::parse("tls").unwrap(),
+            [7; 32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.list_tokens().await.unwrap().len(), 1);
+    store.close().await;
+    let err = PostgresStore::connect(&with_query(
+        &db_url.replace("127.0.0.1", "localhost"),
+        "sslmode=verify-full",
+        Some(&wrong),
+    ))
+    .await
+    .err()
+    .expect("a wrong CA is refused");
+    refused(err, "store with a wrong CA");
 }

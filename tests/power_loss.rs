@@ -14,7 +14,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use devops_api::domain::{TaskId, parse_create, parse_merge_patch};
+use devops_api::domain::{Precondition, PrincipalName, TaskId, parse_create, parse_merge_patch};
 use devops_api::storage::{NewTask, RedbConfig, RedbStore, StorageError, Store};
 use redb::backends::InMemoryBackend;
 use redb::{Builder, StorageBackend};
@@ -177,9 +177,9 @@ fn state(task: &devops_api::domain::Task) -> State {
 
 /// One task's history as one writer saw it: the state after each attempted
 /// operation and which of them was acknowledged last.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct History {
-    owner: String,
+    owner: PrincipalName,
     id: Option<TaskId>,
     states: Vec<State>,
     /// Index into `states` of the last acknowledged operation.
@@ -193,7 +193,7 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
     for w in 0..WRITERS {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            let owner = format!("writer{w}");
+            let owner = PrincipalName::parse(&format!("writer{w}")).unwrap();
             let mut rng = seed ^ ((w as u64 + 1) << 32);
             let mut histories: Vec<History> = Vec::new();
             let mut live: Vec<usize> = Vec::new(); // indexes of tasks not deleted
@@ -232,7 +232,10 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
                         let change =
                             parse_merge_patch(&serde_json::json!({ "title": title })).unwrap();
                         h.states.push(Some((version + 1, title)));
-                        match store.update_task(&owner, id, change, Some(version)).await {
+                        match store
+                            .update_task(&owner, id, change, Precondition::version(version))
+                            .await
+                        {
                             Ok(task) => {
                                 assert_eq!(
                                     state(&task),
@@ -245,7 +248,10 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
                         }
                     } else {
                         h.states.push(None);
-                        match store.delete_task(&owner, id, Some(version)).await {
+                        match store
+                            .delete_task(&owner, id, Precondition::version(version))
+                            .await
+                        {
                             Ok(()) => {
                                 h.last_acked = Some(h.states.len() - 1);
                                 live.retain(|&x| x != pick);

@@ -6,7 +6,8 @@ mod roundtrip;
 
 use std::sync::Arc;
 
-use contract::Fixture;
+use contract::{Fixture, p};
+use devops_api::domain::Precondition;
 use devops_api::storage::{DbSharing, ManualClock, RedbConfig, RedbStore, StorageError, Store};
 
 fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
@@ -57,7 +58,7 @@ async fn data_survives_reopen() {
     store.close().await;
     drop(store);
     let store = RedbStore::open(&cfg).unwrap();
-    assert_eq!(store.get_task("alice", t.id).await.unwrap(), t);
+    assert_eq!(store.get_task(&p("alice"), t.id).await.unwrap(), t);
 }
 
 #[tokio::test]
@@ -93,13 +94,13 @@ async fn closed_store_reports_unavailable() {
     fx.store.close().await;
     assert!(matches!(
         fx.store.ping().await,
-        Err(StorageError::Unavailable(_))
+        Err(StorageError::Unavailable { .. })
     ));
     let r = fx
         .store
-        .create_task("alice", contract::new_task("late"))
+        .create_task(&p("alice"), contract::new_task("late"))
         .await;
-    assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
 }
 
 /// Every accepted body is kept unchanged through the store, HTTP and a
@@ -206,7 +207,10 @@ async fn undecodable_records_are_isolated() {
             };
             let mut ids = Vec::new();
             loop {
-                let page = store.list_tasks("alice", &q).await.expect("a list page");
+                let page = store
+                    .list_tasks(&p("alice"), &q)
+                    .await
+                    .expect("a list page");
                 ids.extend(page.items.iter().map(|t| t.id));
                 match page.next {
                     Some(n) => q.after = Some(n),
@@ -225,23 +229,28 @@ async fn undecodable_records_are_isolated() {
     assert!(corrupt_count() > before, "unreadable records are counted");
     for id in [garbage, far_future, wrong_id] {
         assert!(matches!(
-            store.get_task("alice", id).await,
+            store.get_task(&p("alice"), id).await,
             Err(StorageError::Corrupt { .. })
         ));
         let change = devops_api::domain::TaskChange::Replace(contract::fields(
             serde_json::json!({"title": "x"}),
         ));
         assert!(matches!(
-            store.update_task("alice", id, change, None).await,
+            store
+                .update_task(&p("alice"), id, change, Precondition::Any)
+                .await,
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            store.delete_task("alice", id, None).await,
+            store.delete_task(&p("alice"), id, Precondition::Any).await,
             Err(StorageError::Corrupt { .. })
         ));
     }
-    assert_eq!(store.get_task("bob", bob.id).await.unwrap(), bob);
-    assert_eq!(store.get_task("alice", good[1].id).await.unwrap(), good[1]);
+    assert_eq!(store.get_task(&p("bob"), bob.id).await.unwrap(), bob);
+    assert_eq!(
+        store.get_task(&p("alice"), good[1].id).await.unwrap(),
+        good[1]
+    );
 
     // A backup holds everything else and says what it left out.
     let file = dir.path().join("b.jsonl");
@@ -266,7 +275,10 @@ async fn undecodable_records_are_isolated() {
         devops_api::backup::restore(&target, &file, &mut |_, _, _| {})
             .await
             .unwrap(),
-        6
+        devops_api::backup::RestoreReport {
+            records: 6,
+            lacking: 3
+        }
     );
 
     // Through HTTP: the list is served, only the bad task fails.
@@ -384,11 +396,11 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
 
     disk.set_full(true);
     let r = store
-        .create_task("alice", contract::new_task("while full"))
+        .create_task(&p("alice"), contract::new_task("while full"))
         .await;
-    assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+    assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
     assert!(
-        matches!(store.ping().await, Err(StorageError::Unavailable(_))),
+        matches!(store.ping().await, Err(StorageError::Unavailable { .. })),
         "not ready as soon as the write failed"
     );
     // An import while the disk is full fails and leaves nothing behind.
@@ -396,9 +408,9 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     assert!(store.import(set).await.is_err());
     for _ in 0..5 {
         let r = store
-            .create_task("alice", contract::new_task("still full"))
+            .create_task(&p("alice"), contract::new_task("still full"))
             .await;
-        assert!(matches!(r, Err(StorageError::Unavailable(_))), "{r:?}");
+        assert!(matches!(r, Err(StorageError::Unavailable { .. })), "{r:?}");
         assert!(store.ping().await.is_err());
     }
 
@@ -413,14 +425,14 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     acked.push(after);
     for t in &acked {
         assert_eq!(
-            &store.get_task("alice", t.id).await.unwrap(),
+            &store.get_task(&p("alice"), t.id).await.unwrap(),
             t,
             "acknowledged write kept"
         );
     }
     let page = store
         .list_tasks(
-            "alice",
+            &p("alice"),
             &devops_api::storage::ListQuery {
                 limit: 100,
                 ..Default::default()
@@ -498,8 +510,11 @@ async fn keyed_create_delete_does_not_grow_the_file_without_bound() {
                 }),
                 max_tasks: 1_000,
             };
-            let t = store.create_task("alice", new).await.unwrap();
-            store.delete_task("alice", t.task().id, None).await.unwrap();
+            let t = store.create_task(&p("alice"), new).await.unwrap();
+            store
+                .delete_task(&p("alice"), t.task().id, Precondition::Any)
+                .await
+                .unwrap();
         }
         clock.advance(devops_api::storage::IDEMPOTENCY_TTL + std::time::Duration::from_secs(1));
         assert_eq!(store.sweep_expired().await.unwrap(), 200, "round {round}");
@@ -554,7 +569,7 @@ async fn idempotency_records_of_older_files_are_swept() {
     let store = RedbStore::open(&cfg).unwrap();
     for k in ["a", "b"] {
         store
-            .create_task("alice", contract::keyed_new_task("t", k))
+            .create_task(&p("alice"), contract::keyed_new_task("t", k))
             .await
             .unwrap();
     }
@@ -573,5 +588,52 @@ async fn idempotency_records_of_older_files_are_swept() {
     assert_eq!(store.sweep_expired().await.unwrap(), 0);
     clock.advance(devops_api::storage::IDEMPOTENCY_TTL + std::time::Duration::from_secs(1));
     assert_eq!(store.sweep_expired().await.unwrap(), 2);
+    store.close().await;
+}
+
+/// An idempotency record that cannot be decoded frees its key (reported and
+/// counted): the create makes a new task and the key answers for it from
+/// then on.
+#[tokio::test]
+async fn an_unreadable_idempotency_record_frees_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let first = store
+        .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    {
+        let db = redb::Database::create(cfg.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let table: redb::TableDefinition<&[u8], &[u8]> =
+                redb::TableDefinition::new("idempotency_v1");
+            let mut t = txn.open_table(table).unwrap();
+            t.insert(b"alice\0k".as_slice(), b"\x01{not json".as_slice())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&cfg).unwrap();
+    let before = corrupt_count();
+    let again = store
+        .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+        .await
+        .unwrap();
+    let devops_api::storage::Created::New(t) = again else {
+        panic!("an unreadable record replayed: {again:?}")
+    };
+    assert_ne!(t.id, first.task().id);
+    assert!(corrupt_count() > before, "the unreadable record is counted");
+    assert_eq!(
+        store
+            .create_task(&p("alice"), contract::keyed_new_task("a", "k"))
+            .await
+            .unwrap(),
+        devops_api::storage::Created::Replayed(t)
+    );
     store.close().await;
 }

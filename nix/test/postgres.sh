@@ -4,6 +4,9 @@
 # missing, creates the cluster with initdb in a temp dir, exports
 # TEST_DATABASE_URL, runs `cargo nextest run --test postgres`, and removes the
 # cluster on exit. A server that cannot start fails the run; nothing is skipped.
+# The server offers TLS with a certificate for `localhost` signed by a CA made
+# for the run (openssl): TEST_PG_CA_FILE is that CA, TEST_PG_WRONG_CA_FILE an
+# unrelated one, for the TLS tests.
 set -euo pipefail
 
 usage() {
@@ -103,19 +106,47 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A CA for this run, the server's certificate for `localhost` only (no IP
+# address: connecting to 127.0.0.1 with verify-full must fail), and an
+# unrelated CA that must be refused.
+certs="$workdir/certs"
+mkdir -p "$certs"
+command -v openssl >/dev/null || { echo "openssl is needed to make the test certificates" >&2; exit 1; }
+new_ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=$1" -keyout "$certs/$2.key" -out "$certs/$2.pem" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+}
+new_ca "devops-api test CA" ca
+new_ca "unrelated test CA" wrong-ca
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=localhost" \
+  -keyout "$certs/server.key" -out "$certs/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n' \
+  >"$certs/server.ext"
+openssl x509 -req -in "$certs/server.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca.key" -CAcreateserial \
+  -days 2 -extfile "$certs/server.ext" -out "$certs/server.pem" 2>/dev/null
+chmod 0600 "$certs/server.key"
+if [[ $(id -u) -eq 0 ]]; then
+  chown -R postgres:postgres "$certs"
+fi
+export TEST_PG_CA_FILE="$certs/ca.pem" TEST_PG_WRONG_CA_FILE="$certs/wrong-ca.pem"
+
 log "initdb in $data"
 "${as_pg[@]}" "$bindir/initdb" -D "$data" -U postgres -A trust -E UTF8 --no-sync >"$workdir/initdb.log" 2>&1 \
   || { cat "$workdir/initdb.log" >&2; exit 1; }
 
 log "starting PostgreSQL on 127.0.0.1:$port"
 # max_connections: parallel tests each hold a small pool; fsync off: throwaway data.
+# TLS on; trust authentication (initdb -A trust) accepts plain and TLS connections.
 if ! "${as_pg[@]}" "$bindir/pg_ctl" -D "$data" -l "$workdir/server.log" -w -t 60 \
-  -o "-p $port -c listen_addresses=127.0.0.1 -k $data -c max_connections=300 -c fsync=off" start >/dev/null; then
+  -o "-p $port -c listen_addresses=127.0.0.1 -k $data -c max_connections=300 -c fsync=off -c ssl=on -c ssl_cert_file=$certs/server.pem -c ssl_key_file=$certs/server.key" start >/dev/null; then
   cat "$workdir/server.log" >&2
   exit 1
 fi
 
-export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+# Plain TCP for the suite (it measures behaviour, and some tests race a pool's
+# wait timeout on a loaded machine); the TLS tests set their own sslmode.
+export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 log "TEST_DATABASE_URL=$TEST_DATABASE_URL"
 psql "$TEST_DATABASE_URL" -Atqc 'SELECT version()' >&2 || { echo "the server does not answer" >&2; exit 1; }
 

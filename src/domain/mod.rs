@@ -2,15 +2,15 @@
 //! client input into them with every problem reported per field.
 
 mod input;
+mod precondition;
+mod principal;
 mod task;
 pub mod text;
 
 pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_replace};
+pub use precondition::Precondition;
+pub use principal::{PRINCIPAL_NAME_MAX, PrincipalName, TokenDigest};
 pub use task::{
-    Description, DueAt, MAX_TAGS, Priority, Status, Tag, Tags, Task, TaskFields, TaskId, Title,
-    now, rfc3339,
+    Description, DueAt, MAX_TAGS, Priority, Status, StoredTask, Tag, Tags, Task, TaskFields,
+    TaskId, Title, now, rfc3339,
 };
-
-/// The owner of a task: the name of the principal whose token created it.
-/// Names are validated where principals are created (`auth::PrincipalName`).
-pub type Owner = str;

@@ -106,7 +106,8 @@ impl Title {
     }
 
     /// A title as stored: trimmed, 1–200 characters, no control characters.
-    pub fn from_stored(s: &str) -> Result<Self, String> {
+    pub fn from_stored(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
         if s.is_empty() || s.trim() != s {
             return Err("a stored title must be non-empty and trimmed".into());
         }
@@ -115,7 +116,7 @@ impl Title {
                 "a stored title must have at most 200 characters and no control characters".into(),
             );
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -126,7 +127,7 @@ impl Title {
 impl<'de> Deserialize<'de> for Title {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Title::from_stored(&s).map_err(serde::de::Error::custom)
+        Title::from_stored(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -155,14 +156,15 @@ impl Description {
 
     /// A description as stored: at most 10 000 characters, no control
     /// characters but line breaks and tabs.
-    pub fn from_stored(s: &str) -> Result<Self, String> {
+    pub fn from_stored(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
         if s.chars().count() > Self::MAX_CHARS
             || s.chars()
                 .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
         {
             return Err("a stored description must have at most 10000 characters and no control characters but line breaks and tabs".into());
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -173,7 +175,7 @@ impl Description {
 impl<'de> Deserialize<'de> for Description {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Description::from_stored(&s).map_err(serde::de::Error::custom)
+        Description::from_stored(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -260,14 +262,15 @@ impl Tag {
     }
 
     /// A tag as stored: 1–50 characters without control characters.
-    pub fn from_stored(s: &str) -> Result<Self, String> {
+    pub fn from_stored(s: impl Into<String>) -> Result<Self, String> {
+        let s = s.into();
         let n = s.chars().count();
         if n == 0 || n > Self::MAX_CHARS || s.chars().any(char::is_control) {
             return Err(
                 "a stored tag must have 1 to 50 characters and no control characters".into(),
             );
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -278,7 +281,7 @@ impl Tag {
 impl<'de> Deserialize<'de> for Tag {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Tag::from_stored(&s).map_err(serde::de::Error::custom)
+        Tag::from_stored(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -508,6 +511,87 @@ impl Task {
     }
 }
 
+/// A task as a storage or backup format holds it: plain values, before the
+/// rules for stored values are applied. Every format converts to this and
+/// back, and [`StoredTask::into_task`] applies the rules, so what any release
+/// of the API may have stored is decided here once (see [`Title`] for why the
+/// stored rules are wider than the input rules).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTask {
+    pub id: Uuid,
+    pub title: String,
+    pub description: Option<String>,
+    pub status: String,
+    pub priority: String,
+    pub due_at: Option<DateTime<Utc>>,
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
+}
+
+impl StoredTask {
+    /// The task, if every value passes the rules for stored values; else why
+    /// not, naming the field.
+    pub fn into_task(self) -> Result<Task, String> {
+        let tags = self
+            .tags
+            .into_iter()
+            .map(Tag::from_stored)
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(Tags::new)
+            .map_err(|e| format!("tags: {e}"))?;
+        let status = Status::parse(&self.status)
+            .ok_or_else(|| format!("status `{}`", self.status.escape_debug()))?;
+        let priority = Priority::parse(&self.priority)
+            .ok_or_else(|| format!("priority `{}`", self.priority.escape_debug()))?;
+        let task = Task {
+            id: TaskId::from_stored(self.id)?,
+            fields: TaskFields {
+                title: Title::from_stored(self.title).map_err(|e| format!("title: {e}"))?,
+                description: self
+                    .description
+                    .map(Description::from_stored)
+                    .transpose()
+                    .map_err(|e| format!("description: {e}"))?,
+                status,
+                priority,
+                due_at: self
+                    .due_at
+                    .map(DueAt::from_stored)
+                    .transpose()
+                    .map_err(|e| format!("due_at: {e}"))?,
+                tags,
+            },
+            created_at: rfc3339::check_stored(self.created_at)
+                .map_err(|e| format!("created_at: {e}"))?,
+            updated_at: rfc3339::check_stored(self.updated_at)
+                .map_err(|e| format!("updated_at: {e}"))?,
+            version: self.version,
+        };
+        task.check_stored()?;
+        Ok(task)
+    }
+}
+
+impl From<&Task> for StoredTask {
+    fn from(task: &Task) -> Self {
+        let f = &task.fields;
+        Self {
+            id: task.id.as_uuid(),
+            title: f.title.as_str().to_owned(),
+            description: f.description.as_ref().map(|d| d.as_str().to_owned()),
+            status: f.status.as_str().to_owned(),
+            priority: f.priority.as_str().to_owned(),
+            due_at: f.due_at.map(|d| d.as_datetime()),
+            tags: f.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            version: task.version,
+        }
+    }
+}
+
 /// The current time at the precision both backends keep.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
@@ -534,6 +618,30 @@ pub mod rfc3339 {
             .map(|t| t.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)?;
         check_stored(t).map_err(serde::de::Error::custom)
+    }
+
+    /// [`serialize`] and [`deserialize`] for an optional timestamp; `null`
+    /// is `None`.
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: serde::Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => super::serialize(t, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            #[derive(Deserialize)]
+            struct Stored(#[serde(with = "super")] DateTime<Utc>);
+            Ok(Option::<Stored>::deserialize(d)?.map(|t| t.0))
+        }
     }
 
     /// `t` if it is a timestamp this API can have written.

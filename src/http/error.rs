@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::FieldError;
-use crate::storage::StorageError;
+use crate::storage::{Chain, StorageError};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -39,12 +39,17 @@ pub enum ApiError {
     QuotaExceeded(u64),
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
+    /// The store cannot serve the request now (retry shortly).
+    #[error("storage unavailable")]
+    Unavailable(#[source] StorageError),
+    /// The process is stopping: not ready.
+    #[error("draining")]
+    Draining,
     #[error("request timed out")]
     Timeout,
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A stored record is damaged, or the store broke its contract.
+    #[error("internal error")]
+    Internal(#[source] StorageError),
 }
 
 /// The problem document. `errors` lists field problems for validation errors.
@@ -123,7 +128,7 @@ impl ApiError {
                 "about:blank",
                 "Too many requests; retry after the given delay.".into(),
             ),
-            Unavailable(_) => (
+            Unavailable(_) | Draining => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "about:blank",
                 "The service cannot serve this request right now; retry shortly.".into(),
@@ -149,9 +154,11 @@ impl From<StorageError> for ApiError {
             StorageError::VersionMismatch { .. } => ApiError::PreconditionFailed,
             StorageError::IdempotencyMismatch => ApiError::IdempotencyMismatch,
             StorageError::QuotaExceeded { max } => ApiError::QuotaExceeded(max),
-            StorageError::Unavailable(m) => ApiError::Unavailable(m),
+            e @ (StorageError::Unavailable { .. }
+            | StorageError::Busy { .. }
+            | StorageError::Locked { .. }) => ApiError::Unavailable(e),
             e @ (StorageError::Corrupt { .. } | StorageError::AlreadyExists(_)) => {
-                ApiError::Internal(e.to_string())
+                ApiError::Internal(e)
             }
         }
     }
@@ -162,13 +169,14 @@ impl IntoResponse for ApiError {
         let (status, kind, detail) = self.parts();
         let retry_after = match &self {
             ApiError::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
+                tracing::error!(cause = %Chain(cause), "internal error");
                 None
             }
             ApiError::Unavailable(cause) => {
-                tracing::warn!(%cause, "storage unavailable");
+                tracing::warn!(cause = %Chain(cause), "storage unavailable");
                 Some(1)
             }
+            ApiError::Draining => Some(1),
             ApiError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         };

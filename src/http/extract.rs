@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::auth;
-use crate::domain::{FieldError, TaskId};
+use crate::domain::{FieldError, Precondition, PrincipalName, TaskId};
 
 /// The authenticated principal of a `/v1` request.
 ///
@@ -19,7 +19,7 @@ use crate::domain::{FieldError, TaskId};
 /// authentications are refused with 429 before the token is looked at (see
 /// [`crate::ratelimit::AuthFailureLimiter`]); every 401 spends from it.
 #[derive(Debug, Clone)]
-pub struct Principal(pub String);
+pub struct Principal(pub PrincipalName);
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
@@ -44,6 +44,9 @@ impl FromRequestParts<AppState> for Principal {
             }
             other => other?,
         };
+        // The request span (see `middleware::observe`) names the principal
+        // on every later line of this request.
+        tracing::Span::current().record("principal", name.as_str());
         if let Some(limiter) = &state.limiter {
             limiter
                 .check(&name)
@@ -56,7 +59,7 @@ impl FromRequestParts<AppState> for Principal {
 /// The principal behind the request's bearer token: from the tokens file, else
 /// from the store. A stored token for a name the tokens file defines is not
 /// honoured (start-up refuses such a store; this covers one created later).
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<String, ApiError> {
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<PrincipalName, ApiError> {
     let token = parts
         .headers
         .get(header::AUTHORIZATION)
@@ -69,7 +72,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<String, ApiErro
         .ok_or(ApiError::Unauthorized)?;
     let digest = auth::digest(token);
     if let Some(name) = state.static_tokens.principal(&digest) {
-        return Ok(name.to_owned());
+        return Ok(name.clone());
     }
     let name = state
         .store
@@ -156,27 +159,24 @@ impl FromRequestParts<AppState> for TaskIdPath {
     }
 }
 
-/// An `If-Match` precondition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IfMatch {
-    /// `*`: the task must exist.
-    Any,
-    /// The task's version must be one of these (strong comparison).
-    Versions(Vec<u64>),
-}
-
-/// Parses `If-Match`. Weak tags never match (RFC 9110 requires strong
-/// comparison here), and a header that names no valid tag matches nothing.
-pub fn if_match(headers: &HeaderMap) -> Option<IfMatch> {
-    let raw = headers.get(header::IF_MATCH)?.to_str().unwrap_or("");
+/// The precondition of `If-Match`: none without the header or with `*`
+/// (the task must exist, which every write requires anyway), else the
+/// versions of its strong tags. Weak tags never match (RFC 9110 requires
+/// strong comparison here), and a header that names no valid tag matches
+/// nothing.
+pub fn if_match(headers: &HeaderMap) -> Precondition {
+    let Some(raw) = headers.get(header::IF_MATCH) else {
+        return Precondition::Any;
+    };
+    let raw = raw.to_str().unwrap_or("");
     if raw.trim() == "*" {
-        return Some(IfMatch::Any);
+        return Precondition::Any;
     }
-    Some(IfMatch::Versions(
+    Precondition::Versions(
         raw.split(',')
             .filter_map(|t| parse_strong(t.trim()))
             .collect(),
-    ))
+    )
 }
 
 /// Whether `If-None-Match` matches `version` (weak comparison).
@@ -210,11 +210,15 @@ mod tests {
 
     #[test]
     fn if_match_forms() {
-        assert_eq!(if_match(&HeaderMap::new()), None);
-        assert_eq!(if_match(&h(header::IF_MATCH, "*")), Some(IfMatch::Any));
+        assert_eq!(if_match(&HeaderMap::new()), Precondition::Any);
+        assert_eq!(if_match(&h(header::IF_MATCH, "*")), Precondition::Any);
         assert_eq!(
             if_match(&h(header::IF_MATCH, "\"3\", W/\"4\", \"x\"")),
-            Some(IfMatch::Versions(vec![3]))
+            Precondition::Versions(vec![3])
+        );
+        assert_eq!(
+            if_match(&h(header::IF_MATCH, "W/\"4\"")),
+            Precondition::Versions(vec![])
         );
     }
 

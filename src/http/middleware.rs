@@ -16,6 +16,7 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{Gauge, Label};
+use tracing::Instrument;
 
 use super::ApiError;
 use super::client_addr::TrustedProxies;
@@ -77,14 +78,29 @@ pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next:
     req.extensions_mut().insert(client);
     let method = method_label(req.method());
     let logged_method = logged_method(req.method());
-    let route = req
+    let matched = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| intern(p.as_str()));
+        .map(|p| intern(p.as_str()));
+    let route = matched.unwrap_or("unmatched");
+    // Only an unmatched path is logged as sent (a matched one is its route
+    // template plus ids): scanners' paths are what an operator looks for.
+    let path = match matched {
+        Some(_) => None,
+        None => Some(logged_path(req.uri().path()).into_owned()),
+    };
+    // Every line logged while the request is served carries these fields.
+    // The span is at ERROR level so that it is enabled whatever the log
+    // level: a warning must not lose its request id because `info` is off.
+    let span = tracing::error_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or(""),
+        principal = tracing::field::Empty,
+    );
 
     shared.in_flight.increment(1.0);
     let in_flight = InFlight(&shared.in_flight);
-    let mut resp = next.run(req).await;
+    let mut resp = next.run(req).instrument(span.clone()).await;
     drop(in_flight);
     let elapsed = started.elapsed();
 
@@ -121,16 +137,35 @@ pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next:
     };
     metrics::counter!("http_requests_total", labels()).increment(1);
     metrics::histogram!("http_request_duration_seconds", labels()).record(elapsed.as_secs_f64());
-    tracing::info!(
-        target: "devops_api::request",
-        method = &*logged_method,
-        route,
-        status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        request_id = request_id.to_str().unwrap_or(""),
-        "request"
-    );
+    span.in_scope(|| {
+        tracing::info!(
+            target: "devops_api::request",
+            method = &*logged_method,
+            route,
+            path = path.as_deref(),
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            client = %client.0,
+            "request"
+        );
+    });
     resp
+}
+
+/// Longest unmatched path written to the log as sent; longer ones are cut and marked.
+pub const LOGGED_PATH_MAX: usize = 256;
+
+/// The path for the log line: up to [`LOGGED_PATH_MAX`] bytes, cut at a
+/// character boundary and followed by `...` when longer.
+fn logged_path(path: &str) -> Cow<'_, str> {
+    if path.len() <= LOGGED_PATH_MAX {
+        return Cow::Borrowed(path);
+    }
+    let mut end = LOGGED_PATH_MAX;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}...", &path[..end]))
 }
 
 /// Abandons a request that runs past the configured deadline.
@@ -282,6 +317,20 @@ mod tests {
         ] {
             assert!(!accepted_request_id(bad.as_bytes()), "{bad}");
         }
+    }
+
+    #[test]
+    fn logged_paths_are_cut_at_a_character_boundary() {
+        assert_eq!(logged_path("/a/b"), "/a/b");
+        let exact = "x".repeat(LOGGED_PATH_MAX);
+        assert_eq!(logged_path(&exact), exact);
+        let long = format!("/{}", "é".repeat(LOGGED_PATH_MAX));
+        let cut = logged_path(&long);
+        assert!(
+            cut.ends_with("...") && cut.len() <= LOGGED_PATH_MAX + 3,
+            "{cut}"
+        );
+        assert!(long.starts_with(cut.trim_end_matches("...")));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub async fn health() -> axum::Json<HealthStatus> {
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<HealthStatus>, ApiError> {
     if state.lifecycle.is_draining() {
-        return Err(ApiError::Unavailable("draining".into()));
+        return Err(ApiError::Draining);
     }
     state.store.ping().await?;
     Ok(axum::Json(HealthStatus { status: "ready" }))
@@ -60,9 +60,16 @@ pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<HealthSta
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    use crate::metrics_catalog::{SERVER_DRAINING, SERVER_READY, TASKS_STORED, collect_process};
     if let Ok(n) = state.store.count_tasks().await {
-        metrics::gauge!("tasks_total").set(n as f64);
+        metrics::gauge!(TASKS_STORED).set(n as f64);
     }
+    let draining = state.lifecycle.is_draining();
+    let ready = !draining && state.store.ping().await.is_ok();
+    metrics::gauge!(SERVER_DRAINING).set(f64::from(u8::from(draining)));
+    metrics::gauge!(SERVER_READY).set(f64::from(u8::from(ready)));
+    state.store.publish_metrics();
+    collect_process();
     let mut resp = state.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -16,11 +16,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{
-    IfMatch, JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match,
-};
+use super::extract::{JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match};
 use super::{ApiError, AppState, Problem};
-use crate::domain::{self, FieldError, Priority, Status, Task, TaskChange, TaskId};
+use crate::domain::{self, FieldError, PrincipalName, Priority, Status, Task, TaskChange, TaskId};
 use crate::storage::{Created, Idempotency, ListQuery, NewTask, Order};
 
 pub fn routes() -> Router<AppState> {
@@ -460,39 +458,16 @@ pub fn decode_cursor(s: &str) -> Option<TaskId> {
 #[cfg_attr(not(test), allow(dead_code))]
 pub const CURSOR_PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$";
 
-/// The version a write must find, from `If-Match`. For a list of tags the
-/// current version is read first; the store still checks it atomically.
-async fn expected_version(
-    state: &AppState,
-    owner: &str,
-    id: TaskId,
-    headers: &HeaderMap,
-) -> Result<Option<u64>, ApiError> {
-    match if_match(headers) {
-        None | Some(IfMatch::Any) => Ok(None),
-        Some(IfMatch::Versions(v)) if v.len() == 1 => Ok(Some(v[0])),
-        Some(IfMatch::Versions(v)) => {
-            let current = state.store.get_task(owner, id).await?;
-            if v.contains(&current.version) {
-                Ok(Some(current.version))
-            } else {
-                Err(ApiError::PreconditionFailed)
-            }
-        }
-    }
-}
-
 async fn update(
     state: AppState,
-    owner: String,
+    owner: PrincipalName,
     id: TaskId,
     headers: HeaderMap,
     change: TaskChange,
 ) -> Result<Response, ApiError> {
-    let expected = expected_version(&state, &owner, id, &headers).await?;
     let task = state
         .store
-        .update_task(&owner, id, change, expected)
+        .update_task(&owner, id, change, if_match(&headers))
         .await?;
     Ok(task_response(StatusCode::OK, &task))
 }
@@ -587,8 +562,10 @@ async fn delete_task(
     TaskIdPath(id): TaskIdPath,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let expected = expected_version(&state, &owner, id, &headers).await?;
-    state.store.delete_task(&owner, id, expected).await?;
+    state
+        .store
+        .delete_task(&owner, id, if_match(&headers))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,28 +3,41 @@
 //! contract suite in `tests/contract/` holds every backend to the same behaviour.
 //!
 //! Rules that every backend needs live here, above them, and the backends only
-//! do I/O: the freshness of idempotency records ([`idempotency_fresh`]), the
+//! do I/O: what an idempotency key means ([`idempotency_fresh`] and
+//! `rules::use_key`), conditional writes, the quota, the order of tokens, the
 //! validation of restored records ([`ImportSet`]), the reporting of records
 //! that cannot be decoded ([`StorageError::corrupt`]), and the clock
 //! ([`Clock`]) that dates tasks and idempotency records.
+//!
+//! The parts: [`error`](StorageError), `rules`, `import` ([`Record`],
+//! [`ImportSet`]), `clock`, `codec` (the versioned records of the embedded
+//! backend), and one module per backend: [`redb`] and [`postgres`].
 
+mod clock;
 mod codec;
+mod error;
+mod import;
 pub mod postgres;
 pub mod redb;
+mod rules;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::PrincipalName;
-use crate::domain::{Owner, Priority, Status, Task, TaskChange, TaskFields, TaskId, rfc3339};
+use crate::domain::{
+    Precondition, PrincipalName, Priority, Status, Task, TaskChange, TaskFields, TaskId,
+    TokenDigest,
+};
 
+pub use self::clock::{Clock, ManualClock, SystemClock, system_clock};
+pub use self::error::{Cause, Chain, StorageError, StoreResult};
+pub use self::import::{Export, ImportSet, ImportToken, InvalidRecord, Record, Unreadable};
 pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
+pub use self::rules::{idempotency_cutoff, idempotency_fresh};
 
 /// How long an idempotency key remembers its request.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -35,109 +48,6 @@ pub const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// The most idempotency records one sweep commit deletes, so a backlog never
 /// becomes one long transaction.
 pub const IDEMPOTENCY_SWEEP_CHUNK: usize = 1_000;
-
-/// Whether an idempotency record made at `created_at` still answers for its
-/// key at `now`. A record from the future (a clock stepped back) is fresh.
-pub fn idempotency_fresh(created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-    created_at > idempotency_cutoff(now)
-}
-
-/// Idempotency records made at or before this instant have expired at `now`.
-pub fn idempotency_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
-    now - chrono::Duration::from_std(IDEMPOTENCY_TTL).expect("the TTL fits a chrono duration")
-}
-
-/// Where a store reads the time: task timestamps and the age of idempotency
-/// records. Production uses [`SystemClock`]; tests move a [`ManualClock`].
-pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
-    /// Now, in whole microseconds (what both backends keep).
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The system's wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        crate::domain::now()
-    }
-}
-
-/// The default clock of a store's configuration.
-pub fn system_clock() -> Arc<dyn Clock> {
-    Arc::new(SystemClock)
-}
-
-/// A clock that moves only when told (tests).
-#[derive(Debug)]
-pub struct ManualClock(Mutex<DateTime<Utc>>);
-
-impl ManualClock {
-    /// Starts at the current system time.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self(Mutex::new(crate::domain::now())))
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *t += chrono::Duration::from_std(by).expect("a test duration fits");
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> DateTime<Utc> {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Why a storage operation did not do what was asked.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("not found")]
-    NotFound,
-    /// The caller's expected version is not the stored one.
-    #[error("version mismatch: stored version is {current}")]
-    VersionMismatch { current: u64 },
-    /// The same idempotency key was used with a different request body.
-    #[error("idempotency key reused with a different request")]
-    IdempotencyMismatch,
-    #[error("the principal already has {max} tasks")]
-    QuotaExceeded { max: u64 },
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    /// A stored record could not be decoded: the data is damaged, from an
-    /// unknown format version, or a value no rule of the API admits. Never a
-    /// panic. Made with [`StorageError::corrupt`], which reports it.
-    #[error("corrupt record {key}: {reason}")]
-    Corrupt { key: String, reason: String },
-    /// The backend cannot be reached or has stopped (I/O, lock, connection).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-}
-
-impl StorageError {
-    pub fn unavailable(e: impl std::fmt::Display) -> Self {
-        Self::Unavailable(e.to_string())
-    }
-
-    /// A stored record of `kind` (`task`, `token`, `idempotency`) at `key`
-    /// that cannot be decoded. It is logged with its key and counted in
-    /// `store_corrupt_records_total{kind}` each time a read meets it; list
-    /// pages and backups skip it, a request for that one record fails.
-    pub fn corrupt(
-        kind: &'static str,
-        key: impl std::fmt::Display,
-        reason: impl Into<String>,
-    ) -> Self {
-        let (key, reason) = (key.to_string(), reason.into());
-        tracing::error!(kind, %key, %reason, "unreadable stored record");
-        metrics::counter!("store_corrupt_records_total", "kind" => kind).increment(1);
-        Self::Corrupt { key, reason }
-    }
-}
-
-pub type StoreResult<T> = Result<T, StorageError>;
 
 /// Sort order of a listing, by creation (task id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -221,228 +131,12 @@ impl Created {
     }
 }
 
-/// SHA-256 of a bearer token: what is stored instead of the token.
-pub type TokenDigest = [u8; 32];
-
 /// A token as listed: never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenInfo {
     /// The principal the token authenticates.
-    pub name: String,
-    #[serde(with = "crate::domain::rfc3339")]
+    pub name: PrincipalName,
     pub created_at: DateTime<Utc>,
-}
-
-/// One record of a backup: everything a store holds except idempotency keys,
-/// which only matter for 24 hours.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BackupRecord {
-    Task {
-        owner: String,
-        task: Task,
-    },
-    Token {
-        name: String,
-        /// Hex SHA-256 of the token: backups never contain tokens.
-        digest: String,
-        #[serde(with = "crate::domain::rfc3339")]
-        created_at: DateTime<Utc>,
-    },
-}
-
-/// What [`Store::export`] read: every readable record, and the key and reason
-/// of every record it had to leave out (already logged and counted).
-#[derive(Debug, Clone, Default)]
-pub struct Export {
-    pub records: Vec<BackupRecord>,
-    pub unreadable: Vec<Unreadable>,
-}
-
-/// A stored record that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unreadable {
-    pub key: String,
-    pub reason: String,
-}
-
-impl Unreadable {
-    /// Records `e` (from [`StorageError::corrupt`]) as left out.
-    fn of(e: StorageError) -> StoreResult<Self> {
-        match e {
-            StorageError::Corrupt { key, reason } => Ok(Self { key, reason }),
-            other => Err(other),
-        }
-    }
-}
-
-impl Export {
-    /// Adds the outcome of reading one record: a record, or a left-out one if
-    /// it was corrupt; any other error ends the export.
-    pub(crate) fn push(&mut self, r: StoreResult<BackupRecord>) -> StoreResult<()> {
-        match r {
-            Ok(r) => self.records.push(r),
-            Err(e) => self.unreadable.push(Unreadable::of(e)?),
-        }
-        Ok(())
-    }
-}
-
-/// Why a record of a backup was refused by [`ImportSet::validate`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("record {record} of the backup is invalid: {reason}")]
-pub struct InvalidRecord {
-    /// 1-based position among the records (the file's line number minus one).
-    pub record: usize,
-    pub reason: String,
-}
-
-/// A token of an [`ImportSet`].
-#[derive(Debug, Clone)]
-pub struct ImportToken {
-    pub name: String,
-    pub digest: TokenDigest,
-    pub created_at: DateTime<Utc>,
-}
-
-/// Backup records checked as the API checks what it stores, and the only
-/// thing [`Store::import`] takes: owners and token names are principal names
-/// (`auth::PrincipalName`), task ids are UUIDv7, every field passes the
-/// domain's rules for stored values (which admit everything any release of
-/// the API stored, see `domain::Title`), timestamps are whole microseconds in
-/// years 0000-9999, versions fit both backends, digests are 64 lower-case hex
-/// digits, and no task id, token name or token digest appears twice.
-#[derive(Debug, Clone, Default)]
-pub struct ImportSet {
-    pub(crate) tokens: Vec<ImportToken>,
-    pub(crate) tasks: Vec<(String, Task)>,
-    /// Tasks per owner, for the quota counters.
-    pub(crate) counts: BTreeMap<String, u64>,
-}
-
-impl ImportSet {
-    pub fn validate(records: Vec<BackupRecord>) -> Result<Self, InvalidRecord> {
-        let mut set = Self::default();
-        let mut ids = HashSet::new();
-        let mut names = HashSet::new();
-        let mut digests = HashSet::new();
-        for (i, r) in records.into_iter().enumerate() {
-            let bad = |reason: String| InvalidRecord {
-                record: i + 1,
-                reason,
-            };
-            match r {
-                BackupRecord::Task { owner, task } => {
-                    let owner =
-                        PrincipalName::parse(&owner).map_err(|e| bad(format!("owner: {e}")))?;
-                    check_task(&task).map_err(&bad)?;
-                    if !ids.insert(task.id) {
-                        return Err(bad(format!("task {} appears twice", task.id)));
-                    }
-                    *set.counts.entry(owner.as_str().to_owned()).or_default() += 1;
-                    set.tasks.push((owner.as_str().to_owned(), task));
-                }
-                BackupRecord::Token {
-                    name,
-                    digest,
-                    created_at,
-                } => {
-                    let name =
-                        PrincipalName::parse(&name).map_err(|e| bad(format!("token: {e}")))?;
-                    let digest = parse_digest(&digest).map_err(&bad)?;
-                    let created_at = rfc3339::check_stored(created_at)
-                        .map_err(|e| bad(format!("created_at: {e}")))?;
-                    if !names.insert(name.as_str().to_owned()) {
-                        return Err(bad(format!("a second token for `{}`", name.as_str())));
-                    }
-                    if !digests.insert(digest) {
-                        return Err(bad("a second token with the same digest".into()));
-                    }
-                    set.tokens.push(ImportToken {
-                        name: name.as_str().to_owned(),
-                        digest,
-                        created_at,
-                    });
-                }
-            }
-        }
-        Ok(set)
-    }
-
-    /// How many records the set holds.
-    pub fn len(&self) -> usize {
-        self.tokens.len() + self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The set as backup records.
-    pub fn records(&self) -> impl Iterator<Item = BackupRecord> + '_ {
-        let tokens = self.tokens.iter().map(|t| BackupRecord::Token {
-            name: t.name.clone(),
-            digest: hex::encode(t.digest),
-            created_at: t.created_at,
-        });
-        let tasks = self.tasks.iter().map(|(owner, task)| BackupRecord::Task {
-            owner: owner.clone(),
-            task: task.clone(),
-        });
-        tokens.chain(tasks)
-    }
-
-    /// Checks what a backend read back inside its import transaction against
-    /// the set, before it commits: a difference is an error, and the
-    /// transaction is rolled back.
-    pub(crate) fn verify(&self, back: Export) -> StoreResult<()> {
-        if let Some(u) = back.unreadable.first() {
-            return Err(StorageError::Corrupt {
-                key: u.key.clone(),
-                reason: format!("unreadable right after the import: {}", u.reason),
-            });
-        }
-        let canonical = |records: &mut dyn Iterator<Item = BackupRecord>| {
-            let mut lines: Vec<Vec<u8>> = records
-                .map(|r| serde_json::to_vec(&r).expect("records serialise"))
-                .collect();
-            lines.sort_unstable();
-            lines
-        };
-        if canonical(&mut self.records()) != canonical(&mut back.records.into_iter()) {
-            return Err(StorageError::Corrupt {
-                key: "import".into(),
-                reason: "the records read back differ from the records written".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-/// A task as the store may hold it (see [`ImportSet`]).
-fn check_task(task: &Task) -> Result<(), String> {
-    TaskId::from_stored(task.id.as_uuid())?;
-    for (what, t) in [
-        ("created_at", task.created_at),
-        ("updated_at", task.updated_at),
-    ] {
-        rfc3339::check_stored(t).map_err(|e| format!("task {}: {what}: {e}", task.id))?;
-    }
-    task.check_stored()
-        .map_err(|e| format!("task {}: {e}", task.id))
-}
-
-/// A token digest as backups write it: 64 lower-case hex digits.
-fn parse_digest(hex_digest: &str) -> Result<TokenDigest, String> {
-    let ok = hex_digest.len() == 64
-        && hex_digest
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let mut d = [0u8; 32];
-    if !ok || hex::decode_to_slice(hex_digest, &mut d).is_err() {
-        return Err("the token digest is not 64 lower-case hex digits".into());
-    }
-    Ok(d)
 }
 
 /// The storage contract. Every method is durable when it returns `Ok`: an
@@ -450,33 +144,49 @@ fn parse_digest(hex_digest: &str) -> Result<TokenDigest, String> {
 /// task of another owner behaves exactly as an absent one.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn create_task(&self, owner: &Owner, new: NewTask) -> StoreResult<Created>;
-    async fn get_task(&self, owner: &Owner, id: TaskId) -> StoreResult<Task>;
-    async fn list_tasks(&self, owner: &Owner, query: &ListQuery) -> StoreResult<Page>;
-    /// Applies `change` if the stored version equals `expected` (when given).
+    async fn create_task(&self, owner: &PrincipalName, new: NewTask) -> StoreResult<Created>;
+    async fn get_task(&self, owner: &PrincipalName, id: TaskId) -> StoreResult<Task>;
+    async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page>;
+    /// Applies `change` if `precondition` admits the stored version
+    /// (`VersionMismatch` otherwise), checked in the same transaction as
+    /// the write.
     async fn update_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
         change: TaskChange,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<Task>;
+    /// Deletes the task if `precondition` admits the stored version.
     async fn delete_task(
         &self,
-        owner: &Owner,
+        owner: &PrincipalName,
         id: TaskId,
-        expected: Option<u64>,
+        precondition: Precondition,
     ) -> StoreResult<()>;
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
 
     /// Registers a token digest for principal `name`; `AlreadyExists` if the name has one.
-    async fn create_token(&self, name: &str, digest: TokenDigest) -> StoreResult<TokenInfo>;
-    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+    async fn create_token(
+        &self,
+        name: &PrincipalName,
+        digest: TokenDigest,
+    ) -> StoreResult<TokenInfo>;
+    /// Every readable stored token, in any order (a backend's part of
+    /// [`Store::list_tokens`]).
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
+    /// Every readable stored token, by principal name in byte order whatever
+    /// a backend's collation. Backends do not override it.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        let mut tokens = self.tokens().await?;
+        tokens.sort_unstable_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(tokens)
+    }
     /// Removes the principal's token; `NotFound` if there is none.
-    async fn revoke_token(&self, name: &str) -> StoreResult<()>;
+    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()>;
     /// The principal whose token has this digest.
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<String>>;
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>>;
 
     /// Every readable record, read from one consistent snapshot while writes
     /// go on, and the records that could not be read (see [`Export`]).
@@ -496,4 +206,9 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> StoreResult<()>;
     /// Stops accepting work, finishes what was accepted and releases the backend.
     async fn close(&self);
+
+    /// Sets the gauges that describe the backend now (file and file-system
+    /// size, open readers, pool connections); called at each scrape. Cheap
+    /// and never blocking on the database.
+    fn publish_metrics(&self) {}
 }

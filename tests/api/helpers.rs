@@ -26,6 +26,11 @@ pub struct TestApp {
     _dir: tempfile::TempDir,
 }
 
+/// The principal `name`.
+pub fn p(name: &str) -> devops_api::domain::PrincipalName {
+    devops_api::domain::PrincipalName::parse(name).expect("a principal name")
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(ApiConfig::default()).await
 }
@@ -37,7 +42,7 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     let alice = auth::generate_token();
     let bob = auth::generate_token();
     store
-        .create_token("bob", auth::digest(&bob))
+        .create_token(&p("bob"), auth::digest(&bob))
         .await
         .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");

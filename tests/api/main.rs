@@ -5,5 +5,6 @@ mod helpers;
 mod auth;
 mod connections;
 mod errors;
+mod logs;
 mod ops;
 mod tasks;

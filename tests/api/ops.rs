@@ -1,6 +1,7 @@
 //! Health, readiness, metrics, request ids and the OpenAPI document.
 
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::helpers::{problem, spawn_app};
 
@@ -69,12 +70,83 @@ async fn metrics_label_routes_by_template() {
         "http_requests_total",
         "http_request_duration_seconds_bucket",
         "http_requests_in_flight",
-        "tasks_total",
+        "tasks_stored",
         "build_info",
         "store_commit_seconds",
     ] {
         assert!(text.contains(name), "missing {name}");
     }
+}
+
+/// `# TYPE` and `# HELP` of every metric family in `text`.
+fn families(text: &str) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut types = BTreeMap::new();
+    let mut helps = BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name), Some(kind)) => {
+                types.insert(name.to_owned(), kind.to_owned());
+            }
+            (Some("#"), Some("HELP"), Some(name), Some(_)) => {
+                helps.insert(name.to_owned());
+            }
+            _ => {}
+        }
+    }
+    (types, helps)
+}
+
+/// The value of the unlabelled sample `name`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_follow_prometheus_conventions() {
+    let app = spawn_app().await;
+    app.create_ok(&app.alice, json!({"title": "a"})).await;
+    let text = app.get_public("/metrics").await.text().await.unwrap();
+    let (types, helps) = families(&text);
+    for (name, kind) in &types {
+        assert!(helps.contains(name), "{name} has no HELP");
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}: `_total` is for counters only"
+        );
+    }
+    // Process figures, the group commit, the file, readiness and drain.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
+        "store_commit_batch_size",
+        "store_commit_seconds",
+        "store_reads_in_flight",
+        "store_file_size_bytes",
+        "store_filesystem_avail_bytes",
+        "store_fatal_errors_total",
+        "store_corrupt_records_total",
+        "server_ready",
+        "server_draining",
+        "tasks_stored",
+    ] {
+        assert!(types.contains_key(name), "missing {name}:\n{text}");
+    }
+    assert_eq!(sample(&text, "tasks_stored"), Some(1.0));
+    assert_eq!(sample(&text, "server_ready"), Some(1.0));
+    assert_eq!(sample(&text, "server_draining"), Some(0.0));
+    assert!(sample(&text, "store_file_size_bytes").unwrap() > 0.0);
+    assert!(sample(&text, "process_max_fds").unwrap() > 0.0);
+
+    app.lifecycle.start_draining();
+    let text = app.get_public("/metrics").await.text().await.unwrap();
+    assert_eq!(sample(&text, "server_ready"), Some(0.0));
+    assert_eq!(sample(&text, "server_draining"), Some(1.0));
 }
 
 #[tokio::test]

@@ -44,8 +44,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use devops_api::domain::PrincipalName;
 use devops_api::domain::{Task, parse_create};
-use devops_api::storage::{BackupRecord, RedbConfig, RedbStore, Store};
+use devops_api::storage::{Record, RedbConfig, RedbStore, Store};
 use serde_json::{Value, json};
 
 const LUA: &str = include_str!("load.lua");
@@ -161,7 +162,7 @@ pub struct Fixture {
     pub file_bytes: u64,
     pub work_dir: PathBuf,
     /// What was seeded, for seeding PostgreSQL the same way (`--pg`).
-    pub records: Vec<BackupRecord>,
+    pub records: Vec<Record>,
 }
 
 fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
@@ -192,8 +193,8 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         if n % 5 == 0 {
             sample.push((owner, task.id.to_string()));
         }
-        records.push(BackupRecord::Task {
-            owner: format!("bench{owner:02}"),
+        records.push(Record::Task {
+            owner: PrincipalName::parse(&format!("bench{owner:02}")).map_err(anyhow::Error::msg)?,
             task,
         });
     }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use devops_api::storage::{BackupRecord, PostgresConfig, PostgresStore, Store};
+use devops_api::storage::{PostgresConfig, PostgresStore, Record, Store};
 use serde_json::{Value, json};
 
 /// A seeded database; dropped (or its cluster stopped) with this value.
@@ -209,7 +209,7 @@ fn with_dbname(url: &str, name: &str) -> anyhow::Result<String> {
 
 /// A database holding `records`, from `url` (a fresh database created on that
 /// server) or from a cluster of our own when `url` is `None`.
-pub fn prepare(url: Option<&str>, records: Vec<BackupRecord>) -> anyhow::Result<Database> {
+pub fn prepare(url: Option<&str>, records: Vec<Record>) -> anyhow::Result<Database> {
     let (cluster, admin_url) = match url {
         Some(u) => (None, u.to_owned()),
         None => {

@@ -11,10 +11,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use devops_api::domain::{self, Task, TaskChange, TaskFields, TaskId};
+use devops_api::domain::{self, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId};
 use devops_api::storage::{
-    BackupRecord, Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet,
-    ListQuery, ManualClock, NewTask, Order, StorageError, Store,
+    Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet, ListQuery,
+    ManualClock, NewTask, Order, Record, StorageError, Store,
 };
 use serde_json::json;
 
@@ -37,11 +37,15 @@ macro_rules! store_contract_tests {
             concurrent_conflicting_updates_one_wins, delete_checks_version_and_owner,
             idempotent_create_replays_and_rejects_other_bodies, quota_limits_creates,
             tokens_lifecycle, export_import_round_trip, import_refuses_non_empty_store,
-            concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone);
+            a_replacing_import_replaces_everything_at_once,
+            concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone,
+            a_replay_is_not_held_to_the_quota, a_quota_of_zero_refuses_every_create,
+            preconditions_admit_any_version_they_list, tokens_are_listed_in_byte_order_of_names);
         $crate::store_contract_tests!(@clock_cases $fixture;
             idempotency_keys_expire_after_their_window,
             sweep_deletes_only_expired_idempotency_records, sweep_works_through_a_backlog,
-            a_deleted_task_still_replays_within_the_window, timestamps_come_from_the_store_clock);
+            a_deleted_task_still_replays_within_the_window, timestamps_come_from_the_store_clock,
+            a_record_from_a_clock_stepped_back_is_fresh);
     };
     (@cases $fixture:path; $($case:ident),* $(,)?) => {
         $(
@@ -65,6 +69,11 @@ macro_rules! store_contract_tests {
     };
 }
 
+/// The principal `name`.
+pub fn p(name: &str) -> PrincipalName {
+    PrincipalName::parse(name).expect("a principal name")
+}
+
 pub fn fields(body: serde_json::Value) -> TaskFields {
     domain::parse_create(&body).expect("valid test fields")
 }
@@ -83,7 +92,7 @@ pub async fn create(s: &dyn Store, owner: &str, body: serde_json::Value) -> Task
         idempotency: None,
         max_tasks: 1_000_000,
     };
-    match s.create_task(owner, new).await.expect("create") {
+    match s.create_task(&p(owner), new).await.expect("create") {
         Created::New(t) => t,
         Created::Replayed(_) => panic!("a create without a key replayed"),
     }
@@ -102,7 +111,7 @@ fn page_query(limit: usize, order: Order, after: Option<TaskId>) -> ListQuery {
 async fn all_pages(s: &dyn Store, owner: &str, mut q: ListQuery) -> Vec<TaskId> {
     let mut ids = Vec::new();
     loop {
-        let page = s.list_tasks(owner, &q).await.expect("list");
+        let page = s.list_tasks(&p(owner), &q).await.expect("list");
         assert!(page.items.len() <= q.limit);
         ids.extend(page.items.iter().map(|t| t.id));
         match page.next {
@@ -131,10 +140,10 @@ pub async fn create_then_get(store: Arc<dyn Store>) {
     assert_eq!(t.version, 1);
     assert_eq!(t.created_at, t.updated_at);
     assert!(Utc::now() - t.created_at < Duration::seconds(10));
-    let got = s.get_task("alice", t.id).await.expect("get");
+    let got = s.get_task(&p("alice"), t.id).await.expect("get");
     assert_eq!(got, t);
     assert!(matches!(
-        s.get_task("alice", TaskId::new()).await,
+        s.get_task(&p("alice"), TaskId::new()).await,
         Err(StorageError::NotFound)
     ));
 }
@@ -143,27 +152,28 @@ pub async fn other_owner_sees_nothing(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "secret"})).await;
     assert!(matches!(
-        s.get_task("bob", t.id).await,
+        s.get_task(&p("bob"), t.id).await,
         Err(StorageError::NotFound)
     ));
     let page = s
-        .list_tasks("bob", &page_query(10, Order::Asc, None))
+        .list_tasks(&p("bob"), &page_query(10, Order::Asc, None))
         .await
         .unwrap();
     assert!(page.items.is_empty());
     let change = TaskChange::Replace(fields(json!({"title": "mine now"})));
     assert!(matches!(
-        s.update_task("bob", t.id, change, None).await,
+        s.update_task(&p("bob"), t.id, change, Precondition::Any)
+            .await,
         Err(StorageError::NotFound)
     ));
     assert!(matches!(
-        s.delete_task("bob", t.id, None).await,
+        s.delete_task(&p("bob"), t.id, Precondition::Any).await,
         Err(StorageError::NotFound)
     ));
-    assert_eq!(s.get_task("alice", t.id).await.unwrap(), t);
+    assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t);
     // A prefix of another owner's name is a different owner.
     assert!(matches!(
-        s.get_task("alic", t.id).await,
+        s.get_task(&p("alic"), t.id).await,
         Err(StorageError::NotFound)
     ));
 }
@@ -213,13 +223,17 @@ pub async fn pagination_is_stable_under_inserts_and_deletes(store: Arc<dyn Store
         );
     }
     let first = s
-        .list_tasks("alice", &page_query(4, Order::Asc, None))
+        .list_tasks(&p("alice"), &page_query(4, Order::Asc, None))
         .await
         .unwrap();
     let cursor = first.next.expect("more pages");
     // Delete one already seen and one not yet seen; add a new one.
-    s.delete_task("alice", made[1], None).await.unwrap();
-    s.delete_task("alice", made[6], None).await.unwrap();
+    s.delete_task(&p("alice"), made[1], Precondition::Any)
+        .await
+        .unwrap();
+    s.delete_task(&p("alice"), made[6], Precondition::Any)
+        .await
+        .unwrap();
     let added = create(s, "alice", json!({"title": "new"})).await.id;
     let rest = all_pages(s, "alice", page_query(4, Order::Asc, Some(cursor))).await;
     let mut expected: Vec<_> = made[4..]
@@ -249,35 +263,38 @@ pub async fn list_filters_combine(store: Arc<dyn Store>) {
     let ids = |p: devops_api::storage::Page| p.items.into_iter().map(|t| t.id).collect::<Vec<_>>();
     assert_eq!(
         ids(s
-            .list_tasks("alice", &q(|q| q.status = Some(domain::Status::Todo)))
+            .list_tasks(&p("alice"), &q(|q| q.status = Some(domain::Status::Todo)))
             .await
             .unwrap()),
         [b.id, c.id]
     );
     assert_eq!(
         ids(s
-            .list_tasks("alice", &q(|q| q.priority = Some(domain::Priority::High)))
+            .list_tasks(
+                &p("alice"),
+                &q(|q| q.priority = Some(domain::Priority::High))
+            )
             .await
             .unwrap()),
         [a.id, b.id]
     );
     assert_eq!(
         ids(s
-            .list_tasks("alice", &q(|q| q.tag = Some("docs".into())))
+            .list_tasks(&p("alice"), &q(|q| q.tag = Some("docs".into())))
             .await
             .unwrap()),
         [b.id]
     );
     assert_eq!(
         ids(s
-            .list_tasks("alice", &q(|q| q.q = Some("deploy".into())))
+            .list_tasks(&p("alice"), &q(|q| q.q = Some("deploy".into())))
             .await
             .unwrap()),
         [a.id, b.id]
     );
     assert_eq!(
         ids(s
-            .list_tasks("alice", &q(|q| q.q = Some("%".into())))
+            .list_tasks(&p("alice"), &q(|q| q.q = Some("%".into())))
             .await
             .unwrap()),
         Vec::<TaskId>::new(),
@@ -286,7 +303,7 @@ pub async fn list_filters_combine(store: Arc<dyn Store>) {
     assert_eq!(
         ids(s
             .list_tasks(
-                "alice",
+                &p("alice"),
                 &q(|q| q.due_before = Some("2030-06-01T00:00:00Z".parse().unwrap()))
             )
             .await
@@ -297,7 +314,7 @@ pub async fn list_filters_combine(store: Arc<dyn Store>) {
     assert_eq!(
         ids(s
             .list_tasks(
-                "alice",
+                &p("alice"),
                 &q(|q| {
                     q.tag = Some("ops".into());
                     q.status = Some(domain::Status::Todo);
@@ -318,29 +335,33 @@ pub async fn update_checks_version(store: Arc<dyn Store>) {
     let t = create(s, "alice", json!({"title": "a"})).await;
     let change = |title: &str| TaskChange::Replace(fields(json!({"title": title})));
     let t2 = s
-        .update_task("alice", t.id, change("b"), Some(1))
+        .update_task(&p("alice"), t.id, change("b"), Precondition::version(1))
         .await
         .unwrap();
     assert_eq!((t2.version, t2.fields.title.as_str()), (2, "b"));
     assert!(t2.updated_at >= t.updated_at);
     assert_eq!(t2.created_at, t.created_at);
     assert!(matches!(
-        s.update_task("alice", t.id, change("c"), Some(1)).await,
+        s.update_task(&p("alice"), t.id, change("c"), Precondition::version(1))
+            .await,
         Err(StorageError::VersionMismatch { current: 2 })
     ));
     let t3 = s
-        .update_task("alice", t.id, change("c"), None)
+        .update_task(&p("alice"), t.id, change("c"), Precondition::Any)
         .await
         .unwrap();
     assert_eq!(t3.version, 3);
-    assert_eq!(s.get_task("alice", t.id).await.unwrap(), t3);
+    assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t3);
     assert!(matches!(
-        s.update_task("alice", TaskId::new(), change("x"), None)
+        s.update_task(&p("alice"), TaskId::new(), change("x"), Precondition::Any)
             .await,
         Err(StorageError::NotFound)
     ));
     let merged = domain::parse_merge_patch(&json!({"status": "done"})).unwrap();
-    let t4 = s.update_task("alice", t.id, merged, Some(3)).await.unwrap();
+    let t4 = s
+        .update_task(&p("alice"), t.id, merged, Precondition::version(3))
+        .await
+        .unwrap();
     assert_eq!(
         (t4.version, t4.fields.status, t4.fields.title.as_str()),
         (4, domain::Status::Done, "c")
@@ -351,7 +372,10 @@ pub async fn noop_update_keeps_version(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "a", "tags": ["x"]})).await;
     let same = TaskChange::Replace(t.fields.clone());
-    let back = s.update_task("alice", t.id, same, Some(1)).await.unwrap();
+    let back = s
+        .update_task(&p("alice"), t.id, same, Precondition::version(1))
+        .await
+        .unwrap();
     assert_eq!(back, t);
 }
 
@@ -359,18 +383,19 @@ pub async fn concurrent_conflicting_updates_one_wins(store: Arc<dyn Store>) {
     let s = store.as_ref();
     for round in 0..5 {
         let t = create(s, "alice", json!({"title": format!("r{round}")})).await;
+        let alice = p("alice");
         let (a, b) = tokio::join!(
             s.update_task(
-                "alice",
+                &alice,
                 t.id,
                 TaskChange::Replace(fields(json!({"title": "A"}))),
-                Some(1)
+                Precondition::version(1)
             ),
             s.update_task(
-                "alice",
+                &alice,
                 t.id,
                 TaskChange::Replace(fields(json!({"title": "B"}))),
-                Some(1)
+                Precondition::version(1)
             ),
         );
         let wins = [a.is_ok(), b.is_ok()].iter().filter(|w| **w).count();
@@ -383,7 +408,7 @@ pub async fn concurrent_conflicting_updates_one_wins(store: Arc<dyn Store>) {
                 );
             }
         }
-        assert_eq!(s.get_task("alice", t.id).await.unwrap().version, 2);
+        assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap().version, 2);
     }
 }
 
@@ -391,16 +416,19 @@ pub async fn delete_checks_version_and_owner(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let t = create(s, "alice", json!({"title": "a"})).await;
     assert!(matches!(
-        s.delete_task("alice", t.id, Some(7)).await,
+        s.delete_task(&p("alice"), t.id, Precondition::version(7))
+            .await,
         Err(StorageError::VersionMismatch { current: 1 })
     ));
-    s.delete_task("alice", t.id, Some(1)).await.unwrap();
+    s.delete_task(&p("alice"), t.id, Precondition::version(1))
+        .await
+        .unwrap();
     assert!(matches!(
-        s.get_task("alice", t.id).await,
+        s.get_task(&p("alice"), t.id).await,
         Err(StorageError::NotFound)
     ));
     assert!(matches!(
-        s.delete_task("alice", t.id, None).await,
+        s.delete_task(&p("alice"), t.id, Precondition::Any).await,
         Err(StorageError::NotFound)
     ));
 }
@@ -417,42 +445,44 @@ pub async fn idempotent_create_replays_and_rejects_other_bodies(store: Arc<dyn S
         max_tasks: 100,
     };
     let first = s
-        .create_task("alice", with("a", key("k1", 1)))
+        .create_task(&p("alice"), with("a", key("k1", 1)))
         .await
         .unwrap();
     let Created::New(t) = first else {
         panic!("first use creates")
     };
     let again = s
-        .create_task("alice", with("a", key("k1", 1)))
+        .create_task(&p("alice"), with("a", key("k1", 1)))
         .await
         .unwrap();
     assert_eq!(again, Created::Replayed(t.clone()));
     assert!(matches!(
-        s.create_task("alice", with("b", key("k1", 2))).await,
+        s.create_task(&p("alice"), with("b", key("k1", 2))).await,
         Err(StorageError::IdempotencyMismatch)
     ));
     // Keys are per principal.
     assert!(matches!(
-        s.create_task("bob", with("a", key("k1", 1))).await.unwrap(),
+        s.create_task(&p("bob"), with("a", key("k1", 1)))
+            .await
+            .unwrap(),
         Created::New(_)
     ));
     let page = s
-        .list_tasks("alice", &page_query(10, Order::Asc, None))
+        .list_tasks(&p("alice"), &page_query(10, Order::Asc, None))
         .await
         .unwrap();
     assert_eq!(page.items.len(), 1, "a replay creates nothing");
     // A replay returns the original even after the task changed.
     s.update_task(
-        "alice",
+        &p("alice"),
         t.id,
         TaskChange::Replace(fields(json!({"title": "z"}))),
-        None,
+        Precondition::Any,
     )
     .await
     .unwrap();
     assert_eq!(
-        s.create_task("alice", with("a", key("k1", 1)))
+        s.create_task(&p("alice"), with("a", key("k1", 1)))
             .await
             .unwrap(),
         Created::Replayed(t)
@@ -465,15 +495,19 @@ pub async fn quota_limits_creates(store: Arc<dyn Store>) {
         max_tasks: 2,
         ..new_task(title)
     };
-    s.create_task("alice", capped("1")).await.unwrap();
-    let t2 = s.create_task("alice", capped("2")).await.unwrap();
+    s.create_task(&p("alice"), capped("1")).await.unwrap();
+    let t2 = s.create_task(&p("alice"), capped("2")).await.unwrap();
     assert!(matches!(
-        s.create_task("alice", capped("3")).await,
+        s.create_task(&p("alice"), capped("3")).await,
         Err(StorageError::QuotaExceeded { max: 2 })
     ));
-    s.create_task("bob", capped("other owner")).await.unwrap();
-    s.delete_task("alice", t2.task().id, None).await.unwrap();
-    s.create_task("alice", capped("3"))
+    s.create_task(&p("bob"), capped("other owner"))
+        .await
+        .unwrap();
+    s.delete_task(&p("alice"), t2.task().id, Precondition::Any)
+        .await
+        .unwrap();
+    s.create_task(&p("alice"), capped("3"))
         .await
         .expect("room after a delete");
 }
@@ -481,15 +515,15 @@ pub async fn quota_limits_creates(store: Arc<dyn Store>) {
 pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
     let s = store.as_ref();
     assert!(s.list_tokens().await.unwrap().is_empty());
-    let info = s.create_token("ci", [7; 32]).await.unwrap();
+    let info = s.create_token(&p("ci"), [7; 32]).await.unwrap();
     assert_eq!(info.name, "ci");
     assert_eq!(s.principal(&[7; 32]).await.unwrap().as_deref(), Some("ci"));
     assert_eq!(s.principal(&[8; 32]).await.unwrap(), None);
     assert!(matches!(
-        s.create_token("ci", [9; 32]).await,
+        s.create_token(&p("ci"), [9; 32]).await,
         Err(StorageError::AlreadyExists(_))
     ));
-    s.create_token("admin", [1; 32]).await.unwrap();
+    s.create_token(&p("admin"), [1; 32]).await.unwrap();
     let names: Vec<_> = s
         .list_tokens()
         .await
@@ -498,13 +532,13 @@ pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
         .map(|t| t.name)
         .collect();
     assert_eq!(names, ["admin", "ci"]);
-    s.revoke_token("ci").await.unwrap();
+    s.revoke_token(&p("ci")).await.unwrap();
     assert_eq!(s.principal(&[7; 32]).await.unwrap(), None);
     assert!(matches!(
-        s.revoke_token("ci").await,
+        s.revoke_token(&p("ci")).await,
         Err(StorageError::NotFound)
     ));
-    s.create_token("ci", [9; 32])
+    s.create_token(&p("ci"), [9; 32])
         .await
         .expect("a revoked name can get a new token");
 }
@@ -519,31 +553,35 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     .await;
     let b = create(s, "bob", json!({"title": "b"})).await;
     s.update_task(
-        "alice",
+        &p("alice"),
         a.id,
         domain::parse_merge_patch(&json!({"status": "done"})).unwrap(),
-        None,
+        Precondition::Any,
     )
     .await
     .unwrap();
-    s.create_token("alice", [3; 32]).await.unwrap();
+    s.create_token(&p("alice"), [3; 32]).await.unwrap();
     let export = s.export().await.unwrap();
     assert!(export.unreadable.is_empty());
     let records = export.records;
     assert_eq!(records.len(), 3);
     // Import into the same backend kind after emptying it.
-    s.delete_task("alice", a.id, None).await.unwrap();
-    s.delete_task("bob", b.id, None).await.unwrap();
-    s.revoke_token("alice").await.unwrap();
+    s.delete_task(&p("alice"), a.id, Precondition::Any)
+        .await
+        .unwrap();
+    s.delete_task(&p("bob"), b.id, Precondition::Any)
+        .await
+        .unwrap();
+    s.revoke_token(&p("alice")).await.unwrap();
     let set = ImportSet::validate(records.clone()).unwrap();
     assert_eq!(s.import(set).await.unwrap(), 3);
     let mut again = s.export().await.unwrap().records;
     let mut orig = records;
-    let key = |r: &BackupRecord| format!("{r:?}");
+    let key = |r: &Record| format!("{r:?}");
     again.sort_by_key(key);
     orig.sort_by_key(key);
     assert_eq!(again, orig);
-    assert_eq!(s.get_task("alice", a.id).await.unwrap().version, 2);
+    assert_eq!(s.get_task(&p("alice"), a.id).await.unwrap().version, 2);
     assert_eq!(
         s.principal(&[3; 32]).await.unwrap().as_deref(),
         Some("alice")
@@ -554,7 +592,7 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
         ..new_task("over")
     };
     assert!(matches!(
-        s.create_task("bob", capped).await,
+        s.create_task(&p("bob"), capped).await,
         Err(StorageError::QuotaExceeded { max: 1 })
     ));
 }
@@ -564,9 +602,9 @@ pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
     create(s, "alice", json!({"title": "a"})).await;
     let before = s.export().await.unwrap().records;
     let mut records = before.clone();
-    records.push(BackupRecord::Token {
-        name: "bob".into(),
-        digest: hex::encode([4u8; 32]),
+    records.push(Record::Token {
+        name: p("bob"),
+        digest: [4u8; 32],
         created_at: domain::now(),
     });
     let set = ImportSet::validate(records).unwrap();
@@ -582,12 +620,63 @@ pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
     assert_eq!(s.principal(&[4; 32]).await.unwrap(), None);
 }
 
+/// `restore --force`: the old tasks, tokens, quota counts and idempotency
+/// records are gone and the new ones are in, from one transaction.
+pub async fn a_replacing_import_replaces_everything_at_once(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut keyed = new_task("keyed");
+    keyed.idempotency = Some(devops_api::storage::Idempotency {
+        key: "k1".into(),
+        request_digest: [1; 32],
+    });
+    let old = s.create_task(&p("alice"), keyed).await.unwrap();
+    s.create_token(&p("alice"), [3; 32]).await.unwrap();
+    let new = Task::create(fields(json!({"title": "new"})));
+    let records = vec![
+        Record::Task {
+            owner: p("bob"),
+            task: new.clone(),
+        },
+        Record::Token {
+            name: p("bob"),
+            digest: [4u8; 32],
+            created_at: domain::now(),
+        },
+    ];
+    let set = ImportSet::validate(records.clone()).unwrap().replacing();
+    assert_eq!(s.import(set).await.unwrap(), 2);
+    let mut back = s.export().await.unwrap().records;
+    back.sort_by_key(|r| format!("{r:?}"));
+    let mut want = records;
+    want.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(back, want);
+    assert_eq!(s.principal(&[3; 32]).await.unwrap(), None, "old token gone");
+    assert_eq!(s.principal(&[4; 32]).await.unwrap(), Some(p("bob")));
+    assert!(matches!(
+        s.get_task(&p("alice"), old.task().id).await,
+        Err(StorageError::NotFound)
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 1);
+    // The old idempotency record went with its task (the key creates anew),
+    // and alice's quota count with her tasks (a quota of 1 admits one).
+    let mut again = new_task("keyed");
+    again.max_tasks = 1;
+    again.idempotency = Some(devops_api::storage::Idempotency {
+        key: "k1".into(),
+        request_digest: [1; 32],
+    });
+    assert!(matches!(
+        s.create_task(&p("alice"), again).await.unwrap(),
+        Created::New(_)
+    ));
+}
+
 pub async fn concurrent_creates_are_all_durable_and_distinct(store: Arc<dyn Store>) {
     let s = store.as_ref();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..200 {
         let s = store.clone();
-        set.spawn(async move { s.create_task("alice", new_task(&format!("t{i}"))).await });
+        set.spawn(async move { s.create_task(&p("alice"), new_task(&format!("t{i}"))).await });
     }
     let mut ids = HashSet::new();
     while let Some(r) = set.join_next().await {
@@ -633,28 +722,38 @@ pub async fn idempotency_keys_expire_after_their_window(
     clock: Arc<ManualClock>,
 ) {
     let s = store.as_ref();
-    let first = s.create_task("alice", keyed("a", "k", 1)).await.unwrap();
+    let first = s
+        .create_task(&p("alice"), keyed("a", "k", 1))
+        .await
+        .unwrap();
     let Created::New(t) = first else {
         panic!("first use creates")
     };
     clock.advance(IDEMPOTENCY_TTL - SECOND);
     assert_eq!(
-        s.create_task("alice", keyed("a", "k", 1)).await.unwrap(),
+        s.create_task(&p("alice"), keyed("a", "k", 1))
+            .await
+            .unwrap(),
         Created::Replayed(t.clone()),
         "within the window"
     );
     assert!(matches!(
-        s.create_task("alice", keyed("b", "k", 2)).await,
+        s.create_task(&p("alice"), keyed("b", "k", 2)).await,
         Err(StorageError::IdempotencyMismatch)
     ));
     clock.advance(SECOND);
-    let again = s.create_task("alice", keyed("b", "k", 2)).await.unwrap();
+    let again = s
+        .create_task(&p("alice"), keyed("b", "k", 2))
+        .await
+        .unwrap();
     let Created::New(t2) = again else {
         panic!("an expired key creates anew: {again:?}")
     };
     assert_ne!(t2.id, t.id);
     assert_eq!(
-        s.create_task("alice", keyed("b", "k", 2)).await.unwrap(),
+        s.create_task(&p("alice"), keyed("b", "k", 2))
+            .await
+            .unwrap(),
         Created::Replayed(t2),
         "the key now answers for the new task"
     );
@@ -672,25 +771,32 @@ pub async fn sweep_deletes_only_expired_idempotency_records(
 ) {
     let s = store.as_ref();
     for i in 0..3 {
-        s.create_task("alice", keyed("old", &format!("k{i}"), 1))
+        s.create_task(&p("alice"), keyed("old", &format!("k{i}"), 1))
             .await
             .unwrap();
     }
-    s.create_task("bob", keyed("old", "k0", 1)).await.unwrap();
+    s.create_task(&p("bob"), keyed("old", "k0", 1))
+        .await
+        .unwrap();
     assert_eq!(s.sweep_expired().await.unwrap(), 0, "nothing expired yet");
     clock.advance(IDEMPOTENCY_TTL / 2);
-    let fresh = s.create_task("alice", keyed("new", "k9", 1)).await.unwrap();
+    let fresh = s
+        .create_task(&p("alice"), keyed("new", "k9", 1))
+        .await
+        .unwrap();
     clock.advance(IDEMPOTENCY_TTL / 2);
     assert_eq!(s.sweep_expired().await.unwrap(), 4);
     assert_eq!(s.sweep_expired().await.unwrap(), 0);
     assert_eq!(
-        s.create_task("alice", keyed("new", "k9", 1)).await.unwrap(),
+        s.create_task(&p("alice"), keyed("new", "k9", 1))
+            .await
+            .unwrap(),
         Created::Replayed(fresh.task().clone()),
         "a fresh record survives the sweep"
     );
     assert!(
         matches!(
-            s.create_task("alice", keyed("other", "k0", 2))
+            s.create_task(&p("alice"), keyed("other", "k0", 2))
                 .await
                 .unwrap(),
             Created::New(_)
@@ -711,7 +817,7 @@ pub async fn sweep_works_through_a_backlog(store: Arc<dyn Store>, clock: Arc<Man
     for i in 0..n {
         let s = store.clone();
         set.spawn(async move {
-            s.create_task("alice", keyed("t", &format!("k{i}"), 1))
+            s.create_task(&p("alice"), keyed("t", &format!("k{i}"), 1))
                 .await
         });
     }
@@ -730,12 +836,20 @@ pub async fn a_deleted_task_still_replays_within_the_window(
     clock: Arc<ManualClock>,
 ) {
     let s = store.as_ref();
-    let Created::New(t) = s.create_task("alice", keyed("a", "k", 1)).await.unwrap() else {
+    let Created::New(t) = s
+        .create_task(&p("alice"), keyed("a", "k", 1))
+        .await
+        .unwrap()
+    else {
         panic!("first use creates")
     };
-    s.delete_task("alice", t.id, None).await.unwrap();
+    s.delete_task(&p("alice"), t.id, Precondition::Any)
+        .await
+        .unwrap();
     assert_eq!(
-        s.create_task("alice", keyed("a", "k", 1)).await.unwrap(),
+        s.create_task(&p("alice"), keyed("a", "k", 1))
+            .await
+            .unwrap(),
         Created::Replayed(t),
     );
     assert_eq!(
@@ -756,14 +870,169 @@ pub async fn timestamps_come_from_the_store_clock(store: Arc<dyn Store>, clock: 
     clock.advance(SECOND);
     let u = s
         .update_task(
-            "alice",
+            &p("alice"),
             t.id,
             TaskChange::Replace(fields(json!({"title": "changed"}))),
-            None,
+            Precondition::Any,
         )
         .await
         .unwrap();
     assert_eq!(u.updated_at, clock.now());
-    let token = s.create_token("ci", [1; 32]).await.unwrap();
+    let token = s.create_token(&p("ci"), [1; 32]).await.unwrap();
     assert_eq!(token.created_at, clock.now());
+}
+
+/// A replay writes nothing, so an owner at the quota still gets it; a new
+/// create is refused.
+pub async fn a_replay_is_not_held_to_the_quota(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let capped = |title: &str, key: &str, digest: u8| NewTask {
+        max_tasks: 1,
+        ..keyed(title, key, digest)
+    };
+    let Created::New(t) = s
+        .create_task(&p("alice"), capped("a", "k", 1))
+        .await
+        .unwrap()
+    else {
+        panic!("first use creates")
+    };
+    assert_eq!(
+        s.create_task(&p("alice"), capped("a", "k", 1))
+            .await
+            .unwrap(),
+        Created::Replayed(t)
+    );
+    assert!(matches!(
+        s.create_task(&p("alice"), capped("b", "k2", 1)).await,
+        Err(StorageError::QuotaExceeded { max: 1 })
+    ));
+    assert!(matches!(
+        s.create_task(&p("alice"), capped("b", "k", 2)).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 1);
+}
+
+/// A quota of 0 refuses the first create as it refuses any other, and the
+/// refused create leaves no trace (the next one with room works).
+pub async fn a_quota_of_zero_refuses_every_create(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let none = NewTask {
+        max_tasks: 0,
+        ..keyed_new_task("a", "k")
+    };
+    assert!(matches!(
+        s.create_task(&p("alice"), none).await,
+        Err(StorageError::QuotaExceeded { max: 0 })
+    ));
+    assert_eq!(s.count_tasks().await.unwrap(), 0);
+    let one = NewTask {
+        max_tasks: 1,
+        ..keyed_new_task("a", "k")
+    };
+    assert!(matches!(
+        s.create_task(&p("alice"), one).await.unwrap(),
+        Created::New(_)
+    ));
+}
+
+/// `If-Match` with several entity tags: a write goes through when the stored
+/// version is any of them, and is refused (reporting the stored version)
+/// when it is none, also for a list without a valid tag.
+pub async fn preconditions_admit_any_version_they_list(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let t = create(s, "alice", json!({"title": "a"})).await;
+    let change = |title: &str| TaskChange::Replace(fields(json!({ "title": title })));
+    let t2 = s
+        .update_task(
+            &p("alice"),
+            t.id,
+            change("b"),
+            Precondition::Versions(vec![5, 1]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t2.version, 2);
+    for refused in [vec![1], vec![], vec![3, 4]] {
+        assert!(matches!(
+            s.update_task(
+                &p("alice"),
+                t.id,
+                change("c"),
+                Precondition::Versions(refused.clone())
+            )
+            .await,
+            Err(StorageError::VersionMismatch { current: 2 })
+        ));
+        assert!(matches!(
+            s.delete_task(&p("alice"), t.id, Precondition::Versions(refused))
+                .await,
+            Err(StorageError::VersionMismatch { current: 2 })
+        ));
+    }
+    assert_eq!(s.get_task(&p("alice"), t.id).await.unwrap(), t2);
+    s.delete_task(&p("alice"), t.id, Precondition::Versions(vec![2, 9]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.delete_task(&p("alice"), t.id, Precondition::Versions(vec![2]))
+            .await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+/// Tokens are listed by name in byte order (upper case before lower case,
+/// `-` before `.` before `_`), whatever the backend's collation.
+pub async fn tokens_are_listed_in_byte_order_of_names(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    for (i, name) in ["a_b", "Z9", "a", "B", "a.b", "a-b"].iter().enumerate() {
+        s.create_token(&p(name), [i as u8; 32]).await.unwrap();
+    }
+    let names: Vec<_> = s
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["B", "Z9", "a", "a-b", "a.b", "a_b"]);
+}
+
+/// An idempotency record dated after the store's clock (the clock was
+/// stepped back) is fresh: it replays, refuses another body and is not
+/// swept, until its window has passed by the clock.
+pub async fn a_record_from_a_clock_stepped_back_is_fresh(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+) {
+    let s = store.as_ref();
+    let Created::New(t) = s
+        .create_task(&p("alice"), keyed("a", "k", 1))
+        .await
+        .unwrap()
+    else {
+        panic!("first use creates")
+    };
+    let hour = std::time::Duration::from_secs(3600);
+    clock.rewind(hour);
+    assert_eq!(
+        s.create_task(&p("alice"), keyed("a", "k", 1))
+            .await
+            .unwrap(),
+        Created::Replayed(t.clone())
+    );
+    assert!(matches!(
+        s.create_task(&p("alice"), keyed("b", "k", 2)).await,
+        Err(StorageError::IdempotencyMismatch)
+    ));
+    assert_eq!(s.sweep_expired().await.unwrap(), 0);
+    clock.advance(hour + IDEMPOTENCY_TTL);
+    assert_eq!(s.sweep_expired().await.unwrap(), 1);
+    assert!(matches!(
+        s.create_task(&p("alice"), keyed("b", "k", 2))
+            .await
+            .unwrap(),
+        Created::New(_)
+    ));
 }

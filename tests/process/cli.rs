@@ -3,8 +3,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use devops_api::backup::{Line, TaskV1};
+use devops_api::domain::{PrincipalName, StoredTask};
 use devops_api::domain::{Task, parse_create};
-use devops_api::storage::{BackupRecord, RedbConfig, RedbStore, Store};
+use devops_api::storage::{Record, RedbConfig, RedbStore, Store};
 
 use crate::helpers::{ALICE, Server, client, create, run};
 
@@ -159,15 +161,15 @@ async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
                 "description": "x".repeat(i % 50),
             }))
             .unwrap();
-            records.push(BackupRecord::Task {
-                owner: format!("owner{o}"),
+            records.push(Record::Task {
+                owner: p(&format!("owner{o}")),
                 task: Task::create(fields),
             });
         }
     }
-    records.push(BackupRecord::Token {
-        name: "alice".into(),
-        digest: hex::encode([5u8; 32]),
+    records.push(Record::Token {
+        name: p("alice"),
+        digest: [5u8; 32],
         created_at: devops_api::domain::now(),
     });
     store
@@ -200,7 +202,7 @@ async fn backup_and_restore_round_trip_100k_tasks() {
     let restored = RedbStore::open(&RedbConfig::new(&dst)).unwrap();
     let mut back = restored.export().await.unwrap().records;
     let mut orig = original;
-    let key = |r: &BackupRecord| serde_json::to_string(r).unwrap();
+    let key = |r: &Record| format!("{r:?}");
     back.sort_by_key(key);
     orig.sort_by_key(key);
     assert_eq!(back.len(), 100_001);
@@ -307,7 +309,7 @@ fn crafted_backup(path: &Path, lines: &[String]) {
 }
 
 fn token_line(name: &str, digest: u8) -> String {
-    serde_json::to_string(&BackupRecord::Token {
+    serde_json::to_string(&Line::Token {
         name: name.into(),
         digest: hex::encode([digest; 32]),
         created_at: devops_api::domain::now(),
@@ -316,11 +318,21 @@ fn token_line(name: &str, digest: u8) -> String {
 }
 
 fn task_line(owner: &str, task: &Task) -> String {
-    serde_json::to_string(&BackupRecord::Task {
+    serde_json::to_string(&Line::Task {
         owner: owner.into(),
-        task: task.clone(),
+        task: task_v1(task),
     })
     .unwrap()
+}
+
+/// `task` as a backup line holds it.
+fn task_v1(task: &Task) -> TaskV1 {
+    StoredTask::from(task).into()
+}
+
+/// The principal `name`.
+fn p(name: &str) -> PrincipalName {
+    PrincipalName::parse(name).unwrap()
 }
 
 /// Crafted backups with a valid checksum are refused record by record, leave
@@ -333,11 +345,11 @@ async fn crafted_backups_are_refused_and_change_nothing() {
     let file = dir.path().join("crafted.jsonl");
     let task = Task::create(parse_create(&serde_json::json!({"title": "a"})).unwrap());
     let other = Task::create(parse_create(&serde_json::json!({"title": "b"})).unwrap());
-    let mut v4 = serde_json::to_value(&other).unwrap();
+    let mut v4 = serde_json::to_value(task_v1(&other)).unwrap();
     v4["id"] = "6ba7b810-9dad-41d1-80b4-00c04fd430c8".into();
-    let mut future = serde_json::to_value(&other).unwrap();
+    let mut future = serde_json::to_value(task_v1(&other)).unwrap();
     future["due_at"] = "9999-12-31T23:59:59-23:59".into();
-    let mut bidi = serde_json::to_value(&other).unwrap();
+    let mut bidi = serde_json::to_value(task_v1(&other)).unwrap();
     bidi["title"] = " padded ".into();
     let cases: Vec<(&str, Vec<String>, &str)> = vec![
         (
@@ -419,7 +431,7 @@ async fn crafted_backups_are_refused_and_change_nothing() {
     let out = run(&["restore", file.to_str().unwrap()], &data, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let store = RedbStore::open(&RedbConfig::new(&data)).unwrap();
-    assert_eq!(store.get_task("alice", task.id).await.unwrap(), task);
+    assert_eq!(store.get_task(&p("alice"), task.id).await.unwrap(), task);
     assert_eq!(
         store.principal(&[1; 32]).await.unwrap().as_deref(),
         Some("alice")

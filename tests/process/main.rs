@@ -4,8 +4,10 @@
 mod helpers;
 
 mod abuse;
+mod backup;
 mod cli;
 mod crash;
 mod disk_full;
 mod lifecycle;
+mod logs;
 mod sharing;

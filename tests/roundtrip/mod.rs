@@ -20,7 +20,7 @@ use devops_api::domain::text::{description_refusal, is_white_space, label_refusa
 use devops_api::domain::{self, DueAt, rfc3339};
 use devops_api::http::{ApiConfig, AppState, app};
 use devops_api::lifecycle::ShutdownPolicy;
-use devops_api::storage::{BackupRecord, Store};
+use devops_api::storage::{Record, Store};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
@@ -324,7 +324,10 @@ async fn one_case(stores: Stores, bodies: Vec<Value>) {
         assert_eq!(r.json::<Value>().await.unwrap(), task, "read back");
         let stored = stores
             .source
-            .get_task(OWNERS[who], domain::TaskId::parse(&id).unwrap())
+            .get_task(
+                &domain::PrincipalName::parse(OWNERS[who]).unwrap(),
+                domain::TaskId::parse(&id).unwrap(),
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -393,7 +396,7 @@ async fn one_case(stores: Stores, bodies: Vec<Value>) {
     devops_api::backup::restore(stores.target.as_ref(), &file, &mut |_, _, _| {})
         .await
         .unwrap();
-    let key = |r: &BackupRecord| serde_json::to_string(r).unwrap();
+    let key = |r: &Record| format!("{r:?}");
     let mut a = stores.source.export().await.unwrap().records;
     let mut b = stores.target.export().await.unwrap().records;
     a.sort_by_key(key);

@@ -1,0 +1,444 @@
+//! The store's operations as statements: each function takes the store's
+//! pool (through `PostgresStore::conn`) and does one operation, in one
+//! transaction where it writes more than one row.
+
+use tokio_postgres::IsolationLevel;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{Json, Type};
+use uuid::Uuid;
+
+use super::PostgresStore;
+use super::rows::{TaskColumns, key_record, task_from_row, task_record, to_i64, token_record};
+use super::sql::{TASK_COLUMNS, list_sql, refs};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::storage::rules::{self, KeyUse};
+use crate::storage::{
+    Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
+    TokenInfo,
+};
+
+pub(super) async fn create_task(
+    store: &PostgresStore,
+    owner: &PrincipalName,
+    new: NewTask,
+) -> StoreResult<Created> {
+    let now = store.clock.now();
+    let task = Task::create_at(new.fields, now);
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await?;
+    if let Some(idem) = &new.idempotency {
+        let snapshot = Json(&task);
+        let digest = idem.request_digest.as_slice();
+        // Claiming the key first makes a concurrent request with the same
+        // key wait here until this transaction ends, then replay its result.
+        let stmt = txn
+            .prepare_cached(
+                "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING",
+            )
+            .await?;
+        let claimed = txn
+            .execute(
+                &stmt,
+                &[
+                    &owner.as_str(),
+                    &idem.key,
+                    &digest,
+                    &task.created_at,
+                    &snapshot,
+                ],
+            )
+            .await?;
+        if claimed == 0 {
+            let stmt = txn
+                .prepare_cached(
+                    "SELECT request_digest, created_at, task FROM idempotency_keys
+                     WHERE owner = $1 AND key = $2 FOR UPDATE",
+                )
+                .await?;
+            let found = txn
+                .query_opt(&stmt, &[&owner.as_str(), &idem.key])
+                .await?
+                .map(|row| key_record(&row, owner, &idem.key));
+            if let KeyUse::Replay(original) = rules::use_key(found, idem, now)? {
+                // Nothing was written: dropping the transaction rolls it back.
+                return Ok(Created::Replayed(original));
+            }
+            // Expired, unreadable or swept meanwhile: the key starts afresh.
+            let stmt = txn
+                .prepare_cached(
+                    "INSERT INTO idempotency_keys (owner, key, request_digest, created_at, task)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (owner, key) DO UPDATE SET request_digest = EXCLUDED.request_digest,
+                         created_at = EXCLUDED.created_at, task = EXCLUDED.task",
+                )
+                .await?;
+            txn.execute(
+                &stmt,
+                &[
+                    &owner.as_str(),
+                    &idem.key,
+                    &digest,
+                    &task.created_at,
+                    &snapshot,
+                ],
+            )
+            .await?;
+        }
+    }
+    // One more task for the owner, under the row lock of its count; over
+    // the quota, returning drops the transaction and rolls this back.
+    let stmt = txn
+        .prepare_cached(
+            "INSERT INTO task_counts (owner, n) VALUES ($1, 1)
+             ON CONFLICT (owner) DO UPDATE SET n = task_counts.n + 1
+             RETURNING n",
+        )
+        .await?;
+    let held: i64 = txn.query_one(&stmt, &[&owner.as_str()]).await?.get(0);
+    rules::check_quota(u64::try_from(held - 1).unwrap_or(0), new.max_tasks)?;
+    let c = TaskColumns::of(owner, &task);
+    let stmt = txn
+        .prepare_cached(
+            "INSERT INTO tasks (owner, id, title, title_lower, description, status, priority,
+                                due_at, tags, created_at, updated_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .await?;
+    txn.execute(&stmt, &c.row()).await?;
+    txn.commit().await?;
+    Ok(Created::New(task))
+}
+
+pub(super) async fn get_task(
+    store: &PostgresStore,
+    owner: &PrincipalName,
+    id: TaskId,
+) -> StoreResult<Task> {
+    let client = store.conn().await?;
+    get_task_on(&client, owner, id).await
+}
+
+pub(super) async fn list_tasks(
+    store: &PostgresStore,
+    owner: &PrincipalName,
+    query: &ListQuery,
+) -> StoreResult<Page> {
+    let (sql, params) = list_sql(owner, query);
+    let client = store.conn().await?;
+    let stmt = client.prepare_cached(&sql).await?;
+    let rows = client.query(&stmt, &refs(&params)).await?;
+    // The row after the page only says that there is a next page; the
+    // cursor is the last row of the page, even one left out as unreadable.
+    let next = (rows.len() > query.limit)
+        .then(|| rows[query.limit - 1].try_get::<_, Uuid>(0).ok())
+        .flatten()
+        .map(TaskId::from_uuid);
+    let mut items = Vec::with_capacity(query.limit);
+    for r in rows.iter().take(query.limit) {
+        match task_from_row(r, 0, owner) {
+            Ok(t) => items.push(t),
+            // Reported where it was found; the page goes on without it.
+            Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Page { items, next })
+}
+
+pub(super) async fn update_task(
+    store: &PostgresStore,
+    owner: &PrincipalName,
+    id: TaskId,
+    change: TaskChange,
+    precondition: Precondition,
+) -> StoreResult<Task> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached(
+            "UPDATE tasks SET title = $3, title_lower = $4, description = $5, status = $6,
+                 priority = $7, due_at = $8, tags = $9, updated_at = $10, version = $11
+             WHERE owner = $1 AND id = $2 AND version = $12",
+        )
+        .await?;
+    // Each round reads the current version and writes only if it is still
+    // current; a lost race re-reads. Without a precondition the change
+    // applies to whatever version is current when it lands, as on redb.
+    for _ in 0..64 {
+        let current = get_task_on(&client, owner, id).await?;
+        rules::check_version(&precondition, &current)?;
+        let updated = change.apply(&current, store.clock.now());
+        if updated.version == current.version {
+            return Ok(updated);
+        }
+        let c = TaskColumns::of(owner, &updated);
+        let written = client
+            .execute(
+                &stmt,
+                &[
+                    &owner.as_str(),
+                    &id.as_uuid(),
+                    &c.title,
+                    &c.title_lower,
+                    &c.description,
+                    &c.status,
+                    &c.priority,
+                    &c.due_at,
+                    &c.tags,
+                    &updated.updated_at,
+                    &c.version,
+                    &to_i64(current.version),
+                ],
+            )
+            .await?;
+        if written == 1 {
+            return Ok(updated);
+        }
+    }
+    Err(StorageError::Busy {
+        what: format!("task {id} is changing too often to update").into(),
+    })
+}
+
+pub(super) async fn delete_task(
+    store: &PostgresStore,
+    owner: &PrincipalName,
+    id: TaskId,
+    precondition: Precondition,
+) -> StoreResult<()> {
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await?;
+    // The row is locked, decoded and checked before it goes: an unreadable
+    // task is an error for every request on it, as on redb (and this
+    // transaction rolls back).
+    let stmt = txn
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2 FOR UPDATE"
+        ))
+        .await?;
+    let current = match txn
+        .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
+        .await?
+    {
+        Some(row) => task_from_row(&row, 0, owner)?,
+        None => return Err(StorageError::NotFound),
+    };
+    rules::check_version(&precondition, &current)?;
+    let stmt = txn
+        .prepare_cached("DELETE FROM tasks WHERE owner = $1 AND id = $2")
+        .await?;
+    txn.execute(&stmt, &[&owner.as_str(), &id.as_uuid()])
+        .await?;
+    let stmt = txn
+        .prepare_cached("UPDATE task_counts SET n = GREATEST(n - 1, 0) WHERE owner = $1")
+        .await?;
+    txn.execute(&stmt, &[&owner.as_str()]).await?;
+    Ok(txn.commit().await?)
+}
+
+pub(super) async fn count_tasks(store: &PostgresStore) -> StoreResult<u64> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT COALESCE(SUM(n), 0)::bigint FROM task_counts")
+        .await?;
+    let n: i64 = client.query_one(&stmt, &[]).await?.get(0);
+    Ok(u64::try_from(n).unwrap_or_default())
+}
+
+pub(super) async fn create_token(
+    store: &PostgresStore,
+    name: &PrincipalName,
+    digest: TokenDigest,
+) -> StoreResult<TokenInfo> {
+    let client = store.conn().await?;
+    let created_at = store.clock.now();
+    let stmt = client
+        .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
+        .await?;
+    match client
+        .execute(&stmt, &[&digest.as_slice(), &name.as_str(), &created_at])
+        .await
+    {
+        Ok(_) => Ok(TokenInfo {
+            name: name.clone(),
+            created_at,
+        }),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            Err(StorageError::AlreadyExists(format!("a token for `{name}`")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT digest, name, created_at FROM tokens")
+        .await?;
+    let mut out = Vec::new();
+    for r in client.query(&stmt, &[]).await? {
+        match token_record(&r) {
+            Ok(Record::Token {
+                name, created_at, ..
+            }) => out.push(TokenInfo { name, created_at }),
+            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) -> StoreResult<()> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("DELETE FROM tokens WHERE name = $1")
+        .await?;
+    match client.execute(&stmt, &[&name.as_str()]).await? {
+        0 => Err(StorageError::NotFound),
+        _ => Ok(()),
+    }
+}
+
+pub(super) async fn principal(
+    store: &PostgresStore,
+    digest: &TokenDigest,
+) -> StoreResult<Option<PrincipalName>> {
+    let client = store.conn().await?;
+    let stmt = client
+        .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
+        .await?;
+    let row = client.query_opt(&stmt, &[&digest.as_slice()]).await?;
+    match row.map(|r| token_record(&r)).transpose()? {
+        Some(Record::Token { name, .. }) => Ok(Some(name)),
+        _ => Ok(None),
+    }
+}
+
+pub(super) async fn export(store: &PostgresStore) -> StoreResult<Export> {
+    let mut client = store.conn().await?;
+    // One snapshot for both tables while writers go on.
+    let txn = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    let out = export_in(&txn).await?;
+    txn.commit().await?;
+    Ok(out)
+}
+
+pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult<u64> {
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await?;
+    txn.batch_execute(
+        "SET LOCAL statement_timeout = 0;
+         LOCK TABLE tasks, tokens, task_counts IN SHARE ROW EXCLUSIVE MODE",
+    )
+    .await?;
+    if set.replace {
+        txn.batch_execute("TRUNCATE tasks, tokens, task_counts, idempotency_keys")
+            .await?;
+    } else {
+        let occupied: bool = txn
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM tasks) OR EXISTS (SELECT 1 FROM tokens)",
+                &[],
+            )
+            .await?
+            .get(0);
+        rules::check_import_target(occupied)?;
+    }
+    for t in &set.tokens {
+        txn.execute(
+            "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
+            &[&t.digest.as_slice(), &t.name.as_str(), &t.created_at],
+        )
+        .await?;
+    }
+    let sink = txn
+        .copy_in(
+            "COPY tasks (owner, id, title, title_lower, description, status, priority, due_at,
+                         tags, created_at, updated_at, version) FROM STDIN BINARY",
+        )
+        .await?;
+    let types = [
+        Type::TEXT,
+        Type::UUID,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+        Type::TEXT_ARRAY,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::INT8,
+    ];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for (owner, task) in &set.tasks {
+        let c = TaskColumns::of(owner, task);
+        writer.as_mut().write(&c.row()).await?;
+    }
+    writer.as_mut().finish().await?;
+    // Counts are rebuilt from scratch, so the quota holds per owner.
+    txn.batch_execute("DELETE FROM task_counts").await?;
+    let owners: Vec<&str> = set.counts.keys().map(PrincipalName::as_str).collect();
+    let counts: Vec<i64> = set.counts.values().map(|&n| to_i64(n)).collect();
+    txn.execute(
+        "INSERT INTO task_counts (owner, n) SELECT * FROM unnest($1::text[], $2::bigint[])",
+        &[&owners, &counts],
+    )
+    .await?;
+    // Read back inside the transaction: a difference rolls everything back.
+    set.verify(export_in(&txn).await?)?;
+    txn.commit().await?;
+    Ok(set.len() as u64)
+}
+
+/// Every readable record visible to `txn`; unreadable ones are listed.
+pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreResult<Export> {
+    let mut out = Export::default();
+    for r in txn
+        .query(
+            "SELECT digest, name, created_at FROM tokens ORDER BY name",
+            &[],
+        )
+        .await?
+    {
+        out.push(token_record(&r))?;
+    }
+    let rows = txn
+        .query(
+            &format!("SELECT owner, {TASK_COLUMNS} FROM tasks ORDER BY owner, id"),
+            &[],
+        )
+        .await?;
+    out.records.reserve(rows.len());
+    for r in rows {
+        out.push(task_record(&r))?;
+    }
+    Ok(out)
+}
+
+pub(super) async fn get_task_on(
+    client: &deadpool_postgres::Object,
+    owner: &PrincipalName,
+    id: TaskId,
+) -> StoreResult<Task> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE owner = $1 AND id = $2"
+        ))
+        .await?;
+    match client
+        .query_opt(&stmt, &[&owner.as_str(), &id.as_uuid()])
+        .await?
+    {
+        Some(row) => task_from_row(&row, 0, owner),
+        None => Err(StorageError::NotFound),
+    }
+}

@@ -1,0 +1,153 @@
+//! Rows to domain values and back. Values read are validated by the
+//! domain's rules for stored values: a row they reject is `Corrupt`
+//! (reported), never a panic.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Row;
+use tokio_postgres::types::Json;
+use uuid::Uuid;
+
+use super::corrupt;
+use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, rfc3339};
+use crate::storage::rules::KeyRecord;
+use crate::storage::{Record, StoreResult};
+
+pub(super) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A task from [`TASK_COLUMNS`] starting at column `at`, of `owner` (for
+/// reports). Values are validated by the domain's rules for stored values: a
+/// row they reject is `Corrupt` (reported), never a panic.
+pub(super) fn task_from_row(row: &Row, at: usize, owner: &str) -> StoreResult<Task> {
+    let id: Uuid = row
+        .try_get(at)
+        .map_err(|e| corrupt("task", format!("tasks/{owner}"), e.to_string()))?;
+    let key = format!("tasks/{owner}/{id}");
+    let bad = |e: String| corrupt("task", &key, e);
+    let get = |e: tokio_postgres::Error| bad(e.to_string());
+    let version: i64 = row.try_get(at + 9).map_err(get)?;
+    StoredTask {
+        id,
+        title: row.try_get(at + 1).map_err(get)?,
+        description: row.try_get(at + 2).map_err(get)?,
+        status: row.try_get(at + 3).map_err(get)?,
+        priority: row.try_get(at + 4).map_err(get)?,
+        due_at: row.try_get(at + 5).map_err(get)?,
+        tags: row.try_get(at + 6).map_err(get)?,
+        created_at: row.try_get(at + 7).map_err(get)?,
+        updated_at: row.try_get(at + 8).map_err(get)?,
+        version: u64::try_from(version).map_err(|_| bad("negative version".into()))?,
+    }
+    .into_task()
+    .map_err(bad)
+}
+
+/// A row of `SELECT request_digest, created_at, task FROM idempotency_keys`
+/// for `owner`'s `key`, decoded (a failure is reported).
+pub(super) fn key_record(row: &Row, owner: &str, key: &str) -> StoreResult<KeyRecord> {
+    let name = format!("idempotency_keys/{owner}/{key}");
+    let bad = |e: String| corrupt("idempotency", &name, e);
+    let digest: Vec<u8> = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+    let request_digest = <[u8; 32]>::try_from(digest.as_slice())
+        .map_err(|_| bad("the request digest is not 32 bytes".into()))?;
+    let Json(task): Json<Task> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    Ok(KeyRecord {
+        request_digest,
+        created_at: row.try_get(1).map_err(|e| bad(e.to_string()))?,
+        task,
+    })
+}
+
+/// A row of `SELECT owner, TASK_COLUMNS` as a record.
+pub(super) fn task_record(row: &Row) -> StoreResult<Record> {
+    let owner: String = row
+        .try_get(0)
+        .map_err(|e| corrupt("task", "tasks", e.to_string()))?;
+    let name = match PrincipalName::parse(&owner) {
+        Ok(name) => name,
+        Err(e) => {
+            let id: Option<Uuid> = row.try_get(1).ok();
+            return Err(corrupt(
+                "task",
+                format!("tasks/{}/{}", owner.escape_debug(), id.unwrap_or_default()),
+                e,
+            ));
+        }
+    };
+    let task = task_from_row(row, 1, &owner)?;
+    Ok(Record::Task { owner: name, task })
+}
+
+/// A row of `SELECT digest, name, created_at FROM tokens` as a record.
+pub(super) fn token_record(row: &Row) -> StoreResult<Record> {
+    let digest: Vec<u8> = row
+        .try_get(0)
+        .map_err(|e| corrupt("token", "tokens", e.to_string()))?;
+    let key = format!("tokens/{}", hex::encode(&digest));
+    let bad = |e: String| corrupt("token", &key, e);
+    let digest = TokenDigest::try_from(digest.as_slice())
+        .map_err(|_| bad("the digest is not 32 bytes".into()))?;
+    let name: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
+    let name = PrincipalName::parse(&name).map_err(&bad)?;
+    let created_at: DateTime<Utc> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    Ok(Record::Token {
+        name,
+        digest,
+        created_at: rfc3339::check_stored(created_at).map_err(&bad)?,
+    })
+}
+
+/// A task's row as statement parameters, owned.
+pub(super) struct TaskColumns {
+    pub(super) owner: String,
+    pub(super) id: uuid::Uuid,
+    pub(super) title: String,
+    pub(super) title_lower: String,
+    pub(super) description: Option<String>,
+    pub(super) status: &'static str,
+    pub(super) priority: &'static str,
+    pub(super) due_at: Option<DateTime<Utc>>,
+    pub(super) tags: Vec<String>,
+    pub(super) created_at: DateTime<Utc>,
+    pub(super) updated_at: DateTime<Utc>,
+    pub(super) version: i64,
+}
+
+impl TaskColumns {
+    pub(super) fn of(owner: &str, task: &Task) -> Self {
+        let f = &task.fields;
+        Self {
+            owner: owner.to_owned(),
+            id: task.id.as_uuid(),
+            title: f.title.as_str().to_owned(),
+            title_lower: f.title.as_str().to_lowercase(),
+            description: f.description.as_ref().map(|d| d.as_str().to_owned()),
+            status: f.status.as_str(),
+            priority: f.priority.as_str(),
+            due_at: f.due_at.map(|d| d.as_datetime()),
+            tags: f.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            version: to_i64(task.version),
+        }
+    }
+
+    /// The whole row in the column order of the `tasks` INSERT and COPY.
+    pub(super) fn row(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            &self.owner,
+            &self.id,
+            &self.title,
+            &self.title_lower,
+            &self.description,
+            &self.status,
+            &self.priority,
+            &self.due_at,
+            &self.tags,
+            &self.created_at,
+            &self.updated_at,
+            &self.version,
+        ]
+    }
+}

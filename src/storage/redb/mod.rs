@@ -1,0 +1,469 @@
+//! The embedded backend on redb.
+//!
+//! Writes go through one writer thread that practises group commit: it takes
+//! every write waiting in its queue (up to `max_batch`, never waiting for more
+//! when only one is there), applies them in one transaction, commits once with
+//! immediate durability, and only then answers each caller with its own result.
+//! On disks where a flush costs milliseconds this multiplies write throughput,
+//! and "acknowledged" still means "on disk".
+//!
+//! Invariant for every write operation: it checks all its preconditions before
+//! it writes anything, so an operation that fails leaves the shared
+//! transaction exactly as it found it and cannot disturb the others in the batch.
+//! (Import is the exception that proves it: it verifies after writing, and its
+//! failure rolls back the whole batch.)
+//!
+//! Reads run on tokio's blocking pool, each in its own read transaction, and
+//! never wait for the writer.
+//!
+//! A fatal storage error (an I/O error such as a full disk: redb then answers
+//! every later call with "Previous I/O error") makes the store not ready at
+//! once ([`Store::ping`] fails, so `/ready` is 503, for at least
+//! [`READY_HOLD_OFF`]); the writer closes the database and opens it again,
+//! retrying every [`REOPEN_RETRY`] until the disk allows it, and then resumes.
+//! Opening recovers the file to its last durable commit, which holds every
+//! acknowledged write.
+//!
+//! Idempotency records are deleted 24 hours after they were made (a sweep by
+//! the writer, through an index by time), not when their task is deleted: a
+//! retry within the window must replay the original answer even after a
+//! delete, or a late retry would create the task again.
+//!
+//! The parts: [`writer`] (the group-commit writer thread and reopening),
+//! [`ops`] (each operation as a function of one transaction), [`tables`] and
+//! [`keys`] (the file's tables and their key layouts), [`files`] (opening the
+//! file privately).
+
+mod files;
+mod keys;
+mod ops;
+mod tables;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, WriteTransaction};
+use tokio::sync::oneshot;
+
+use self::files::{builder, create_private_dir, open_error, open_private_file};
+use self::tables::{TASKS, init_tables};
+use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
+use super::{
+    Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
+    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
+};
+use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+
+/// How much a read may do; see `RedbStore::read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadCost {
+    Short,
+    Long,
+}
+
+/// The file inside the data directory.
+pub const DB_FILE: &str = "devops-api.redb";
+
+/// Default size of redb's own page cache.
+pub const DEFAULT_CACHE_SIZE: usize = 16 * 1024 * 1024;
+
+/// How often the writer tries to reopen the database after a fatal error.
+pub const REOPEN_RETRY: Duration = Duration::from_millis(500);
+
+/// How long the store stays not ready after a fatal error, even when the
+/// database reopens at once (a disk with a little room left): long enough
+/// for health checks and the proxy to notice, and renewed by every further
+/// fatal error, so a disk that keeps failing keeps the store out of rotation.
+pub const READY_HOLD_OFF: Duration = Duration::from_secs(5);
+
+/// Whether other processes may open the same file (redb's concurrency mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbSharing {
+    /// This process alone; the fastest commits.
+    #[default]
+    Exclusive,
+    /// Several processes on one host read and write the file, one write
+    /// transaction at a time (tasks of one service sharing a volume).
+    MultiWriter,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedbConfig {
+    pub data_dir: PathBuf,
+    pub sharing: DbSharing,
+    /// Off: one transaction per write (the baseline the benchmark compares with).
+    pub group_commit: bool,
+    /// The most writes committed together.
+    pub max_batch: usize,
+    /// Bytes of redb's page cache (redb's default is 1 GiB). The OS page cache
+    /// keeps the file warm anyway; this bounds the process's own share.
+    pub cache_size: usize,
+    /// Dates tasks and idempotency records; the system clock but in tests.
+    pub clock: Arc<dyn Clock>,
+    /// Test-only negative control: answer callers before the commit is
+    /// durable. Exists so the power-loss test can show that it detects loss.
+    #[doc(hidden)]
+    pub ack_before_commit: bool,
+}
+
+impl RedbConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            sharing: DbSharing::Exclusive,
+            group_commit: true,
+            max_batch: 512,
+            cache_size: DEFAULT_CACHE_SIZE,
+            clock: super::system_clock(),
+            ack_before_commit: false,
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join(DB_FILE)
+    }
+}
+
+pub struct RedbStore {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Msg>,
+    /// Taken by `close`, which waits for the writer to finish its queue.
+    writer: Mutex<Option<JoinHandle<()>>>,
+    /// Multi-writer: a read registers under a file lock that a peer process
+    /// holds while it publishes a commit, so reads go to the blocking pool.
+    /// Exclusive: a read only touches memory and the OS page cache, so it runs
+    /// on the calling task without a thread hand-off.
+    reads_inline: bool,
+    /// Read transactions open now (`store_reads_in_flight`).
+    readers: Arc<AtomicI64>,
+    /// The database file and its directory, for the size gauges; `None` for
+    /// a store on a backend other than a file.
+    file: Option<PathBuf>,
+}
+
+/// Counts an open read transaction for as long as it lives.
+struct Reader(Arc<AtomicI64>);
+
+impl Reader {
+    fn new(readers: &Arc<AtomicI64>) -> Self {
+        readers.fetch_add(1, Ordering::Relaxed);
+        Self(readers.clone())
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database in `config.data_dir`, which is created
+    /// (mode 0700) if missing; the file is created, or narrowed to, mode 0600.
+    /// Errors say what the operator should do.
+    pub fn open(config: &RedbConfig) -> StoreResult<Self> {
+        create_private_dir(&config.data_dir).map_err(|e| {
+            StorageError::io(
+                format!("cannot create data directory {}", config.data_dir.display()),
+                e,
+            )
+        })?;
+        let path = config.db_path();
+        let (sharing, cache_size) = (config.sharing, config.cache_size);
+        let open: Opener = Box::new(move || {
+            let file = open_private_file(&path)
+                .map_err(|e| StorageError::io(format!("cannot open {}", path.display()), e))?;
+            let backend =
+                redb::backends::FileBackend::new(file).map_err(|e| open_error(&path, e))?;
+            builder(sharing, cache_size)
+                .create_with_backend(backend)
+                .map_err(|e| open_error(&path, e))
+        });
+        let mut store = Self::start(config, open)?;
+        store.file = Some(config.db_path());
+        Ok(store)
+    }
+
+    /// Opens (or creates) the database on a backend from `backend` instead of
+    /// a file in `config.data_dir` (tests: in-memory and fault-injecting
+    /// backends). Each call of `backend` must give a backend over the same
+    /// storage: the store calls it again to reopen after a fatal error.
+    /// Backends without byte-range locks support only `DbSharing::Exclusive`.
+    pub fn open_with_backend<B: redb::StorageBackend>(
+        config: &RedbConfig,
+        backend: impl Fn() -> B + Send + Sync + 'static,
+    ) -> StoreResult<Self> {
+        let (sharing, cache_size) = (config.sharing, config.cache_size);
+        let open: Opener = Box::new(move || {
+            builder(sharing, cache_size)
+                .create_with_backend(backend())
+                .map_err(|e| StorageError::io("cannot open the database", e))
+        });
+        Self::start(config, open)
+    }
+
+    fn start(config: &RedbConfig, open: Opener) -> StoreResult<Self> {
+        let db = Arc::new(open()?);
+        init_tables(&db, config.clock.now())?;
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db.clone())),
+            healthy: AtomicBool::new(true),
+            hold_off_until: Mutex::new(None),
+            clock: config.clock.clone(),
+        });
+        let (jobs, rx) = mpsc::channel();
+        let mut writer = Writer {
+            shared: shared.clone(),
+            db: Some(db),
+            open,
+            max_batch: if config.group_commit {
+                config.max_batch.max(1)
+            } else {
+                1
+            },
+            ack_before_commit: config.ack_before_commit,
+            next_sweep: Instant::now() + IDEMPOTENCY_SWEEP_INTERVAL,
+            last_reopen: None,
+        };
+        let writer = std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer.run(&rx))
+            .map_err(|e| StorageError::io("cannot start the writer thread", e))?;
+        Ok(Self {
+            shared,
+            jobs,
+            writer: Mutex::new(Some(writer)),
+            reads_inline: config.sharing == DbSharing::Exclusive,
+            readers: Arc::new(AtomicI64::new(0)),
+            file: None,
+        })
+    }
+
+    /// Runs `op` in the writer's next transaction and returns its result once
+    /// that transaction is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        self.write_with(Poison::OnIoError, op).await
+    }
+
+    async fn write_with<T: Send + 'static>(
+        &self,
+        poison: Poison,
+        op: impl FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (tx, rx) = oneshot::channel();
+        let job = job(op, poison, move |r| {
+            let _ = tx.send(r);
+        });
+        self.jobs
+            .send(Msg::Write(job))
+            .map_err(|_| StorageError::unavailable("the store is closed"))?;
+        rx.await
+            .map_err(|_| StorageError::unavailable("the write was not committed"))?
+    }
+
+    /// Runs `op` in a read transaction of its own, which never waits for the
+    /// writer: redb readers see the last committed snapshot. `Short` reads
+    /// (a handful of records) run on the calling task when the file is not
+    /// shared: measured, the hand-off to the blocking pool cost a quarter of
+    /// `GET /v1/tasks/{id}` throughput. `Long` reads (scans whose length the
+    /// caller does not bound) always go to the blocking pool, so one of them
+    /// cannot stall the async workers. A read that fails with an I/O error
+    /// asks the writer to check the database (see the module documentation).
+    async fn read<T: Send + 'static>(
+        &self,
+        cost: ReadCost,
+        op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let readers = self.readers.clone();
+        let run = move |db: Arc<Database>| {
+            let _reader = Reader::new(&readers);
+            let txn = db.begin_read()?;
+            op(&txn)
+        };
+        let db = self.shared.db()?;
+        let result = if self.reads_inline && cost == ReadCost::Short {
+            run(db)
+        } else {
+            tokio::task::spawn_blocking(move || run(db)).await?
+        };
+        if matches!(result, Err(StorageError::Unavailable { .. })) {
+            let _ = self.jobs.send(Msg::Check);
+        }
+        result
+    }
+
+    /// Checks every page and checksum of the file; needs exclusive access, so
+    /// it is for tests and offline tools.
+    pub fn check_integrity(path: &Path) -> StoreResult<bool> {
+        let mut db = Database::open(path).map_err(|e| open_error(path, e))?;
+        Ok(db.check_integrity()?)
+    }
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn create_task(&self, owner: &PrincipalName, new: NewTask) -> StoreResult<Created> {
+        let owner = owner.clone();
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| ops::create_task(txn, &owner, new, clock.now()))
+            .await
+    }
+
+    async fn get_task(&self, owner: &PrincipalName, id: TaskId) -> StoreResult<Task> {
+        let owner = owner.clone();
+        self.read(ReadCost::Short, move |txn| ops::get_task(txn, &owner, id))
+            .await
+    }
+
+    async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page> {
+        let owner = owner.clone();
+        let query = query.clone();
+        // Unfiltered, a page reads at most `limit + 1` records; a filter may
+        // scan all of the owner's tasks to fill one.
+        let unfiltered = query.status.is_none()
+            && query.priority.is_none()
+            && query.tag.is_none()
+            && query.due_before.is_none()
+            && query.q.is_none();
+        let cost = if unfiltered {
+            ReadCost::Short
+        } else {
+            ReadCost::Long
+        };
+        self.read(cost, move |txn| ops::list_tasks(txn, &owner, &query))
+            .await
+    }
+
+    async fn update_task(
+        &self,
+        owner: &PrincipalName,
+        id: TaskId,
+        change: TaskChange,
+        precondition: Precondition,
+    ) -> StoreResult<Task> {
+        let owner = owner.clone();
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| ops::update_task(txn, &owner, id, change, precondition, clock.now()))
+            .await
+    }
+
+    async fn delete_task(
+        &self,
+        owner: &PrincipalName,
+        id: TaskId,
+        precondition: Precondition,
+    ) -> StoreResult<()> {
+        let owner = owner.clone();
+        self.write(move |txn| ops::delete_task(txn, &owner, id, precondition))
+            .await
+    }
+
+    async fn count_tasks(&self) -> StoreResult<u64> {
+        self.read(ReadCost::Short, ops::count_tasks).await
+    }
+
+    async fn create_token(
+        &self,
+        name: &PrincipalName,
+        digest: TokenDigest,
+    ) -> StoreResult<TokenInfo> {
+        let name = name.clone();
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| ops::create_token(txn, &name, digest, clock.now()))
+            .await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
+        self.read(ReadCost::Long, ops::tokens).await
+    }
+
+    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {
+        let name = name.clone();
+        self.write(move |txn| ops::revoke_token(txn, &name)).await
+    }
+
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
+        let digest = *digest;
+        self.read(ReadCost::Short, move |txn| ops::principal(txn, &digest))
+            .await
+    }
+
+    async fn export(&self) -> StoreResult<Export> {
+        self.read(ReadCost::Long, ops::export).await
+    }
+
+    async fn import(&self, set: ImportSet) -> StoreResult<u64> {
+        // Verification happens after the writes: its failure must roll back
+        // the whole batch.
+        self.write_with(Poison::OnAnyError, move |txn| ops::import(txn, set))
+            .await
+    }
+
+    async fn sweep_expired(&self) -> StoreResult<u64> {
+        let mut total = 0;
+        loop {
+            let cutoff = idempotency_cutoff(self.shared.clock.now());
+            let swept = self.write(move |txn| ops::sweep_chunk(txn, cutoff)).await?;
+            total += swept.deleted;
+            if swept.visited < IDEMPOTENCY_SWEEP_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let holding_off = self
+            .shared
+            .hold_off_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t);
+        if !self.shared.healthy.load(Ordering::SeqCst) || holding_off {
+            return Err(StorageError::unavailable(
+                "recovering from a fatal storage error",
+            ));
+        }
+        let writer_alive = self
+            .writer
+            .lock()
+            .map(|w| w.as_ref().is_some_and(|h| !h.is_finished()))
+            .unwrap_or(false);
+        if !writer_alive {
+            return Err(StorageError::unavailable("the writer is not running"));
+        }
+        self.read(ReadCost::Short, |txn| {
+            txn.open_table(TASKS)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn publish_metrics(&self) {
+        metrics::gauge!("store_reads_in_flight").set(self.readers.load(Ordering::Relaxed) as f64);
+        let Some(file) = &self.file else { return };
+        if let Ok(meta) = std::fs::metadata(file) {
+            metrics::gauge!("store_file_size_bytes").set(meta.len() as f64);
+        }
+        let dir = file.parent().unwrap_or(Path::new("."));
+        if let Some((avail, size)) = crate::metrics_catalog::filesystem_space(dir) {
+            metrics::gauge!("store_filesystem_avail_bytes").set(avail as f64);
+            metrics::gauge!("store_filesystem_size_bytes").set(size as f64);
+        }
+    }
+
+    async fn close(&self) {
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        let _ = self.jobs.send(Msg::Stop);
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
