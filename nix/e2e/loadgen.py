@@ -7,7 +7,8 @@ queue, and their latency counts from the time they were due), mixing writes (POS
 until --duration elapses or --stop-file appears, then prints one summary line and writes JSON to --out.
 
 A request fails on a connection error, a timeout, a 5xx, or any status other than the expected one
-(201/200 for writes, 200 for reads). Traffic goes only where --url points (loopback in the tests).
+(201/200 for writes, 200 for reads). A 503 counts as "clear" when it carries Retry-After and an
+application/problem+json body (the API's own answer, not a proxy's). Traffic goes only where --url points.
 """
 
 import argparse
@@ -51,6 +52,7 @@ class Client:
                 self.ctx.check_hostname = False
                 self.ctx.verify_mode = ssl.CERT_NONE
         self.conn = None
+        self.clear_503 = False  # the last response was a 503 with Retry-After and a problem document
 
     def request(self, method, path, body=None):
         """Return (status, body bytes); raises on network errors (the connection is then dropped)."""
@@ -63,6 +65,8 @@ class Client:
             self.conn.request(method, path, body=body, headers=self.headers)
             resp = self.conn.getresponse()
             data = resp.read()
+            self.clear_503 = (resp.status == 503 and resp.getheader("retry-after") is not None
+                              and resp.getheader("content-type", "").startswith("application/problem+json"))
             if resp.getheader("connection", "").lower() == "close":
                 self.close()
             return resp.status, data
@@ -86,15 +90,17 @@ class Stats:
         self.fail_times = []  # when the failed requests were due (sent), seconds from the start
         self.acked = []
         self.requests = 0
+        self.clear_503 = 0  # failed requests answered 503 with Retry-After and a problem document
 
     def ok(self, latency):
         with self.lock:
             self.requests += 1
             self.latencies.append(latency)
 
-    def fail(self, kind, latency, t):
+    def fail(self, kind, latency, t, clear_503=False):
         with self.lock:
             self.requests += 1
+            self.clear_503 += clear_503
             self.latencies.append(latency)
             self.failures[kind] += 1
             self.fail_times.append(t)
@@ -135,13 +141,13 @@ def worker(args, token, jobs, stats, start, warm):
                         stats.acked.append(str(task_id))
                     stats.ok(time.monotonic() - due)
                 else:
-                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"])
+                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"], client.clear_503)
             else:
                 status, _ = client.request("GET", f"/v1/tasks/{target}")
                 if status == 200:
                     stats.ok(time.monotonic() - due)
                 else:
-                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"])
+                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"], client.clear_503)
         except Exception as exc:  # connection refused/reset, timeout, bad JSON
             stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"])
 
@@ -256,6 +262,7 @@ def main():
         "requests": stats.requests,
         "failures": fails,
         "failure_kinds": dict(stats.failures),
+        "failures_clear_503": stats.clear_503,
         "p50_ms": round(percentile(lat, 50) * 1000, 1),
         "p99_ms": round(percentile(lat, 99) * 1000, 1),
         "max_ms": round((lat[-1] if lat else 0) * 1000, 1),
