@@ -9,7 +9,7 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: nix/e2e/multinode.sh [--rate N] [--keep] [--rebuild]
+Usage: nix/e2e/multinode.sh [--rate N] [--api-image REF] [--keep] [--rebuild]
 
 Run as root on a Debian machine whose dockerd runs or can be started (it is left running; a swarm it is part
 of is not touched). Builds the DinD node image (nix/e2e/node-image.sh: debootstrap, cached by recipe), the
@@ -31,19 +31,22 @@ Prints a table and exits non-zero if a scenario failed. Whatever way it ends, it
 containers, their network and volumes (all named mn-*, labelled devops-api.mn); a run killed outright is
 cleaned up by the next one. Images stay (the node image is reused while its recipe is unchanged).
 
-  --rate N     load in requests/s (default 200)
-  --keep       leave the nodes running (DOCKER_HOST=unix://$MN_WORK/manager/docker.sock reaches the swarm)
-  --rebuild    rebuild the node image even if its recipe is unchanged
+  --rate N          load in requests/s (default 200)
+  --api-image REF   use this local API image (e.g. devops-api:e2e, built by nix/e2e/e2e.sh from the same tree)
+                    instead of running nix/deploy/build-image.sh
+  --keep            leave the nodes running (DOCKER_HOST=unix://$MN_WORK/manager/docker.sock reaches the swarm)
+  --rebuild         rebuild the node image even if its recipe is unchanged
 Environment: MN_WORK (default /tmp/devops-multinode), MN_HEARTBEAT (Swarm dispatcher heartbeat, default 2s),
 E2E_LOAD_LOCK (a file: the scenarios hold an flock on it, so load tests of other runs never overlap),
 CARGO_TARGET_DIR (passed to the image build).
 USAGE
 }
 
-RATE=200 KEEP=false REBUILD=false
+RATE=200 KEEP=false REBUILD=false API_IMAGE_GIVEN=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
+    --api-image) API_IMAGE_GIVEN=$2; shift 2 ;;
     --keep) KEEP=true; shift ;;
     --rebuild) REBUILD=true; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -87,14 +90,14 @@ remove_nodes() {
 }
 unmount_work() { # tmpfs mounts a killed image build left under $W
   local m
-  findmnt -rn -o TARGET 2>/dev/null | grep -F "$W/" | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+  findmnt -rn -o TARGET 2>/dev/null | { grep -F "$W/" || true; } | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
 }
 
 cleanup() {
   local rc=$?
   trap '' INT TERM
   local f
-  for f in "$W"/*.pid; do [ -e "$f" ] && stop_pidfile "$f" loadgen.py; done
+  for f in "$W"/*.pid; do if [ -e "$f" ]; then stop_pidfile "$f" loadgen.py; fi; done
   if [ "$KEEP" != true ]; then
     log "cleaning up (node containers, their network and volumes; images and dockerd stay)"
     remove_nodes
@@ -125,7 +128,7 @@ trap 'exit 143' TERM
 # --- preflight: what an earlier run left (killed with -9, or --keep) -------------------------------------------
 log "preflight: removing what an earlier run left behind"
 if command -v docker > /dev/null && hd info > /dev/null 2>&1; then remove_nodes; fi
-for f in "$W"/*.pid; do [ -e "$f" ] && stop_pidfile "$f" loadgen.py; done
+for f in "$W"/*.pid; do if [ -e "$f" ]; then stop_pidfile "$f" loadgen.py; fi; done
 unmount_work
 rm -rf "$W"
 mkdir -p "$W/tmp" "$W/manager"
@@ -160,7 +163,12 @@ rebuild=()
 [ "$REBUILD" = false ] || rebuild=(--rebuild)
 "$ROOT/nix/e2e/node-image.sh" --tag mn-node:bookworm "${rebuild[@]}" > "$W/node-image.log" 2>&1 &
 pid_node=$!
-(cd "$ROOT" && nix/deploy/build-image.sh --tag "$API_NODE_IMAGE") > "$W/build.log" 2>&1 &
+if [ -n "$API_IMAGE_GIVEN" ]; then
+  { hd image inspect "$API_IMAGE_GIVEN" > /dev/null && hd tag "$API_IMAGE_GIVEN" "$API_NODE_IMAGE" \
+    && echo "==> built $API_NODE_IMAGE: reused $API_IMAGE_GIVEN"; } > "$W/build.log" 2>&1 &
+else
+  (cd "$ROOT" && nix/deploy/build-image.sh --tag "$API_NODE_IMAGE") > "$W/build.log" 2>&1 &
+fi
 pid_api=$!
 {
   "$ROOT/nix/e2e/traefik-image.sh" --tag traefik:v3.7.15
@@ -179,14 +187,16 @@ note "images ready in $((SECONDS - t)) s"
 # --- nodes ----------------------------------------------------------------------------------------------------
 log "nodes: ${NODES[*]} on bridge $NET, swarm init --dispatcher-heartbeat $HEARTBEAT, joins"
 t=$SECONDS
+# Fixed node addresses (below) need a subnet given at creation: take the one Docker picks as free.
 hd network create --label "$MARK" "$NET" > /dev/null
 subnet=$(hd network inspect --format '{{(index .IPAM.Config 0).Subnet}}' "$NET")
+hd network rm "$NET" > /dev/null
+hd network create --label "$MARK" --subnet "$subnet" "$NET" > /dev/null
 declare -A IP
 i=10
 for n in "${NODES[@]}"; do
   i=$((i + 1))
-  # Fixed addresses: a node that is stopped and started again keeps its address (the manager's is the join
-  # address of every worker).
+  # A node that is stopped and started again keeps its address (the manager's is every worker's join address).
   IP[$n]=$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_network(sys.argv[1]).network_address + int(sys.argv[2]))' "$subnet" "$i")
   hd volume create --label "$MARK" "mn-$n-docker" > /dev/null
   extra=()
@@ -230,7 +240,7 @@ t=$SECONDS
 load_into() { # NODE IMAGE [TAG...]: load IMAGE and tag it TAG... inside NODE
   local n=$1 img=$2 tag
   shift 2
-  hd save "$img" | in_node "$n" docker load -q > /dev/null
+  hd save "$img" | hd exec -i "mn-$n" docker load -q > /dev/null
   for tag in "$@"; do in_node "$n" docker tag "$img" "$tag"; done
 }
 load_into manager traefik:v3.7.15 &
@@ -314,7 +324,7 @@ SETUP_S=$((SECONDS - run_started))
 # "mn-w1=2 mn-w2=1": running API tasks per node.
 tasks_by_node() { # [SERVICE]
   docker service ps --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' "${1:-${STACK}_api}" \
-    | awk '$2 == "Running" {c[$1]++} END {n = asorti(c, k); s = ""; for (i = 1; i <= n; i++) s = s (i > 1 ? " " : "") k[i] "=" c[k[i]]; print s}'
+    | awk '$2 == "Running" {print $1}' | sort | uniq -c | awk '{printf "%s%s=%s", (NR > 1 ? " " : ""), $2, $1} END {print ""}'
 }
 tasks_on() { # NODE: running API tasks on NODE
   docker service ps --filter desired-state=running --filter "node=$1" --format '{{.CurrentState}}' "${STACK}_api" | grep -c '^Running' || true
