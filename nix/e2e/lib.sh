@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers for nix/e2e/e2e.sh and nix/e2e/multinode.sh: machine setup (Docker, swarm, registry, sshd), load runs
 # and the result table. Sourced, not run. Expects: W (work dir), ROOT (repository), and the variables e2e.sh
-# sets; TARGET_ADDR is where Traefik's HTTPS port listens (default 127.0.0.1).
+# sets; TARGET_ADDR is where Traefik's HTTPS port listens (default 127.0.0.1), LOAD_WORKERS the load
+# generator's connections (default 256).
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
@@ -239,7 +240,7 @@ load_start() { # NAME: returns once the load is running (all connections open, c
   local t=$SECONDS
   rm -f "$W/$1.stop" "$W/$1.json" "$W/$1.ready"
   python3 "$ROOT/nix/e2e/loadgen.py" --url "https://${TARGET_ADDR:-127.0.0.1}:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
-    --token-file "$W/token" --rate "$RATE" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
+    --token-file "$W/token" --rate "$RATE" --workers "${LOAD_WORKERS:-256}" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
     --ready-file "$W/$1.ready" --out "$W/$1.json" 2> "$W/$1.log" &
   echo $! > "$W/$1.pid"
   until [ -e "$W/$1.ready" ]; do
