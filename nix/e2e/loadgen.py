@@ -227,6 +227,7 @@ def main():
         warm.acquire()
     t0 = time.monotonic()
     start["t0"] = t0
+    start_epoch = time.time()  # the same instant on the wall clock: lets callers place their events on t0's scale
     # Opening the connections (TLS handshakes) can take many seconds on a busy machine: the caller waits
     # for this file before it starts what the load is meant to observe.
     if args.ready_file:
@@ -275,6 +276,7 @@ def main():
         "first_failure_s": round(ft[0], 2) if ft else None,
         "last_failure_s": round(ft[-1], 2) if ft else None,
         "failure_window_s": round(ft[-1] - ft[0], 2) if ft else 0.0,
+        "start_epoch": round(start_epoch, 3),
     }
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
