@@ -125,6 +125,7 @@ print_summary() {
   {
     printf '\n%-26s %-5s %8s %8s %8s %9s %8s  %s\n' scenario ok requests failures p50_ms p99_ms dur_s notes
     printf '%s\n' "${RESULTS[@]}"
+    [ -z "${LOSS_WINDOW:-}" ] || printf '\nnode-loss window (M3): %s; bound %s s\n' "$LOSS_WINDOW" "$BOUND"
     printf '\nmultinode: %d passed, %d failed\n' "$((total - FAILED))" "$FAILED"
   } | tee "$W/summary.txt"
 }
