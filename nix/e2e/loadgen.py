@@ -87,23 +87,29 @@ class Stats:
         self.lock = threading.Lock()
         self.latencies = []
         self.failures = Counter()
-        self.fail_times = []  # when the failed requests were due (sent), seconds from the start
+        self.fail_times = []  # when the failed requests were due, seconds from the start
+        # When they were actually sent: later than due when the machine cannot keep up (open loop, queued).
+        self.fail_sent_times = []
+        self.max_lag = 0.0  # longest wait of a request in the queue (sent - due), seconds
         self.acked = []
         self.requests = 0
         self.clear_503 = 0  # failed requests answered 503 with Retry-After and a problem document
 
-    def ok(self, latency):
+    def ok(self, latency, lag=0.0):
         with self.lock:
             self.requests += 1
             self.latencies.append(latency)
+            self.max_lag = max(self.max_lag, lag)
 
-    def fail(self, kind, latency, t, clear_503=False):
+    def fail(self, kind, latency, t, clear_503=False, sent=None, lag=0.0):
         with self.lock:
             self.requests += 1
             self.clear_503 += clear_503
             self.latencies.append(latency)
             self.failures[kind] += 1
             self.fail_times.append(t)
+            self.fail_sent_times.append(t if sent is None else sent)
+            self.max_lag = max(self.max_lag, lag)
 
 
 def percentile(sorted_values, p):
@@ -127,6 +133,9 @@ def worker(args, token, jobs, stats, start, warm):
             client.close()
             return
         seq, due = job
+        sent = time.monotonic()
+        lag = sent - due
+        when = {"sent": sent - start["t0"], "lag": lag}
         with stats.lock:
             ids = stats.acked
             target = ids[rnd.randrange(len(ids))] if ids else None
@@ -139,17 +148,17 @@ def worker(args, token, jobs, stats, start, warm):
                     task_id = json.loads(data)["id"]
                     with stats.lock:
                         stats.acked.append(str(task_id))
-                    stats.ok(time.monotonic() - due)
+                    stats.ok(time.monotonic() - due, lag)
                 else:
-                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"], client.clear_503)
+                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"], client.clear_503, **when)
             else:
                 status, _ = client.request("GET", f"/v1/tasks/{target}")
                 if status == 200:
-                    stats.ok(time.monotonic() - due)
+                    stats.ok(time.monotonic() - due, lag)
                 else:
-                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"], client.clear_503)
+                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"], client.clear_503, **when)
         except Exception as exc:  # connection refused/reset, timeout, bad JSON
-            stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"])
+            stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"], **when)
 
 
 def readback(args, token, ids):
@@ -258,6 +267,7 @@ def main():
     lat = sorted(stats.latencies)
     fails = sum(stats.failures.values())
     ft = sorted(stats.fail_times)
+    fst = sorted(stats.fail_sent_times)
     result = {
         "name": args.name,
         "requests": stats.requests,
@@ -276,6 +286,9 @@ def main():
         "first_failure_s": round(ft[0], 2) if ft else None,
         "last_failure_s": round(ft[-1], 2) if ft else None,
         "failure_window_s": round(ft[-1] - ft[0], 2) if ft else 0.0,
+        "first_failure_sent_s": round(fst[0], 2) if fst else None,
+        "last_failure_sent_s": round(fst[-1], 2) if fst else None,
+        "max_lag_s": round(stats.max_lag, 2),
         "start_epoch": round(start_epoch, 3),
     }
     if args.out:

@@ -77,5 +77,44 @@ refutes "strip: refuses driver_opts with more options" mn_strip_encryption "$tmp
 printf 'networks:\n  a:\n    driver: overlay\n' > "$tmp/none.yml"
 refutes "strip: refuses a file without encryption" mn_strip_encryption "$tmp/none.yml" "$tmp/out.yml" 2>> "$tmp/err"
 
+# --- loadgen.py's failure times: M3 places failures on the load's clock by when they were sent. A server that
+# answers 500 after 0.2 s to one connection at 20 requests/s falls behind, so requests go out later than due.
+cat > "$tmp/slow.py" <<'PY'
+import http.server, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("content-length") or 0)
+        self.rfile.read(n)
+        if self.path != "/health":
+            time.sleep(0.2)
+        self.send_response(500 if self.path != "/health" else 200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    do_GET = do_POST = answer
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+open(sys.argv[1], "w").write(str(s.server_address[1]))
+s.serve_forever()
+PY
+python3 "$tmp/slow.py" "$tmp/port" &
+slow_pid=$!
+for _ in $(seq 1 50); do [ -s "$tmp/port" ] && break; sleep 0.1; done
+echo t > "$tmp/token"
+if python3 "$here/loadgen.py" --url "http://127.0.0.1:$(cat "$tmp/port")" --token-file "$tmp/token" --rate 20 \
+  --duration 1 --workers 1 --out "$tmp/load.json" 2> "$tmp/load.log"; then
+  lg() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$tmp/load.json" "$1"; }
+  expect "loadgen: every request failed" 20 "$(lg failures)"
+  holds "loadgen: the last failure was sent later than due" \
+    awk -v due="$(lg last_failure_s)" -v sent="$(lg last_failure_sent_s)" 'BEGIN {exit !(sent > due + 1)}'
+  holds "loadgen: queue wait reported" awk -v lag="$(lg max_lag_s)" 'BEGIN {exit !(lag > 1)}'
+  holds "loadgen: start on the wall clock" awk -v e="$(lg start_epoch)" -v now="$(date +%s)" 'BEGIN {exit !(e > now - 60 && e <= now)}'
+else
+  fail "loadgen.py against a slow server: $(tail -n 3 "$tmp/load.log")"
+fi
+kill "$slow_pid" 2> /dev/null || true
+wait "$slow_pid" 2> /dev/null || true
+
 printf 'multinode-tests: %d passed, %d failed\n' "$passed" "$failed"
 [ "$failed" -eq 0 ]
