@@ -75,6 +75,10 @@ rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"
 
 printf '%s\n' "$entrypoint" > "$work/root/usr/local/bin/mn-node-entrypoint"
 chmod 0755 "$work/root/usr/local/bin/mn-node-entrypoint"
+previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 tar -C "$work/root" -c . | docker import --change 'ENTRYPOINT ["/usr/local/bin/mn-node-entrypoint"]' \
   --change "LABEL devops-api.mn.recipe=$recipe" - "$tag" > /dev/null
+# The image this one replaces lost its tag: remove it unless a container still uses it.
+[ -z "$previous" ] || [ "$previous" = "$(docker image inspect --format '{{.Id}}' "$tag")" ] \
+  || docker rmi "$previous" > /dev/null 2>&1 || true
 echo "node-image: built $tag from $suite ($mirror) in $((SECONDS - t)) s" >&2

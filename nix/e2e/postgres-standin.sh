@@ -98,6 +98,10 @@ chmod 0755 "$root/usr/local/bin/docker-entrypoint.sh"
 tar -C "$root" -c . | docker import --change "ENV PATH=/usr/local/bin:$pgbin:/bin" \
   --change 'ENV PGDATA=/var/lib/postgresql/data' --change 'ENV LANG=C.UTF-8' --change 'EXPOSE 5432' \
   --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' - "$tag-rootfs" > /dev/null
+previous=$(docker image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 printf 'FROM %s\nSTOPSIGNAL SIGINT\n' "$tag-rootfs" | docker build --quiet -t "$tag" - > /dev/null
 docker rmi "$tag-rootfs" > /dev/null
+# The build before this one lost its tag: remove it unless a container still uses it (each run rebuilds).
+[ -z "$previous" ] || [ "$previous" = "$(docker image inspect --format '{{.Id}}' "$tag")" ] \
+  || docker rmi "$previous" > /dev/null 2>&1 || true
 echo "postgres-standin: built $tag (PostgreSQL $version from this host's Debian packages)" >&2
