@@ -90,6 +90,7 @@ class Stats:
         self.fail_times = []  # when the failed requests were due, seconds from the start
         # When they were actually sent: later than due when the machine cannot keep up (open loop, queued).
         self.fail_sent_times = []
+        self.fail_done_times = []  # when they failed (answer or error), seconds from the start
         self.max_lag = 0.0  # longest wait of a request in the queue (sent - due), seconds
         self.acked = []
         self.requests = 0
@@ -109,6 +110,7 @@ class Stats:
             self.failures[kind] += 1
             self.fail_times.append(t)
             self.fail_sent_times.append(t if sent is None else sent)
+            self.fail_done_times.append(t + latency)  # due + (done - due)
             self.max_lag = max(self.max_lag, lag)
 
 
@@ -268,6 +270,7 @@ def main():
     fails = sum(stats.failures.values())
     ft = sorted(stats.fail_times)
     fst = sorted(stats.fail_sent_times)
+    fdt = sorted(stats.fail_done_times)
     result = {
         "name": args.name,
         "requests": stats.requests,
@@ -288,6 +291,7 @@ def main():
         "failure_window_s": round(ft[-1] - ft[0], 2) if ft else 0.0,
         "first_failure_sent_s": round(fst[0], 2) if fst else None,
         "last_failure_sent_s": round(fst[-1], 2) if fst else None,
+        "first_failure_done_s": round(fdt[0], 2) if fdt else None,
         "max_lag_s": round(stats.max_lag, 2),
         "start_epoch": round(start_epoch, 3),
     }

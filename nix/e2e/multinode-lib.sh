@@ -34,20 +34,21 @@ mn_spread_ok() {
 # mn_seconds_between FROM TO: TO - FROM in seconds with one decimal (epoch seconds with fractions).
 mn_seconds_between() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.1f\n", b - a}'; }
 
-# mn_loss_verdict KILL FIRST LAST BOUND: the node-loss window on the load generator's clock. KILL is when the
-# node was killed, FIRST and LAST the send times of the first and last failed request ("null" when none
-# failed), all in seconds from the start of the load. Prints "PASS|FAIL FROM TO": failures were sent from
-# FROM to TO seconds after the kill ("- -" when none). PASS needs every failure sent after the kill (a
-# failure before it has another cause) and the last one at most BOUND seconds after it.
+# mn_loss_verdict KILL FIRST_DONE LAST_SENT BOUND: the node-loss window on the load generator's clock. KILL is
+# when the node was killed, FIRST_DONE when the first failed request failed, LAST_SENT when the last failed
+# request was sent ("null" when none failed), all in seconds from the start of the load. Prints "PASS|FAIL
+# SEEN LAST": the first failure came SEEN s after the kill, the last failed request was sent LAST s after it
+# ("- -" when none failed). PASS needs the first failure after the kill (one before it has another cause;
+# requests in flight at the kill may have been sent before it) and the last one sent at most BOUND s after it.
 mn_loss_verdict() {
-  local kill=$1 first=$2 last=$3 bound=$4
-  if [ "$first" = null ] || [ -z "$first" ]; then
+  local kill=$1 first_done=$2 last_sent=$3 bound=$4
+  if [ "$first_done" = null ] || [ -z "$first_done" ]; then
     echo "PASS - -"
     return 0
   fi
-  awk -v k="$kill" -v f="$first" -v l="$last" -v b="$bound" 'BEGIN {
-    from = f - k; to = l - k
-    printf "%s %.2f %.2f\n", (from >= 0 && to <= b) ? "PASS" : "FAIL", from, to
+  awk -v k="$kill" -v f="$first_done" -v l="$last_sent" -v b="$bound" 'BEGIN {
+    seen = f - k; last = l - k
+    printf "%s %.2f %.2f\n", (seen >= 0 && last <= b) ? "PASS" : "FAIL", seen, last
   }'
 }
 

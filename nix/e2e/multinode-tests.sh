@@ -51,12 +51,14 @@ refutes "spread: 10+1 at min 2 (no string comparison)" mn_spread_ok "mn-w1=10 mn
 expect "seconds: fractions" 2.5 "$(mn_seconds_between 1764612000.250 1764612002.750)"
 expect "seconds: negative" -1.0 "$(mn_seconds_between 10 9)"
 
-# --- mn_loss_verdict KILL FIRST LAST BOUND
+# --- mn_loss_verdict KILL FIRST_DONE LAST_SENT BOUND
 expect "loss: no failure" "PASS - -" "$(mn_loss_verdict 3.1 null null 5)"
 expect "loss: inside the bound" "PASS 0.40 2.90" "$(mn_loss_verdict 3.1 3.5 6.0 5)"
-expect "loss: last exactly at the bound" "PASS 0.00 5.00" "$(mn_loss_verdict 3 3 8 5)"
-expect "loss: last past the bound" "FAIL 0.40 5.40" "$(mn_loss_verdict 3.1 3.5 8.5 5)"
+expect "loss: last sent exactly at the bound" "PASS 0.00 5.00" "$(mn_loss_verdict 3 3 8 5)"
+expect "loss: last sent past the bound" "FAIL 0.40 5.40" "$(mn_loss_verdict 3.1 3.5 8.5 5)"
 expect "loss: a failure before the kill" "FAIL -1.10 0.90" "$(mn_loss_verdict 3.1 2.0 4.0 5)"
+# A request in flight at the kill was sent before it and fails after it: that is the loss, not another cause.
+expect "loss: in flight at the kill (sent before, failed after)" "PASS 0.20 -0.16" "$(mn_loss_verdict 10 10.2 9.84 5)"
 expect "loss: window far later (a second outage)" "FAIL 20.00 21.00" "$(mn_loss_verdict 3 23 24 5)"
 
 # --- mn_strip_encryption: on the repository's file, then on files it must refuse
@@ -108,6 +110,8 @@ if python3 "$here/loadgen.py" --url "http://127.0.0.1:$(cat "$tmp/port")" --toke
   expect "loadgen: every request failed" 20 "$(lg failures)"
   holds "loadgen: the last failure was sent later than due" \
     awk -v due="$(lg last_failure_s)" -v sent="$(lg last_failure_sent_s)" 'BEGIN {exit !(sent > due + 1)}'
+  holds "loadgen: the first failure done after it was sent (0.2 s answer)" \
+    awk -v sent="$(lg first_failure_sent_s)" -v done="$(lg first_failure_done_s)" 'BEGIN {exit !(done >= sent + 0.15)}'
   holds "loadgen: queue wait reported" awk -v lag="$(lg max_lag_s)" 'BEGIN {exit !(lag > 1)}'
   holds "loadgen: start on the wall clock" awk -v e="$(lg start_epoch)" -v now="$(date +%s)" 'BEGIN {exit !(e > now - 60 && e <= now)}'
 else
