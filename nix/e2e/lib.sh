@@ -1,6 +1,8 @@
 # shellcheck shell=bash
-# Helpers for nix/e2e/e2e.sh: machine setup (Docker, swarm, registry, sshd), load runs and the result table.
-# Sourced, not run. Expects: W (work dir), ROOT (repository), and the variables e2e.sh sets.
+# Helpers for nix/e2e/e2e.sh and nix/e2e/multinode.sh: machine setup (Docker, swarm, registry, sshd), load runs
+# and the result table. Sourced, not run. Expects: W (work dir), ROOT (repository), and the variables e2e.sh
+# sets; TARGET_ADDR is where Traefik's HTTPS port listens (default 127.0.0.1), LOAD_WORKERS the load
+# generator's connections (default 256).
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
@@ -222,7 +224,7 @@ api_curl() { # PATH [curl args...] -> status code
   local path=$1
   shift
   curl -sS -k --max-time 10 -o "$W/last-body" -w '%{http_code}' \
-    --connect-to "api.$DOMAIN:443:127.0.0.1:$HTTPS_PORT" "$@" "https://api.$DOMAIN$path" 2>/dev/null || echo 000
+    --connect-to "api.$DOMAIN:443:${TARGET_ADDR:-127.0.0.1}:$HTTPS_PORT" "$@" "https://api.$DOMAIN$path" 2>/dev/null || echo 000
 }
 
 wait_api_ready() { # TIMEOUT
@@ -237,8 +239,8 @@ wait_api_ready() { # TIMEOUT
 load_start() { # NAME: returns once the load is running (all connections open, clock started)
   local t=$SECONDS
   rm -f "$W/$1.stop" "$W/$1.json" "$W/$1.ready"
-  python3 "$ROOT/nix/e2e/loadgen.py" --url "https://127.0.0.1:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
-    --token-file "$W/token" --rate "$RATE" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
+  python3 "$ROOT/nix/e2e/loadgen.py" --url "https://${TARGET_ADDR:-127.0.0.1}:$HTTPS_PORT" --host "api.$DOMAIN" --insecure \
+    --token-file "$W/token" --rate "$RATE" --workers "${LOAD_WORKERS:-256}" --duration 900 --stop-file "$W/$1.stop" --name "$1" \
     --ready-file "$W/$1.ready" --out "$W/$1.json" 2> "$W/$1.log" &
   echo $! > "$W/$1.pid"
   until [ -e "$W/$1.ready" ]; do

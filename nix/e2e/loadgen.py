@@ -7,7 +7,8 @@ queue, and their latency counts from the time they were due), mixing writes (POS
 until --duration elapses or --stop-file appears, then prints one summary line and writes JSON to --out.
 
 A request fails on a connection error, a timeout, a 5xx, or any status other than the expected one
-(201/200 for writes, 200 for reads). Traffic goes only where --url points (loopback in the tests).
+(201/200 for writes, 200 for reads). A 503 counts as "clear" when it carries Retry-After and an
+application/problem+json body (the API's own answer, not a proxy's). Traffic goes only where --url points.
 """
 
 import argparse
@@ -51,6 +52,7 @@ class Client:
                 self.ctx.check_hostname = False
                 self.ctx.verify_mode = ssl.CERT_NONE
         self.conn = None
+        self.clear_503 = False  # the last response was a 503 with Retry-After and a problem document
 
     def request(self, method, path, body=None):
         """Return (status, body bytes); raises on network errors (the connection is then dropped)."""
@@ -63,6 +65,8 @@ class Client:
             self.conn.request(method, path, body=body, headers=self.headers)
             resp = self.conn.getresponse()
             data = resp.read()
+            self.clear_503 = (resp.status == 503 and resp.getheader("retry-after") is not None
+                              and resp.getheader("content-type", "").startswith("application/problem+json"))
             if resp.getheader("connection", "").lower() == "close":
                 self.close()
             return resp.status, data
@@ -83,21 +87,31 @@ class Stats:
         self.lock = threading.Lock()
         self.latencies = []
         self.failures = Counter()
-        self.fail_times = []  # when the failed requests were due (sent), seconds from the start
+        self.fail_times = []  # when the failed requests were due, seconds from the start
+        # When they were actually sent: later than due when the machine cannot keep up (open loop, queued).
+        self.fail_sent_times = []
+        self.fail_done_times = []  # when they failed (answer or error), seconds from the start
+        self.max_lag = 0.0  # longest wait of a request in the queue (sent - due), seconds
         self.acked = []
         self.requests = 0
+        self.clear_503 = 0  # failed requests answered 503 with Retry-After and a problem document
 
-    def ok(self, latency):
+    def ok(self, latency, lag=0.0):
         with self.lock:
             self.requests += 1
             self.latencies.append(latency)
+            self.max_lag = max(self.max_lag, lag)
 
-    def fail(self, kind, latency, t):
+    def fail(self, kind, latency, t, clear_503=False, sent=None, lag=0.0):
         with self.lock:
             self.requests += 1
+            self.clear_503 += clear_503
             self.latencies.append(latency)
             self.failures[kind] += 1
             self.fail_times.append(t)
+            self.fail_sent_times.append(t if sent is None else sent)
+            self.fail_done_times.append(t + latency)  # due + (done - due)
+            self.max_lag = max(self.max_lag, lag)
 
 
 def percentile(sorted_values, p):
@@ -121,6 +135,9 @@ def worker(args, token, jobs, stats, start, warm):
             client.close()
             return
         seq, due = job
+        sent = time.monotonic()
+        lag = sent - due
+        when = {"sent": sent - start["t0"], "lag": lag}
         with stats.lock:
             ids = stats.acked
             target = ids[rnd.randrange(len(ids))] if ids else None
@@ -133,17 +150,17 @@ def worker(args, token, jobs, stats, start, warm):
                     task_id = json.loads(data)["id"]
                     with stats.lock:
                         stats.acked.append(str(task_id))
-                    stats.ok(time.monotonic() - due)
+                    stats.ok(time.monotonic() - due, lag)
                 else:
-                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"])
+                    stats.fail(f"POST {status}", time.monotonic() - due, due - start["t0"], client.clear_503, **when)
             else:
                 status, _ = client.request("GET", f"/v1/tasks/{target}")
                 if status == 200:
-                    stats.ok(time.monotonic() - due)
+                    stats.ok(time.monotonic() - due, lag)
                 else:
-                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"])
+                    stats.fail(f"GET {status}", time.monotonic() - due, due - start["t0"], client.clear_503, **when)
         except Exception as exc:  # connection refused/reset, timeout, bad JSON
-            stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"])
+            stats.fail(type(exc).__name__, time.monotonic() - due, due - start["t0"], **when)
 
 
 def readback(args, token, ids):
@@ -221,6 +238,7 @@ def main():
         warm.acquire()
     t0 = time.monotonic()
     start["t0"] = t0
+    start_epoch = time.time()  # the same instant on the wall clock: lets callers place their events on t0's scale
     # Opening the connections (TLS handshakes) can take many seconds on a busy machine: the caller waits
     # for this file before it starts what the load is meant to observe.
     if args.ready_file:
@@ -251,11 +269,14 @@ def main():
     lat = sorted(stats.latencies)
     fails = sum(stats.failures.values())
     ft = sorted(stats.fail_times)
+    fst = sorted(stats.fail_sent_times)
+    fdt = sorted(stats.fail_done_times)
     result = {
         "name": args.name,
         "requests": stats.requests,
         "failures": fails,
         "failure_kinds": dict(stats.failures),
+        "failures_clear_503": stats.clear_503,
         "p50_ms": round(percentile(lat, 50) * 1000, 1),
         "p99_ms": round(percentile(lat, 99) * 1000, 1),
         "max_ms": round((lat[-1] if lat else 0) * 1000, 1),
@@ -268,6 +289,11 @@ def main():
         "first_failure_s": round(ft[0], 2) if ft else None,
         "last_failure_s": round(ft[-1], 2) if ft else None,
         "failure_window_s": round(ft[-1] - ft[0], 2) if ft else 0.0,
+        "first_failure_sent_s": round(fst[0], 2) if fst else None,
+        "last_failure_sent_s": round(fst[-1], 2) if fst else None,
+        "first_failure_done_s": round(fdt[0], 2) if fdt else None,
+        "max_lag_s": round(stats.max_lag, 2),
+        "start_epoch": round(start_epoch, 3),
     }
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
