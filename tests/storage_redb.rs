@@ -197,10 +197,10 @@ async fn undecodable_records_are_isolated() {
     let before = corrupt_count();
     for limit in [1, 2, 100] {
         for order in [
-            devops_api::storage::Order::Asc,
-            devops_api::storage::Order::Desc,
+            devops_api::domain::Order::Asc,
+            devops_api::domain::Order::Desc,
         ] {
-            let mut q = devops_api::storage::ListQuery {
+            let mut q = devops_api::domain::ListQuery {
                 limit,
                 order,
                 ..Default::default()
@@ -433,7 +433,7 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     let page = store
         .list_tasks(
             &p("alice"),
-            &devops_api::storage::ListQuery {
+            &devops_api::domain::ListQuery {
                 limit: 100,
                 ..Default::default()
             },

@@ -224,15 +224,21 @@ fn string(v: &Value) -> Result<&str, String> {
 }
 
 fn status(v: &Value) -> Result<Status, String> {
-    string(v).and_then(|s| {
-        Status::parse(s).ok_or_else(|| "must be one of `todo`, `in_progress`, `done`".into())
-    })
+    string(v).and_then(Status::parse_input)
 }
 
 fn priority(v: &Value) -> Result<Priority, String> {
-    string(v).and_then(|s| {
-        Priority::parse(s).ok_or_else(|| "must be one of `low`, `normal`, `high`".into())
-    })
+    string(v).and_then(Priority::parse_input)
+}
+
+/// The message for a value that is none of `values`: "must be `a` or `b`",
+/// "must be one of `a`, `b`, `c`".
+pub(crate) fn one_of<const N: usize>(values: [&str; N]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
+    match quoted.as_slice() {
+        [a, b] => format!("must be {a} or {b}"),
+        all => format!("must be one of {}", all.join(", ")),
+    }
 }
 
 fn tags(v: &Value, errs: &mut Vec<FieldError>) -> Option<Tags> {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::input::one_of;
 use super::text;
 
 /// A task's identifier: a UUIDv7, so that identifiers sort in creation order,
@@ -189,13 +190,15 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 3] = [Status::Todo, Status::InProgress, Status::Done];
+
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "todo" => Some(Self::Todo),
-            "in_progress" => Some(Self::InProgress),
-            "done" => Some(Self::Done),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// A client's value; the error lists the values there are.
+    pub fn parse_input(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| one_of(Self::ALL.map(|v| v.as_str())))
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -217,13 +220,15 @@ pub enum Priority {
 }
 
 impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "low" => Some(Self::Low),
-            "normal" => Some(Self::Normal),
-            "high" => Some(Self::High),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// A client's value; the error lists the values there are.
+    pub fn parse_input(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| one_of(Self::ALL.map(|v| v.as_str())))
     }
 
     pub fn as_str(&self) -> &'static str {

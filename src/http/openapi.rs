@@ -26,7 +26,7 @@ use super::{ops, tasks};
     ),
     components(schemas(
         tasks::TaskSchema, tasks::TaskInputSchema, tasks::TaskPatchSchema, tasks::TaskPage,
-        super::Problem, crate::domain::FieldError, ops::HealthStatus, crate::storage::Order,
+        super::Problem, crate::domain::FieldError, ops::HealthStatus, tasks::OrderSchema,
     )),
     modifiers(&BearerAuth),
     tags(

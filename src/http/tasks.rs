@@ -9,8 +9,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -18,8 +16,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{JsonBody, MergePatchBody, Principal, TaskIdPath, if_match, if_none_match};
 use super::{ApiError, AppState, Problem};
-use crate::domain::{self, FieldError, PrincipalName, Priority, Status, Task, TaskChange, TaskId};
-use crate::storage::{Created, Idempotency, ListQuery, NewTask, Order};
+use crate::domain::{
+    self, FieldError, ListQuery, PrincipalName, Priority, Status, Task, TaskChange, TaskId,
+    encode_cursor,
+};
+use crate::storage::{Created, Idempotency, NewTask};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -32,9 +33,6 @@ pub fn routes() -> Router<AppState> {
                 .delete(delete_task),
         )
 }
-
-pub const DEFAULT_LIMIT: usize = 20;
-pub const MAX_LIMIT: usize = 100;
 
 /// A task as the API returns it.
 #[derive(ToSchema)]
@@ -214,7 +212,16 @@ pub struct ListParams {
     #[param(pattern = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$")]
     cursor: Option<String>,
     /// Creation order, `asc` (default) or `desc`.
-    order: Option<Order>,
+    order: Option<OrderSchema>,
+}
+
+/// Sort order of a listing, by creation (task id).
+#[derive(ToSchema)]
+#[schema(as = Order, rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum OrderSchema {
+    Asc,
+    Desc,
 }
 
 fn task_response(status: StatusCode, task: &Task) -> Response {
@@ -360,7 +367,7 @@ async fn list_tasks(
 ) -> Result<Response, ApiError> {
     let Query(params) =
         params.map_err(|_| ApiError::BadRequest("the query string is malformed".into()))?;
-    let query = parse_list_query(&params)?;
+    let query = ListQuery::parse(&params).map_err(ApiError::InvalidParameters)?;
     let page = state.store.list_tasks(&owner, &query).await?;
     Ok(axum::Json(TaskPage {
         items: page.items,
@@ -368,95 +375,6 @@ async fn list_tasks(
     })
     .into_response())
 }
-
-fn parse_list_query(p: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
-    let mut errs = Vec::new();
-    let mut bad = |field: &str, msg: &str| errs.push(FieldError::new(field, msg));
-    let mut q = ListQuery {
-        limit: DEFAULT_LIMIT,
-        ..ListQuery::default()
-    };
-    if let Some(s) = p.get("status") {
-        q.status = Status::parse(s);
-        if q.status.is_none() {
-            bad("status", "must be one of `todo`, `in_progress`, `done`");
-        }
-    }
-    if let Some(s) = p.get("priority") {
-        q.priority = Priority::parse(s);
-        if q.priority.is_none() {
-            bad("priority", "must be one of `low`, `normal`, `high`");
-        }
-    }
-    if let Some(s) = p.get("tag") {
-        q.tag = Some(s.clone());
-    }
-    if let Some(s) = p.get("due_before") {
-        match domain::DueAt::parse_bound(s) {
-            Ok(d) => q.due_before = Some(d),
-            Err(m) => bad("due_before", &m),
-        }
-    }
-    if let Some(s) = p.get("q") {
-        if s.chars().count() > 200 {
-            bad("q", "must be at most 200 characters");
-        }
-        q.q = Some(s.to_lowercase());
-    }
-    if let Some(s) = p.get("limit") {
-        match s.parse::<usize>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => q.limit = n,
-            _ => bad("limit", "must be an integer from 1 to 100"),
-        }
-    }
-    if let Some(s) = p.get("order") {
-        q.order = match s.as_str() {
-            "asc" => Order::Asc,
-            "desc" => Order::Desc,
-            _ => {
-                bad("order", "must be `asc` or `desc`");
-                Order::Asc
-            }
-        };
-    }
-    if let Some(s) = p.get("cursor") {
-        q.after = decode_cursor(s);
-        if q.after.is_none() {
-            bad("cursor", "is not a cursor this API issued");
-        }
-    }
-    if errs.is_empty() {
-        Ok(q)
-    } else {
-        Err(ApiError::InvalidParameters(errs))
-    }
-}
-
-/// Cursor format v1: base64url of a version byte and the last task id seen.
-/// Opaque to clients, so its layout can change behind the version byte.
-const CURSOR_V1: u8 = 1;
-
-pub fn encode_cursor(id: TaskId) -> String {
-    let mut raw = [0u8; 17];
-    raw[0] = CURSOR_V1;
-    raw[1..].copy_from_slice(&id.as_u128().to_be_bytes());
-    URL_SAFE_NO_PAD.encode(raw)
-}
-
-pub fn decode_cursor(s: &str) -> Option<TaskId> {
-    let raw = URL_SAFE_NO_PAD.decode(s).ok()?;
-    let (&version, id) = raw.split_first()?;
-    if version != CURSOR_V1 || id.len() != 16 {
-        return None;
-    }
-    // Any 128-bit value is a valid keyset position; the store never trusts it further.
-    Some(TaskId::from_u128(u128::from_be_bytes(id.try_into().ok()?)))
-}
-
-/// Exactly the strings [`decode_cursor`] accepts: 17 bytes in unpadded
-/// base64url whose first byte is [`CURSOR_V1`] and whose unused trailing bits are 0.
-#[cfg_attr(not(test), allow(dead_code))]
-pub const CURSOR_PATTERN: &str = "^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$";
 
 async fn update(
     state: AppState,
@@ -567,35 +485,4 @@ async fn delete_task(
         .delete_task(&owner, id, if_match(&headers))
         .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn cursor_round_trips() {
-        let id = TaskId::new();
-        assert_eq!(decode_cursor(&encode_cursor(id)), Some(id));
-    }
-
-    proptest! {
-        #[test]
-        fn arbitrary_cursors_never_panic(s in "\\PC{0,40}") {
-            let _ = decode_cursor(&s);
-        }
-
-        #[test]
-        fn the_pattern_is_exactly_what_decodes(s in "[A-Za-z0-9_-]{21,24}|A[Q-Za-f][A-Za-z0-9_-]{20}[A-Za-z0-9_-]") {
-            let pattern = regex_lite::Regex::new(CURSOR_PATTERN).unwrap();
-            prop_assert_eq!(pattern.is_match(&s), decode_cursor(&s).is_some(), "{}", s);
-        }
-
-        #[test]
-        fn encoded_cursors_match_the_pattern(v in any::<u128>()) {
-            let pattern = regex_lite::Regex::new(CURSOR_PATTERN).unwrap();
-            prop_assert!(pattern.is_match(&encode_cursor(TaskId::from_u128(v))));
-        }
-    }
 }

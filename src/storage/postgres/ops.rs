@@ -11,11 +11,12 @@ use uuid::Uuid;
 use super::PostgresStore;
 use super::rows::{TaskColumns, key_record, task_from_row, task_record, to_i64, token_record};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{
+    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
+};
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
-    Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
-    TokenInfo,
+    Created, Export, ImportSet, NewTask, Page, Record, StorageError, StoreResult, TokenInfo,
 };
 
 pub(super) async fn create_task(

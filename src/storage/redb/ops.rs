@@ -14,12 +14,14 @@ use super::keys::{
     split_task_key, task_key, task_key_name,
 };
 use super::tables::{COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS};
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{
+    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
+};
 use crate::storage::codec::{decode, decode_task, encode};
 use crate::storage::rules::{self, KeyRecord, KeyUse};
 use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, ListQuery, NewTask, Order, Page, Record,
-    StorageError, StoreResult, TokenInfo,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
+    StoreResult, TokenInfo,
 };
 
 #[derive(Serialize, Deserialize)]
