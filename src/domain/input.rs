@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use super::task::{Description, DueAt, Priority, Status, Tag, Tags, Task, TaskFields, Title};
 
 /// One problem with one field of the input.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// The field's name, `tags[3]` for an element of a list, or empty for the body itself.
     pub field: String,

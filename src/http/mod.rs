@@ -96,6 +96,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(state.config.metrics_on_main))
+        .merge(openapi::routes())
         .merge(tasks::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);
