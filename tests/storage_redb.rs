@@ -165,7 +165,8 @@ async fn undecodable_records_are_isolated() {
 
     // Three bad records among alice's tasks.
     let (garbage, far_future, wrong_id) = (TaskId::new(), TaskId::new(), TaskId::new());
-    let json = serde_json::to_string(&good[0]).unwrap();
+    let json =
+        String::from_utf8(devops_api::storage::codec::encode_task(&good[0])[1..].to_vec()).unwrap();
     let future = json.replacen(
         &format!("\"id\":\"{}\"", good[0].id),
         &format!("\"id\":\"{far_future}\",\"due_at\":\"+10000-01-01T23:58:59.000000Z\""),

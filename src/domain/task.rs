@@ -450,15 +450,14 @@ impl TaskFields {
     }
 }
 
-/// A stored task as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A stored task. Its wire forms are the API's (`http`), the stores'
+/// (`storage::codec`, PostgreSQL columns) and the backup's (`backup::format`),
+/// each its own type converted at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub id: TaskId,
-    #[serde(flatten)]
     pub fields: TaskFields,
-    #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and grows by one with every change; the ETag is derived from it.
     pub version: u64,

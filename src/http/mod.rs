@@ -21,6 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use client_addr::{ClientAddr, TrustedProxies};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use middleware::{REQUEST_ID_MAX, accepted_request_id};
+pub use tasks::{TaskBody, TaskPage};
 
 use crate::auth::StaticTokens;
 use crate::lifecycle::Lifecycle;

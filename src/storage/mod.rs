@@ -14,7 +14,7 @@
 //! backend), and one module per backend: [`redb`] and [`postgres`].
 
 mod clock;
-mod codec;
+pub mod codec;
 mod error;
 mod import;
 pub mod postgres;

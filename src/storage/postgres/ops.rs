@@ -14,6 +14,7 @@ use super::sql::{TASK_COLUMNS, list_sql, refs};
 use crate::domain::{
     ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
 };
+use crate::storage::codec::TaskRecordV1;
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
     Created, Export, ImportSet, NewTask, Page, Record, StorageError, StoreResult, TokenInfo,
@@ -29,7 +30,7 @@ pub(super) async fn create_task(
     let mut client = store.conn().await?;
     let txn = client.transaction().await?;
     if let Some(idem) = &new.idempotency {
-        let snapshot = Json(&task);
+        let snapshot = Json(TaskRecordV1::from(&task));
         let digest = idem.request_digest.as_slice();
         // Claiming the key first makes a concurrent request with the same
         // key wait here until this transaction ends, then replay its result.
