@@ -278,17 +278,8 @@ pub(super) async fn tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>>
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens")
         .await?;
-    let mut out = Vec::new();
-    for r in client.query(&stmt, &[]).await? {
-        match token_record(&r) {
-            Ok(Record::Token {
-                name, created_at, ..
-            }) => out.push(TokenInfo { name, created_at }),
-            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    let rows = client.query(&stmt, &[]).await?;
+    rules::token_infos(rows.iter().map(token_record))
 }
 
 pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) -> StoreResult<()> {

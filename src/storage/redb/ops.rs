@@ -216,18 +216,10 @@ pub(super) fn create_token(
 
 pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
     let tokens = txn.open_table(TOKENS)?;
-    let mut out = Vec::new();
-    for e in tokens.iter()? {
+    rules::token_infos(tokens.iter()?.map(|e| {
         let (k, v) = e?;
-        match token_of(k.value(), v.value()) {
-            Ok(Record::Token {
-                name, created_at, ..
-            }) => out.push(TokenInfo { name, created_at }),
-            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+        token_of(k.value(), v.value())
+    }))
 }
 
 pub(super) fn revoke_token(txn: &WriteTransaction, name: &PrincipalName) -> StoreResult<()> {
