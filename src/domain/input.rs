@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::task::{Description, DueAt, Priority, Status, Tag, Tags, Task, TaskFields, Title};
+use super::task::{Description, Priority, Status, Tag, Tags, Task, TaskFields, Title};
+use super::time::DueAt;
 
 /// One problem with one field of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,16 +230,6 @@ fn status(v: &Value) -> Result<Status, String> {
 
 fn priority(v: &Value) -> Result<Priority, String> {
     string(v).and_then(Priority::parse_input)
-}
-
-/// The message for a value that is none of `values`: "must be `a` or `b`",
-/// "must be one of `a`, `b`, `c`".
-pub(crate) fn one_of<const N: usize>(values: [&str; N]) -> String {
-    let quoted: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
-    match quoted.as_slice() {
-        [a, b] => format!("must be {a} or {b}"),
-        all => format!("must be one of {}", all.join(", ")),
-    }
 }
 
 fn tags(v: &Value, errs: &mut Vec<FieldError>) -> Option<Tags> {

@@ -14,8 +14,9 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 
-use super::input::{FieldError, one_of};
-use super::task::{DueAt, Priority, Status, Task, TaskId, Title};
+use super::input::FieldError;
+use super::task::{Priority, Status, Task, TaskId, Title, one_of};
+use super::time::DueAt;
 
 /// Tasks per page when the client names no `limit`.
 pub const DEFAULT_LIMIT: usize = 20;
