@@ -284,3 +284,41 @@ pub enum TokenAction {
     /// Delete NAME's token; requests with it fail from then on.
     Revoke { name: String },
 }
+
+// The command line's names for the values of lower layers' enums: storage
+// and telemetry do not know about clap.
+
+impl clap::ValueEnum for DbSharing {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[DbSharing::Exclusive, DbSharing::MultiWriter]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            DbSharing::Exclusive => {
+                PossibleValue::new("exclusive").help("This process alone; the fastest commits")
+            }
+            DbSharing::MultiWriter => PossibleValue::new("multi-writer").help(
+                "Several processes on one host read and write the file, one write transaction \
+                 at a time (tasks of one service sharing a volume)",
+            ),
+        })
+    }
+}
+
+impl clap::ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Pretty, LogFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            LogFormat::Pretty => PossibleValue::new("pretty").help("Human-readable, for terminals"),
+            LogFormat::Json => {
+                PossibleValue::new("json").help("One JSON object per line, for log collectors")
+            }
+        })
+    }
+}

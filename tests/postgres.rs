@@ -20,13 +20,11 @@ use std::time::{Duration, Instant};
 
 use contract::{Fixture, p};
 use devops_api::auth::{self, StaticTokens};
-use devops_api::domain::{Precondition, Priority, Status};
+use devops_api::domain::{ListQuery, Order, Precondition, Priority, Status};
 use devops_api::http::{ApiConfig, AppState, app};
 use devops_api::lifecycle::ShutdownPolicy;
 use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
-use devops_api::storage::{
-    ListQuery, ManualClock, Order, PostgresConfig, PostgresStore, StorageError, Store,
-};
+use devops_api::storage::{ManualClock, PostgresConfig, PostgresStore, StorageError, Store};
 use serde_json::json;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -165,7 +165,8 @@ async fn undecodable_records_are_isolated() {
 
     // Three bad records among alice's tasks.
     let (garbage, far_future, wrong_id) = (TaskId::new(), TaskId::new(), TaskId::new());
-    let json = serde_json::to_string(&good[0]).unwrap();
+    let json =
+        String::from_utf8(devops_api::storage::codec::encode_task(&good[0])[1..].to_vec()).unwrap();
     let future = json.replacen(
         &format!("\"id\":\"{}\"", good[0].id),
         &format!("\"id\":\"{far_future}\",\"due_at\":\"+10000-01-01T23:58:59.000000Z\""),
@@ -197,10 +198,10 @@ async fn undecodable_records_are_isolated() {
     let before = corrupt_count();
     for limit in [1, 2, 100] {
         for order in [
-            devops_api::storage::Order::Asc,
-            devops_api::storage::Order::Desc,
+            devops_api::domain::Order::Asc,
+            devops_api::domain::Order::Desc,
         ] {
-            let mut q = devops_api::storage::ListQuery {
+            let mut q = devops_api::domain::ListQuery {
                 limit,
                 order,
                 ..Default::default()
@@ -433,7 +434,7 @@ async fn a_full_disk_makes_the_store_unready_until_it_reopens() {
     let page = store
         .list_tasks(
             &p("alice"),
-            &devops_api::storage::ListQuery {
+            &devops_api::domain::ListQuery {
                 limit: 100,
                 ..Default::default()
             },

@@ -361,3 +361,67 @@ pub async fn restore(
     let loaded = load(path, progress)?;
     import(store, loaded, progress).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PrincipalName, StoredTask};
+
+    const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/backup_v1.jsonl");
+
+    fn golden_records() -> Vec<Record> {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let alice = PrincipalName::parse("alice").unwrap();
+        let task = StoredTask {
+            id: "0190a5f0-0000-7000-8000-000000000001".parse().unwrap(),
+            title: "Ship the release".into(),
+            description: Some("Line one\nline two".into()),
+            status: "in_progress".into(),
+            priority: "high".into(),
+            due_at: Some(at("2026-03-01T12:00:00Z")),
+            tags: vec!["ops".into(), "release".into()],
+            created_at: at("2026-01-02T03:04:05.123456Z"),
+            updated_at: at("2026-01-02T04:05:06.654321Z"),
+            version: 3,
+        }
+        .into_task()
+        .unwrap();
+        vec![
+            Record::Token {
+                name: alice.clone(),
+                digest: [0xcd; 32],
+                created_at: at("2026-01-02T03:04:05.123456Z"),
+            },
+            Record::Task { owner: alice, task },
+        ]
+    }
+
+    /// Backups are read by later releases: a change to the API's bodies or
+    /// the stores' records must not change this file format.
+    #[test]
+    fn the_backup_format_is_pinned() {
+        let mut out = Vec::new();
+        write_to(
+            &mut out,
+            &golden_records(),
+            0,
+            "2026-01-03T00:00:00.000000Z",
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+        let golden = std::fs::read(GOLDEN).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(golden).unwrap(),
+            "backup format v1 changed"
+        );
+        let back = read(Path::new(GOLDEN), &mut |_, _, _| {}).unwrap();
+        let records: Vec<Record> = back
+            .lines
+            .into_iter()
+            .map(|l| l.into_record().unwrap())
+            .collect();
+        assert_eq!(records, golden_records());
+        assert_eq!(back.unreadable, 0);
+    }
+}

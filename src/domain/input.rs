@@ -5,10 +5,11 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::task::{Description, DueAt, Priority, Status, Tag, Tags, Task, TaskFields, Title};
+use super::task::{Description, Priority, Status, Tag, Tags, Task, TaskFields, Title};
+use super::time::DueAt;
 
 /// One problem with one field of the input.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
     /// The field's name, `tags[3]` for an element of a list, or empty for the body itself.
     pub field: String,
@@ -224,15 +225,11 @@ fn string(v: &Value) -> Result<&str, String> {
 }
 
 fn status(v: &Value) -> Result<Status, String> {
-    string(v).and_then(|s| {
-        Status::parse(s).ok_or_else(|| "must be one of `todo`, `in_progress`, `done`".into())
-    })
+    string(v).and_then(Status::parse_input)
 }
 
 fn priority(v: &Value) -> Result<Priority, String> {
-    string(v).and_then(|s| {
-        Priority::parse(s).ok_or_else(|| "must be one of `low`, `normal`, `high`".into())
-    })
+    string(v).and_then(Priority::parse_input)
 }
 
 fn tags(v: &Value, errs: &mut Vec<FieldError>) -> Option<Tags> {

@@ -1,12 +1,12 @@
 //! Task and its field types. Every constructor validates, so a value of one of
 //! these types is always acceptable to store and to return.
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, SubsecRound, Timelike, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::text;
+use super::time::{DueAt, now};
 
 /// A task's identifier: a UUIDv7, so that identifiers sort in creation order,
 /// which keyset pagination relies on.
@@ -44,17 +44,9 @@ impl TaskId {
     }
 }
 
-/// Stored and backed-up ids are UUIDv7 like every id the API hands out: any
-/// other would be listed but never found by `GET /v1/tasks/{id}`.
-impl<'de> Deserialize<'de> for TaskId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let uuid = Uuid::deserialize(d)?;
-        TaskId::from_stored(uuid).map_err(serde::de::Error::custom)
-    }
-}
-
 impl TaskId {
-    /// A stored id: only a UUIDv7.
+    /// A stored id: only a UUIDv7, like every id the API hands out; any other
+    /// would be listed but never found by `GET /v1/tasks/{id}`.
     pub fn from_stored(uuid: Uuid) -> Result<Self, String> {
         if uuid.get_version_num() == 7 {
             Ok(Self(uuid))
@@ -81,8 +73,8 @@ impl std::fmt::Display for TaskId {
 /// characters) or line and paragraph separators.
 ///
 /// Two rules, on purpose: [`Title::parse`] is what clients may send now;
-/// [`Title::from_stored`] (also behind `Deserialize`, for stored records and
-/// backups) is what any release of the API has stored, so that tightening the
+/// [`Title::from_stored`] (for stored records and backups, through
+/// [`super::StoredTask`]) is what any release of the API has stored, so that tightening the
 /// input rule never makes existing data unreadable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
@@ -121,13 +113,6 @@ impl Title {
 
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Title {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Title::from_stored(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -172,14 +157,7 @@ impl Description {
     }
 }
 
-impl<'de> Deserialize<'de> for Description {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Description::from_stored(s).map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]
@@ -189,13 +167,15 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 3] = [Status::Todo, Status::InProgress, Status::Done];
+
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "todo" => Some(Self::Todo),
-            "in_progress" => Some(Self::InProgress),
-            "done" => Some(Self::Done),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// A client's value; the error lists the values there are.
+    pub fn parse_input(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| one_of(Self::ALL.map(|v| v.as_str())))
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -207,7 +187,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
@@ -217,13 +197,15 @@ pub enum Priority {
 }
 
 impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::Low, Priority::Normal, Priority::High];
+
     pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "low" => Some(Self::Low),
-            "normal" => Some(Self::Normal),
-            "high" => Some(Self::High),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// A client's value; the error lists the values there are.
+    pub fn parse_input(s: &str) -> Result<Self, String> {
+        Self::parse(s).ok_or_else(|| one_of(Self::ALL.map(|v| v.as_str())))
     }
 
     pub fn as_str(&self) -> &'static str {
@@ -278,13 +260,6 @@ impl Tag {
     }
 }
 
-impl<'de> Deserialize<'de> for Tag {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Tag::from_stored(s).map_err(serde::de::Error::custom)
-    }
-}
-
 pub const MAX_TAGS: usize = 20;
 
 /// Up to [`MAX_TAGS`] distinct tags, in the order the client gave them.
@@ -318,106 +293,9 @@ impl Tags {
     }
 }
 
-impl<'de> Deserialize<'de> for Tags {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = Vec::<Tag>::deserialize(d)?;
-        Tags::new(v).map_err(serde::de::Error::custom)
-    }
-}
-
-/// A due date, normalised to UTC with microsecond precision (what PostgreSQL
-/// stores), so both backends return the same instant. It lies in
-/// [`DueAt::MIN`]..=[`DueAt::MAX`], the instants that RFC 3339 can write in
-/// UTC (four-digit years) and that both backends store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DueAt(#[serde(with = "rfc3339")] DateTime<Utc>);
-
-impl DueAt {
-    /// 0000-01-01T00:00:00Z.
-    pub const MIN: DateTime<Utc> = NaiveDate::from_ymd_opt(0, 1, 1)
-        .expect("a valid date")
-        .and_hms_opt(0, 0, 0)
-        .expect("a valid time")
-        .and_utc();
-    /// 9999-12-31T23:59:59.999999Z.
-    pub const MAX: DateTime<Utc> = NaiveDate::from_ymd_opt(9999, 12, 31)
-        .expect("a valid date")
-        .and_hms_micro_opt(23, 59, 59, 999_999)
-        .expect("a valid time")
-        .and_utc();
-
-    /// Client input: an RFC 3339 date-time (`T` or `t` between date and time,
-    /// any offset, any number of fractional digits, `:60` leap seconds). It is
-    /// converted to UTC and cut to microseconds; a leap second becomes the
-    /// last microsecond of the second before it. On the first and the last day
-    /// of the range (0000-01-01 and 9999-12-31 as written) the time must be in
-    /// UTC (`Z` or `±00:00`), so that no offset can move it out of range: the
-    /// OpenAPI pattern (`text::DUE_AT_PATTERN`) says the same.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        let bad = || "must be an RFC 3339 timestamp such as 2026-01-31T17:00:00Z".to_owned();
-        // chrono also takes a space between date and time; RFC 3339's grammar does not.
-        if !matches!(raw.as_bytes().get(10), Some(b'T' | b't')) {
-            return Err(bad());
-        }
-        let t = DateTime::parse_from_rfc3339(raw).map_err(|_| bad())?;
-        let day = t.naive_local().date();
-        if t.offset().local_minus_utc() != 0
-            && (day == Self::MIN.date_naive() || day == Self::MAX.date_naive())
-        {
-            return Err("on 0000-01-01 and 9999-12-31 the time must be given in UTC (Z)".into());
-        }
-        Self::from_utc(t.with_timezone(&Utc)).map_err(|_| {
-            "must be between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z".into()
-        })
-    }
-
-    /// A bound to compare due dates with (the `due_before` filter): any RFC
-    /// 3339 date-time, since it is never stored. It is held to
-    /// [`Self::MIN`]..=[`Self::MAX`] plus a microsecond, which selects exactly
-    /// what the instant itself would.
-    pub fn parse_bound(raw: &str) -> Result<DateTime<Utc>, String> {
-        let bad = || "must be an RFC 3339 timestamp such as 2026-01-31T17:00:00Z".to_owned();
-        if !matches!(raw.as_bytes().get(10), Some(b'T' | b't')) {
-            return Err(bad());
-        }
-        let t = DateTime::parse_from_rfc3339(raw)
-            .map_err(|_| bad())?
-            .to_utc();
-        Ok(t.clamp(Self::MIN, Self::MAX + chrono::Duration::microseconds(1)))
-    }
-
-    /// `t` in UTC, cut to microseconds; an error outside [`Self::MIN`]..=[`Self::MAX`].
-    pub fn from_utc(t: DateTime<Utc>) -> Result<Self, String> {
-        let t = if t.nanosecond() >= 1_000_000_000 {
-            t.with_nanosecond(999_999_999).unwrap_or(t)
-        } else {
-            t
-        };
-        let t = t.trunc_subsecs(6);
-        if (Self::MIN..=Self::MAX).contains(&t) {
-            Ok(Self(t))
-        } else {
-            Err(format!(
-                "{} is outside years 0000-9999",
-                rfc3339::format(&t)
-            ))
-        }
-    }
-
-    /// A stored due date (a PostgreSQL row): see [`rfc3339::check_stored`].
-    pub fn from_stored(t: DateTime<Utc>) -> Result<Self, String> {
-        rfc3339::check_stored(t).map(Self)
-    }
-
-    pub fn as_datetime(&self) -> DateTime<Utc> {
-        self.0
-    }
-}
-
 /// The fields a client controls. Validated as a whole: holding one means the
 /// fields may be stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TaskFields {
     pub title: Title,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -446,15 +324,14 @@ impl TaskFields {
     }
 }
 
-/// A stored task as clients see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A stored task. Its wire forms are the API's (`http`), the stores'
+/// (`storage::codec`, PostgreSQL columns) and the backup's (`backup::format`),
+/// each its own type converted at the boundary.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
     pub id: TaskId,
-    #[serde(flatten)]
     pub fields: TaskFields,
-    #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
-    #[serde(with = "rfc3339")]
     pub updated_at: DateTime<Utc>,
     /// Starts at 1 and grows by one with every change; the ETag is derived from it.
     pub version: u64,
@@ -511,154 +388,20 @@ impl Task {
     }
 }
 
-/// A task as a storage or backup format holds it: plain values, before the
-/// rules for stored values are applied. Every format converts to this and
-/// back, and [`StoredTask::into_task`] applies the rules, so what any release
-/// of the API may have stored is decided here once (see [`Title`] for why the
-/// stored rules are wider than the input rules).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredTask {
-    pub id: Uuid,
-    pub title: String,
-    pub description: Option<String>,
-    pub status: String,
-    pub priority: String,
-    pub due_at: Option<DateTime<Utc>>,
-    pub tags: Vec<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub version: u64,
-}
-
-impl StoredTask {
-    /// The task, if every value passes the rules for stored values; else why
-    /// not, naming the field.
-    pub fn into_task(self) -> Result<Task, String> {
-        let tags = self
-            .tags
-            .into_iter()
-            .map(Tag::from_stored)
-            .collect::<Result<Vec<_>, _>>()
-            .and_then(Tags::new)
-            .map_err(|e| format!("tags: {e}"))?;
-        let status = Status::parse(&self.status)
-            .ok_or_else(|| format!("status `{}`", self.status.escape_debug()))?;
-        let priority = Priority::parse(&self.priority)
-            .ok_or_else(|| format!("priority `{}`", self.priority.escape_debug()))?;
-        let task = Task {
-            id: TaskId::from_stored(self.id)?,
-            fields: TaskFields {
-                title: Title::from_stored(self.title).map_err(|e| format!("title: {e}"))?,
-                description: self
-                    .description
-                    .map(Description::from_stored)
-                    .transpose()
-                    .map_err(|e| format!("description: {e}"))?,
-                status,
-                priority,
-                due_at: self
-                    .due_at
-                    .map(DueAt::from_stored)
-                    .transpose()
-                    .map_err(|e| format!("due_at: {e}"))?,
-                tags,
-            },
-            created_at: rfc3339::check_stored(self.created_at)
-                .map_err(|e| format!("created_at: {e}"))?,
-            updated_at: rfc3339::check_stored(self.updated_at)
-                .map_err(|e| format!("updated_at: {e}"))?,
-            version: self.version,
-        };
-        task.check_stored()?;
-        Ok(task)
-    }
-}
-
-impl From<&Task> for StoredTask {
-    fn from(task: &Task) -> Self {
-        let f = &task.fields;
-        Self {
-            id: task.id.as_uuid(),
-            title: f.title.as_str().to_owned(),
-            description: f.description.as_ref().map(|d| d.as_str().to_owned()),
-            status: f.status.as_str().to_owned(),
-            priority: f.priority.as_str().to_owned(),
-            due_at: f.due_at.map(|d| d.as_datetime()),
-            tags: f.tags.iter().map(|t| t.as_str().to_owned()).collect(),
-            created_at: task.created_at,
-            updated_at: task.updated_at,
-            version: task.version,
-        }
-    }
-}
-
-/// The current time at the precision both backends keep.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// RFC 3339 in UTC with a `Z` and microseconds: one textual form for every timestamp.
-pub mod rfc3339 {
-    use super::*;
-
-    pub fn format(t: &DateTime<Utc>) -> String {
-        t.to_rfc3339_opts(SecondsFormat::Micros, true)
-    }
-
-    pub fn serialize<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(t))
-    }
-
-    /// A stored timestamp: RFC 3339, within years 0000-9999 in UTC and whole
-    /// microseconds, as every timestamp this API writes. Anything else could
-    /// not be written back unchanged (or not by both backends).
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = String::deserialize(d)?;
-        let t = DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)?;
-        check_stored(t).map_err(serde::de::Error::custom)
-    }
-
-    /// [`serialize`] and [`deserialize`] for an optional timestamp; `null`
-    /// is `None`.
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: serde::Serializer>(
-            t: &Option<DateTime<Utc>>,
-            s: S,
-        ) -> Result<S::Ok, S::Error> {
-            match t {
-                Some(t) => super::serialize(t, s),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<DateTime<Utc>>, D::Error> {
-            #[derive(Deserialize)]
-            struct Stored(#[serde(with = "super")] DateTime<Utc>);
-            Ok(Option::<Stored>::deserialize(d)?.map(|t| t.0))
-        }
-    }
-
-    /// `t` if it is a timestamp this API can have written.
-    pub fn check_stored(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-        if !t.nanosecond().is_multiple_of(1_000) || t.nanosecond() >= 1_000_000_000 {
-            return Err(format!("{} is not in whole microseconds", format(&t)));
-        }
-        if !(DueAt::MIN..=DueAt::MAX).contains(&t) {
-            return Err(format!("{} is outside years 0000-9999", format(&t)));
-        }
-        Ok(t)
+/// The message for a value that is none of `values`: "must be `a` or `b`",
+/// "must be one of `a`, `b`, `c`".
+pub(crate) fn one_of<const N: usize>(values: [&str; N]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("`{v}`")).collect();
+    match quoted.as_slice() {
+        [a, b] => format!("must be {a} or {b}"),
+        all => format!("must be one of {}", all.join(", ")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::rfc3339;
     use proptest::prelude::*;
 
     #[test]

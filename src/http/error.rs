@@ -64,7 +64,25 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(nullable = false)]
-    pub errors: Vec<FieldError>,
+    pub errors: Vec<FieldProblem>,
+}
+
+/// One problem with one field of the input.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = FieldError)]
+pub struct FieldProblem {
+    /// The field's name, `tags[3]` for an element of a list, or empty for the body itself.
+    pub field: String,
+    pub message: String,
+}
+
+impl From<FieldError> for FieldProblem {
+    fn from(e: FieldError) -> Self {
+        Self {
+            field: e.field,
+            message: e.message,
+        }
+    }
 }
 
 impl ApiError {
@@ -105,7 +123,10 @@ impl ApiError {
             PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "about:blank",
-                "The request body is larger than 64 KiB.".into(),
+                format!(
+                    "The request body is larger than {} KiB.",
+                    super::BODY_LIMIT / 1024
+                ),
             ),
             UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -181,7 +202,9 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let errors = match self {
-            ApiError::Validation(e) | ApiError::InvalidParameters(e) => e,
+            ApiError::Validation(e) | ApiError::InvalidParameters(e) => {
+                e.into_iter().map(FieldProblem::from).collect()
+            }
             _ => Vec::new(),
         };
         let body = Problem {

@@ -21,6 +21,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use client_addr::{ClientAddr, TrustedProxies};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use middleware::{REQUEST_ID_MAX, accepted_request_id};
+pub use tasks::{TaskBody, TaskPage};
 
 use crate::auth::StaticTokens;
 use crate::lifecycle::Lifecycle;
@@ -96,6 +97,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(state.config.metrics_on_main))
+        .merge(openapi::routes())
         .merge(tasks::routes())
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);

@@ -1,11 +1,34 @@
-//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the
+//! types they take and return, and the route that serves it.
 
 use std::sync::OnceLock;
 
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use utoipa::openapi::path::Operation;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use super::{ops, tasks};
+use super::{AppState, BODY_LIMIT, PROBLEM_JSON, Problem, ops, tasks};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/openapi.json", get(openapi))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
+pub async fn openapi() -> Response {
+    let mut resp = document_json().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,15 +43,15 @@ use super::{ops, tasks};
         license(name = "MIT", identifier = "MIT"),
     ),
     paths(
-        ops::health, ops::ready, ops::metrics, ops::openapi,
+        ops::health, ops::ready, ops::metrics, openapi,
         tasks::create_task, tasks::list_tasks, tasks::get_task,
         tasks::patch_task, tasks::replace_task, tasks::delete_task,
     ),
     components(schemas(
-        tasks::TaskSchema, tasks::TaskInputSchema, tasks::TaskPatchSchema, tasks::TaskPage,
-        super::Problem, crate::domain::FieldError, ops::HealthStatus, crate::storage::Order,
+        tasks::TaskBody, tasks::TaskInput, tasks::TaskPatch, tasks::TaskPage,
+        Problem, super::error::FieldProblem, ops::HealthStatus, crate::domain::Order,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     tags(
         (name = "tasks", description = "Tasks of the authenticated principal"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -45,6 +68,73 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+    }
+}
+
+/// Every 4xx and 5xx answer of this API is a [`Problem`] (the one mapping of
+/// [`super::ApiError`]), so operations declare their problem answers by
+/// status and description only, and this attaches the body. It also adds
+/// the answers every authenticated operation can give (401, 429, 503) and
+/// every operation with a body (413), so they are written once.
+struct ProblemResponses;
+
+const AUTHENTICATED: [(&str, &str); 3] = [
+    ("401", "Missing or unknown token"),
+    ("429", "Rate limited"),
+    ("503", "Storage unavailable"),
+];
+
+impl ProblemResponses {
+    fn apply(op: &mut Operation) {
+        let too_large = format!("Body over {} KiB", BODY_LIMIT / 1024);
+        let mut shared: Vec<(&str, &str)> = Vec::new();
+        if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+            shared.extend(AUTHENTICATED);
+        }
+        if op.request_body.is_some() {
+            shared.push(("413", &too_large));
+        }
+        for (status, description) in shared {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert_with(|| ResponseBuilder::new().description(description).into());
+        }
+        for (status, response) in op.responses.responses.iter_mut() {
+            let problem = status.starts_with('4') || status.starts_with('5');
+            if let (true, RefOr::T(response)) = (problem, response)
+                && response.content.is_empty()
+            {
+                response.content.insert(
+                    PROBLEM_JSON.to_owned(),
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name(Problem::name())))
+                        .build(),
+                );
+            }
+        }
+    }
+}
+
+impl Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                Self::apply(op);
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Operational routes: liveness, readiness, metrics, the OpenAPI document, and
+//! Operational routes: liveness, readiness, metrics, and
 //! the fallbacks that keep unknown routes and methods in the problem shape.
 
 use axum::Router;
@@ -9,13 +9,12 @@ use axum::routing::get;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{ApiError, AppState, Problem};
+use super::{ApiError, AppState};
 
 pub fn routes(with_metrics: bool) -> Router<AppState> {
     let r = Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/openapi.json", get(openapi));
+        .route("/ready", get(ready));
     if with_metrics {
         r.merge(metrics_routes())
     } else {
@@ -46,7 +45,7 @@ pub async fn health() -> axum::Json<HealthStatus> {
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready for traffic", body = HealthStatus, example = json!({"status": "ready"})),
-        (status = 503, description = "Draining or storage unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Draining or storage unavailable"),
     ))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<HealthStatus>, ApiError> {
     if state.lifecycle.is_draining() {
@@ -74,18 +73,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
-}
-
-/// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations",
-    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json", body = Object)))]
-pub async fn openapi() -> Response {
-    let mut resp = super::openapi::document_json().into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
     );
     resp
 }

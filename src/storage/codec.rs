@@ -1,17 +1,28 @@
-//! Record encoding shared by the embedded backend: one format-version byte,
-//! then JSON. Decoding validates through the domain types, so a damaged or
-//! unknown record is a [`StorageError::Corrupt`], never a panic.
+//! The stores' record formats, owned by storage: a task as a record holds
+//! it ([`TaskRecordV1`]: the redb task record, and the task snapshot inside
+//! both backends' idempotency records), the redb idempotency and token
+//! records, and the envelope of a redb record (one format-version byte, then
+//! JSON). They are converted to and from the domain here, so a change to the
+//! API's bodies or to the domain's types cannot change a file format
+//! silently; golden files (`tests/golden/`) pin each format, and every
+//! record an earlier release wrote still decodes.
+//!
+//! Decoding validates through the domain's rules for stored values
+//! ([`StoredTask::into_task`]), so a damaged or unknown record is a
+//! [`StorageError::Corrupt`], never a panic.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
 
 use super::StorageError;
-use crate::domain::{
-    Description, DueAt, Priority, Status, Tags, Task, TaskFields, TaskId, Title, rfc3339,
-};
+use super::rules::KeyRecord;
+use crate::domain::{StoredTask, Task, TaskId, rfc3339};
 
-/// Bump when the layout of a record changes; old versions are then migrated
-/// on read here, by matching on the byte.
+/// The first byte of every redb record. Bump it when the layout of a record
+/// changes, and decode the old versions here, by matching on the byte.
 pub const FORMAT_V1: u8 = 1;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -39,64 +50,153 @@ pub fn decode<T: DeserializeOwned>(
     }
 }
 
-/// A task record read straight into its fields. The JSON is the one `Task`
-/// writes; `Task` itself reads it through `#[serde(flatten)]`, which makes
-/// serde buffer the whole object into an intermediate map of owned values
-/// first. Reads decode a record per task returned, so they use this.
-#[derive(Deserialize)]
-struct TaskRecord {
-    id: TaskId,
-    title: Title,
+/// A task as records hold it, version 1: a JSON object with these names.
+/// Fields that releases before the format's last addition did not write
+/// have defaults. Writing borrows from the task; reading owns its strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecordV1<'a> {
+    pub id: Uuid,
+    pub title: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<Cow<'a, str>>,
+    #[serde(default = "default_status")]
+    pub status: Cow<'a, str>,
+    #[serde(default = "default_priority")]
+    pub priority: Cow<'a, str>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub due_at: Option<DateTime<Utc>>,
     #[serde(default)]
-    description: Option<Description>,
-    #[serde(default)]
-    status: Status,
-    #[serde(default)]
-    priority: Priority,
-    #[serde(default)]
-    due_at: Option<DueAt>,
-    #[serde(default)]
-    tags: Tags,
+    pub tags: Vec<Cow<'a, str>>,
     #[serde(with = "rfc3339")]
-    created_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
     #[serde(with = "rfc3339")]
-    updated_at: DateTime<Utc>,
-    version: u64,
+    pub updated_at: DateTime<Utc>,
+    pub version: u64,
 }
 
-/// [`decode`] for tasks, without the detour through an intermediate map. `key`
-/// names the record in reports; `id` is the id its storage key holds, which the
-/// record must repeat.
+fn default_status() -> Cow<'static, str> {
+    Cow::Borrowed("todo")
+}
+
+fn default_priority() -> Cow<'static, str> {
+    Cow::Borrowed("normal")
+}
+
+impl<'a> From<&'a Task> for TaskRecordV1<'a> {
+    fn from(task: &'a Task) -> Self {
+        let f = &task.fields;
+        Self {
+            id: task.id.as_uuid(),
+            title: Cow::Borrowed(f.title.as_str()),
+            description: f.description.as_ref().map(|d| Cow::Borrowed(d.as_str())),
+            status: Cow::Borrowed(f.status.as_str()),
+            priority: Cow::Borrowed(f.priority.as_str()),
+            due_at: f.due_at.map(|d| d.as_datetime()),
+            tags: f.tags.iter().map(|t| Cow::Borrowed(t.as_str())).collect(),
+            created_at: task.created_at,
+            updated_at: task.updated_at,
+            version: task.version,
+        }
+    }
+}
+
+impl TaskRecordV1<'_> {
+    /// The task, if the record passes the rules for stored values; else why not.
+    pub fn into_task(self) -> Result<Task, String> {
+        StoredTask {
+            id: self.id,
+            title: self.title.into_owned(),
+            description: self.description.map(Cow::into_owned),
+            status: self.status.into_owned(),
+            priority: self.priority.into_owned(),
+            due_at: self.due_at,
+            tags: self.tags.into_iter().map(Cow::into_owned).collect(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            version: self.version,
+        }
+        .into_task()
+    }
+}
+
+/// The redb record of a task.
+pub fn encode_task(task: &Task) -> Vec<u8> {
+    encode(&TaskRecordV1::from(task))
+}
+
+/// [`decode`] for tasks. `key` names the record in reports; `id` is the id
+/// its storage key holds, which the record must repeat.
 pub fn decode_task(
     key: impl std::fmt::Display,
     id: TaskId,
     bytes: &[u8],
 ) -> Result<Task, StorageError> {
-    let r: TaskRecord = decode("task", &key, bytes)?;
-    if r.id != id {
+    let r: TaskRecordV1 = decode("task", &key, bytes)?;
+    if r.id != id.as_uuid() {
         return Err(StorageError::corrupt(
             "task",
             key,
             format!("the record holds id {}", r.id),
         ));
     }
-    let task = Task {
-        id: r.id,
-        fields: TaskFields {
-            title: r.title,
-            description: r.description,
-            status: r.status,
-            priority: r.priority,
-            due_at: r.due_at,
-            tags: r.tags,
-        },
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-        version: r.version,
-    };
-    task.check_stored()
-        .map_err(|e| StorageError::corrupt("task", key, e))?;
-    Ok(task)
+    r.into_task()
+        .map_err(|e| StorageError::corrupt("task", key, e))
+}
+
+/// The redb record of an idempotency key, version 1.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IdempotencyRecordV1<'a> {
+    /// Hex SHA-256 of the request that made it.
+    pub request_digest: String,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    /// The task that request created, as it was then.
+    pub task: TaskRecordV1<'a>,
+}
+
+/// The redb record of an idempotency key.
+pub(crate) fn encode_key_record(
+    request_digest: &[u8; 32],
+    created_at: DateTime<Utc>,
+    task: &Task,
+) -> Vec<u8> {
+    encode(&IdempotencyRecordV1 {
+        request_digest: hex::encode(request_digest),
+        created_at,
+        task: task.into(),
+    })
+}
+
+/// A redb idempotency record, decoded and validated (a failure is reported).
+pub(crate) fn decode_key_record(
+    key: impl std::fmt::Display,
+    bytes: &[u8],
+) -> Result<KeyRecord, StorageError> {
+    let corrupt = |e: String| StorageError::corrupt("idempotency", &key, e);
+    let rec: IdempotencyRecordV1 = decode("idempotency", &key, bytes)?;
+    let mut request_digest = [0u8; 32];
+    hex::decode_to_slice(&rec.request_digest, &mut request_digest)
+        .map_err(|e| corrupt(format!("request digest: {e}")))?;
+    Ok(KeyRecord {
+        request_digest,
+        created_at: rec.created_at,
+        task: rec
+            .task
+            .into_task()
+            .map_err(|e| corrupt(format!("task: {e}")))?,
+    })
+}
+
+/// The redb record of a token, version 1 (its key is the token's digest).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenRecordV1<'a> {
+    pub name: Cow<'a, str>,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
 }
 
 #[cfg(test)]
@@ -130,27 +230,42 @@ mod tests {
             })
     }
 
+    fn decode_record(bytes: &[u8]) -> Result<Task, StorageError> {
+        decode::<TaskRecordV1>("task", "k", bytes)?
+            .into_task()
+            .map_err(|e| StorageError::corrupt("task", "k", e))
+    }
+
     proptest! {
         #[test]
         fn tasks_round_trip(task in arb_task()) {
-            let bytes = encode(&task);
-            let back: Task = decode("task", "k", &bytes).unwrap();
-            prop_assert_eq!(&back, &task);
+            let bytes = encode_task(&task);
+            prop_assert_eq!(&decode_record(&bytes).unwrap(), &task);
             prop_assert_eq!(decode_task("k", task.id, &bytes).unwrap(), task);
         }
 
         #[test]
+        fn key_records_round_trip(task in arb_task(), digest in any::<[u8; 32]>()) {
+            let bytes = encode_key_record(&digest, task.created_at, &task);
+            let rec = decode_key_record("k", &bytes).unwrap();
+            prop_assert_eq!(rec.request_digest, digest);
+            prop_assert_eq!(rec.created_at, task.created_at);
+            prop_assert_eq!(rec.task, task);
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            let _ = decode::<Task>("task", "k", &bytes);
+            let _ = decode_record(&bytes);
             let _ = decode_task("k", TaskId::new(), &bytes);
+            let _ = decode_key_record("k", &bytes);
         }
 
         #[test]
         fn damaged_records_are_errors(task in arb_task(), cut in 1usize..50) {
-            let bytes = encode(&task);
+            let bytes = encode_task(&task);
             let cut = cut.min(bytes.len() - 1);
             prop_assert!(
-                matches!(decode::<Task>("task", "k", &bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
+                matches!(decode_record(&bytes[..bytes.len() - cut]), Err(StorageError::Corrupt { .. })),
                 "truncated record decoded"
             );
             prop_assert!(
@@ -163,26 +278,119 @@ mod tests {
     #[test]
     fn unknown_version_and_invalid_values_are_corrupt() {
         assert!(matches!(
-            decode::<Task>("task", "k", b"\x09{}"),
+            decode_record(b"\x09{}"),
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
-            decode::<Task>("task", "k", b""),
+            decode_record(b""),
             Err(StorageError::Corrupt { .. })
         ));
         let task = Task::create(parse_create(&serde_json::json!({"title": "ok"})).unwrap());
-        let json = String::from_utf8(encode(&task)[1..].to_vec())
+        let json = String::from_utf8(encode_task(&task)[1..].to_vec())
             .unwrap()
             .replace("\"ok\"", "\"  \"");
         let mut bad = vec![FORMAT_V1];
         bad.extend_from_slice(json.as_bytes());
         assert!(matches!(
-            decode::<Task>("task", "k", &bad),
+            decode_record(&bad),
             Err(StorageError::Corrupt { .. })
         ));
         assert!(matches!(
             decode_task("k", task.id, &bad),
             Err(StorageError::Corrupt { .. })
         ));
+        let mut other = encode_task(&task);
+        let at = other.len() - 1;
+        other.truncate(at);
+        other.extend_from_slice(b",\"status\":\"someday\"}");
+        assert!(matches!(
+            decode_task("k", task.id, &other),
+            Err(StorageError::Corrupt { .. })
+        ));
+    }
+
+    /// The task every golden file of version 1 holds.
+    fn golden_task() -> Task {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        StoredTask {
+            id: "0190a5f0-0000-7000-8000-000000000001".parse().unwrap(),
+            title: "Ship the release".into(),
+            description: Some("Line one\nline two".into()),
+            status: "in_progress".into(),
+            priority: "high".into(),
+            due_at: Some(at("2026-03-01T12:00:00Z")),
+            tags: vec!["ops".into(), "release".into()],
+            created_at: at("2026-01-02T03:04:05.123456Z"),
+            updated_at: at("2026-01-02T04:05:06.654321Z"),
+            version: 3,
+        }
+        .into_task()
+        .unwrap()
+    }
+
+    const GOLDEN_TASK: &[u8] = include_bytes!("../../tests/golden/redb_task_v1.bin");
+    const GOLDEN_MINIMAL: &[u8] = include_bytes!("../../tests/golden/redb_task_v1_minimal.bin");
+    const GOLDEN_KEY: &[u8] = include_bytes!("../../tests/golden/redb_idempotency_v1.bin");
+    const GOLDEN_TOKEN: &[u8] = include_bytes!("../../tests/golden/redb_token_v1.bin");
+    const GOLDEN_PG_TASK: &[u8] =
+        include_bytes!("../../tests/golden/postgres_idempotency_task_v1.json");
+
+    /// A change to the API's bodies or the domain's types must not change
+    /// what is on disk: these bytes are what this and earlier releases wrote.
+    #[test]
+    fn the_task_record_is_pinned() {
+        let task = golden_task();
+        assert_eq!(
+            encode_task(&task),
+            GOLDEN_TASK,
+            "redb task record v1 changed"
+        );
+        assert_eq!(decode_task("k", task.id, GOLDEN_TASK).unwrap(), task);
+        assert_eq!(
+            serde_json::to_vec(&TaskRecordV1::from(&task)).unwrap(),
+            GOLDEN_PG_TASK,
+            "the PostgreSQL idempotency snapshot (task column) changed"
+        );
+    }
+
+    #[test]
+    fn the_idempotency_and_token_records_are_pinned() {
+        let task = golden_task();
+        let digest = [0xab; 32];
+        assert_eq!(
+            encode_key_record(&digest, task.created_at, &task),
+            GOLDEN_KEY,
+            "redb idempotency record v1 changed"
+        );
+        let rec = decode_key_record("k", GOLDEN_KEY).unwrap();
+        assert_eq!(
+            (rec.request_digest, rec.created_at),
+            (digest, task.created_at)
+        );
+        assert_eq!(rec.task, task);
+        let token = TokenRecordV1 {
+            name: Cow::Borrowed("alice"),
+            created_at: task.created_at,
+        };
+        assert_eq!(encode(&token), GOLDEN_TOKEN, "redb token record v1 changed");
+        let back: TokenRecordV1 = decode("token", "k", GOLDEN_TOKEN).unwrap();
+        assert_eq!(
+            (back.name.as_ref(), back.created_at),
+            ("alice", task.created_at)
+        );
+    }
+
+    /// Records that leave out the fields with defaults still decode.
+    #[test]
+    fn old_minimal_records_decode_with_defaults() {
+        let id =
+            TaskId::from_stored("0190a5f0-0000-7000-8000-000000000002".parse().unwrap()).unwrap();
+        let task = decode_task("k", id, GOLDEN_MINIMAL).unwrap();
+        assert_eq!(task.fields.title.as_str(), "Old");
+        assert_eq!(task.fields.status, crate::domain::Status::Todo);
+        assert_eq!(task.fields.priority, crate::domain::Priority::Normal);
+        assert!(task.fields.description.is_none() && task.fields.due_at.is_none());
+        assert_eq!(task.fields.tags.iter().count(), 0);
+        assert_eq!(task.version, 1);
     }
 }

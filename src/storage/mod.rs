@@ -14,7 +14,7 @@
 //! backend), and one module per backend: [`redb`] and [`postgres`].
 
 mod clock;
-mod codec;
+pub mod codec;
 mod error;
 mod import;
 pub mod postgres;
@@ -25,11 +25,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Precondition, PrincipalName, Priority, Status, Task, TaskChange, TaskFields, TaskId,
-    TokenDigest,
+    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId, TokenDigest,
 };
 
 pub use self::clock::{Clock, ManualClock, SystemClock, system_clock};
@@ -48,49 +46,6 @@ pub const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// The most idempotency records one sweep commit deletes, so a backlog never
 /// becomes one long transaction.
 pub const IDEMPOTENCY_SWEEP_CHUNK: usize = 1_000;
-
-/// Sort order of a listing, by creation (task id).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Order {
-    #[default]
-    Asc,
-    Desc,
-}
-
-/// A listing request. All filters combine with AND.
-#[derive(Debug, Clone, Default)]
-pub struct ListQuery {
-    pub status: Option<Status>,
-    pub priority: Option<Priority>,
-    pub tag: Option<String>,
-    /// Tasks due strictly before this instant (tasks without a due date never match).
-    pub due_before: Option<DateTime<Utc>>,
-    /// Case-insensitive substring of the title, already lowercased.
-    pub q: Option<String>,
-    /// 1..=100, checked by the HTTP layer.
-    pub limit: usize,
-    pub order: Order,
-    /// Keyset position: the listing continues after this id in `order`.
-    pub after: Option<TaskId>,
-}
-
-impl ListQuery {
-    /// Whether `task` passes every filter.
-    pub fn matches(&self, task: &Task) -> bool {
-        let f = &task.fields;
-        self.status.is_none_or(|s| f.status == s)
-            && self.priority.is_none_or(|p| f.priority == p)
-            && self.tag.as_deref().is_none_or(|t| f.tags.contains(t))
-            && self
-                .due_before
-                .is_none_or(|b| f.due_at.is_some_and(|d| d.as_datetime() < b))
-            && self
-                .q
-                .as_deref()
-                .is_none_or(|q| f.title.as_str().to_lowercase().contains(q))
-    }
-}
 
 /// One page of a listing; `next` is the keyset position of the following page.
 #[derive(Debug, Clone)]

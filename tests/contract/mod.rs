@@ -11,10 +11,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use devops_api::domain::{self, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId};
+use devops_api::domain::{
+    self, ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId,
+};
 use devops_api::storage::{
-    Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet, ListQuery,
-    ManualClock, NewTask, Order, Record, StorageError, Store,
+    Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet, ManualClock,
+    NewTask, Record, StorageError, Store,
 };
 use serde_json::json;
 

@@ -331,7 +331,7 @@ async fn one_case(stores: Stores, bodies: Vec<Value>) {
             .await
             .unwrap();
         assert_eq!(
-            serde_json::to_value(&stored).unwrap(),
+            serde_json::to_value(devops_api::http::TaskBody::from(&stored)).unwrap(),
             task,
             "from the store"
         );

@@ -11,11 +11,13 @@ use uuid::Uuid;
 use super::PostgresStore;
 use super::rows::{TaskColumns, key_record, task_from_row, task_record, to_i64, token_record};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{
+    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
+};
+use crate::storage::codec::TaskRecordV1;
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
-    Created, Export, ImportSet, ListQuery, NewTask, Page, Record, StorageError, StoreResult,
-    TokenInfo,
+    Created, Export, ImportSet, NewTask, Page, Record, StorageError, StoreResult, TokenInfo,
 };
 
 pub(super) async fn create_task(
@@ -28,7 +30,7 @@ pub(super) async fn create_task(
     let mut client = store.conn().await?;
     let txn = client.transaction().await?;
     if let Some(idem) = &new.idempotency {
-        let snapshot = Json(&task);
+        let snapshot = Json(TaskRecordV1::from(&task));
         let digest = idem.request_digest.as_slice();
         // Claiming the key first makes a concurrent request with the same
         // key wait here until this transaction ends, then replay its result.
@@ -276,17 +278,8 @@ pub(super) async fn tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>>
     let stmt = client
         .prepare_cached("SELECT digest, name, created_at FROM tokens")
         .await?;
-    let mut out = Vec::new();
-    for r in client.query(&stmt, &[]).await? {
-        match token_record(&r) {
-            Ok(Record::Token {
-                name, created_at, ..
-            }) => out.push(TokenInfo { name, created_at }),
-            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+    let rows = client.query(&stmt, &[]).await?;
+    rules::token_infos(rows.iter().map(token_record))
 }
 
 pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) -> StoreResult<()> {

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::corrupt;
 use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, rfc3339};
+use crate::storage::codec::TaskRecordV1;
 use crate::storage::rules::KeyRecord;
 use crate::storage::{Record, StoreResult};
 
@@ -51,7 +52,8 @@ pub(super) fn key_record(row: &Row, owner: &str, key: &str) -> StoreResult<KeyRe
     let digest: Vec<u8> = row.try_get(0).map_err(|e| bad(e.to_string()))?;
     let request_digest = <[u8; 32]>::try_from(digest.as_slice())
         .map_err(|_| bad("the request digest is not 32 bytes".into()))?;
-    let Json(task): Json<Task> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    let Json(task): Json<TaskRecordV1> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    let task = task.into_task().map_err(|e| bad(format!("task: {e}")))?;
     Ok(KeyRecord {
         request_digest,
         created_at: row.try_get(1).map_err(|e| bad(e.to_string()))?,

@@ -4,7 +4,7 @@
 use tokio_postgres::types::ToSql;
 
 use super::rows::to_i64;
-use crate::storage::{ListQuery, Order};
+use crate::domain::{ListQuery, Order};
 
 /// Columns of a task, in the order [`task_from_row`] reads them.
 pub(super) const TASK_COLUMNS: &str =
@@ -84,7 +84,6 @@ pub(super) fn refs(params: &[Box<dyn ToSql + Sync + Send>]) -> Vec<&(dyn ToSql +
 mod tests {
     use super::*;
     use crate::domain::TaskId;
-    use crate::storage::Order;
 
     #[test]
     fn like_pattern_escapes_wildcards() {

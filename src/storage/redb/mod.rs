@@ -82,7 +82,7 @@ pub const REOPEN_RETRY: Duration = Duration::from_millis(500);
 pub const READY_HOLD_OFF: Duration = Duration::from_secs(5);
 
 /// Whether other processes may open the same file (redb's concurrency mode).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DbSharing {
     /// This process alone; the fastest commits.
     #[default]

@@ -5,37 +5,27 @@
 //! Every write operation checks all its preconditions before it writes
 //! anything (see the module documentation of `storage::redb`).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
 use super::keys::{
     expiry_key, expiry_prefix, id_of_key, idem_key, idem_key_name, owner_prefix_bounds,
     split_task_key, task_key, task_key_name,
 };
 use super::tables::{COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS};
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
-use crate::storage::codec::{decode, decode_task, encode};
-use crate::storage::rules::{self, KeyRecord, KeyUse};
-use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, ListQuery, NewTask, Order, Page, Record,
-    StorageError, StoreResult, TokenInfo,
+use crate::domain::{
+    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
 };
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct TokenRecord {
-    name: String,
-    #[serde(with = "crate::domain::rfc3339")]
-    created_at: DateTime<Utc>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct IdempotencyRecord {
-    request_digest: String,
-    #[serde(with = "crate::domain::rfc3339")]
-    pub(super) created_at: DateTime<Utc>,
-    task: Task,
-}
+use crate::storage::codec::{
+    TokenRecordV1, decode, decode_key_record, decode_task, encode, encode_key_record, encode_task,
+};
+use crate::storage::rules::{self, KeyUse};
+use crate::storage::{
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
+    StoreResult, TokenInfo,
+};
 
 pub(super) fn create_task(
     txn: &WriteTransaction,
@@ -50,7 +40,7 @@ pub(super) fn create_task(
         let key = idem_key(owner, &idem.key);
         let found = idem_table
             .get(key.as_slice())?
-            .map(|v| key_record(&key, v.value()));
+            .map(|v| decode_key_record(idem_key_name(&key), v.value()));
         match rules::use_key(found, idem, now)? {
             KeyUse::Replay(task) => return Ok(Created::Replayed(task)),
             KeyUse::Create { expired_at: at } => expired_at = at,
@@ -63,22 +53,18 @@ pub(super) fn create_task(
     let mut tasks = txn.open_table(TASKS)?;
     tasks.insert(
         task_key(owner, task.id).as_slice(),
-        encode(&task).as_slice(),
+        encode_task(&task).as_slice(),
     )?;
     counts.insert(owner.as_str(), count + 1)?;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
-        let rec = IdempotencyRecord {
-            request_digest: hex::encode(idem.request_digest),
-            created_at: task.created_at,
-            task: task.clone(),
-        };
-        idem_table.insert(key.as_slice(), encode(&rec).as_slice())?;
+        let rec = encode_key_record(&idem.request_digest, task.created_at, &task);
+        idem_table.insert(key.as_slice(), rec.as_slice())?;
         let mut index = txn.open_table(IDEMPOTENCY_EXPIRY)?;
         if let Some(at) = expired_at {
             index.remove(expiry_key(at, &key).as_slice())?;
         }
-        index.insert(expiry_key(rec.created_at, &key).as_slice(), ())?;
+        index.insert(expiry_key(task.created_at, &key).as_slice(), ())?;
     }
     Ok(Created::New(task))
 }
@@ -177,7 +163,10 @@ pub(super) fn update_task(
     rules::check_version(&precondition, &current)?;
     let updated = change.apply(&current, now);
     if updated.version != current.version {
-        tasks.insert(task_key(owner, id).as_slice(), encode(&updated).as_slice())?;
+        tasks.insert(
+            task_key(owner, id).as_slice(),
+            encode_task(&updated).as_slice(),
+        )?;
     }
     Ok(updated)
 }
@@ -212,8 +201,8 @@ pub(super) fn create_token(
     if names.get(name.as_str())?.is_some() {
         return Err(StorageError::AlreadyExists(format!("a token for `{name}`")));
     }
-    let rec = TokenRecord {
-        name: name.to_string(),
+    let rec = TokenRecordV1 {
+        name: Cow::Borrowed(name.as_str()),
         created_at: now,
     };
     let mut tokens = txn.open_table(TOKENS)?;
@@ -227,18 +216,10 @@ pub(super) fn create_token(
 
 pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
     let tokens = txn.open_table(TOKENS)?;
-    let mut out = Vec::new();
-    for e in tokens.iter()? {
+    rules::token_infos(tokens.iter()?.map(|e| {
         let (k, v) = e?;
-        match token_of(k.value(), v.value()) {
-            Ok(Record::Token {
-                name, created_at, ..
-            }) => out.push(TokenInfo { name, created_at }),
-            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
+        token_of(k.value(), v.value())
+    }))
 }
 
 pub(super) fn revoke_token(txn: &WriteTransaction, name: &PrincipalName) -> StoreResult<()> {
@@ -291,15 +272,18 @@ pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64>
     let mut names = txn.open_table(TOKEN_NAMES)?;
     let mut counts = txn.open_table(COUNTS)?;
     for t in &set.tokens {
-        let rec = TokenRecord {
-            name: t.name.to_string(),
+        let rec = TokenRecordV1 {
+            name: Cow::Borrowed(t.name.as_str()),
             created_at: t.created_at,
         };
         tokens.insert(t.digest.as_slice(), encode(&rec).as_slice())?;
         names.insert(t.name.as_str(), t.digest.as_slice())?;
     }
     for (owner, task) in &set.tasks {
-        tasks.insert(task_key(owner, task.id).as_slice(), encode(task).as_slice())?;
+        tasks.insert(
+            task_key(owner, task.id).as_slice(),
+            encode_task(task).as_slice(),
+        )?;
     }
     for (owner, n) in &set.counts {
         counts.insert(owner.as_str(), *n)?;
@@ -337,9 +321,8 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
         if let Some(bytes) = stored {
             // The key may have been used again since: then only this stale
             // index entry goes.
-            let expired =
-                decode::<IdempotencyRecord>("idempotency", idem_key_name(record_key), &bytes)
-                    .map_or(true, |r| r.created_at <= cutoff);
+            let expired = decode_key_record(idem_key_name(record_key), &bytes)
+                .map_or(true, |r| r.created_at <= cutoff);
             if expired {
                 records.remove(record_key)?;
                 deleted += 1;
@@ -350,20 +333,6 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
     Ok(Swept {
         visited: keys.len(),
         deleted,
-    })
-}
-
-/// The idempotency record at `key`, decoded (a failure is reported).
-fn key_record(key: &[u8], bytes: &[u8]) -> StoreResult<KeyRecord> {
-    let name = idem_key_name(key);
-    let rec: IdempotencyRecord = decode("idempotency", &name, bytes)?;
-    let mut request_digest = [0u8; 32];
-    hex::decode_to_slice(&rec.request_digest, &mut request_digest)
-        .map_err(|e| StorageError::corrupt("idempotency", &name, format!("request digest: {e}")))?;
-    Ok(KeyRecord {
-        request_digest,
-        created_at: rec.created_at,
-        task: rec.task,
     })
 }
 
@@ -387,7 +356,7 @@ fn token_of(digest: &[u8], value: &[u8]) -> StoreResult<Record> {
         redb::TableHandle::name(&TOKENS),
         hex::encode(digest)
     );
-    let rec: TokenRecord = decode("token", &key, value)?;
+    let rec: TokenRecordV1 = decode("token", &key, value)?;
     let Ok(digest) = TokenDigest::try_from(digest) else {
         return Err(StorageError::corrupt(
             "token",

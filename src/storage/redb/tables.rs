@@ -5,10 +5,9 @@ use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 use super::keys::{expiry_key, idem_key_name};
-use super::ops::IdempotencyRecord;
 use crate::domain::DueAt;
 use crate::storage::StoreResult;
-use crate::storage::codec::decode;
+use crate::storage::codec::decode_key_record;
 
 /// Tasks by `owner 0x00 id(16 bytes, big-endian)`: one owner's tasks are
 /// contiguous and in creation order, so a page is one range scan.
@@ -48,9 +47,8 @@ pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> 
                 let (k, v) = e?;
                 // An unreadable record is indexed as the oldest: the next
                 // sweep deletes it.
-                let at =
-                    decode::<IdempotencyRecord>("idempotency", idem_key_name(k.value()), v.value())
-                        .map_or(DueAt::MIN, |r| r.created_at);
+                let at = decode_key_record(idem_key_name(k.value()), v.value())
+                    .map_or(DueAt::MIN, |r| r.created_at);
                 entries.push(expiry_key(at, k.value()));
             }
             for k in &entries {
