@@ -5,6 +5,9 @@
   lib,
   craneLib,
   root,
+  # The flake's `self.rev`, `self.dirtyRev` (`<commit>-dirty`) or "unknown": build.rs carries it
+  # into the binary (`--version`, the ready log line, build_info), as the sandbox has no git.
+  revision,
 }:
 let
   # crane's default filter keeps only Cargo files, *.rs and *.toml; tests also read snapshots and
@@ -47,6 +50,8 @@ let
     commonArgs
     // {
       inherit cargoArtifacts;
+      # Only here, not in commonArgs: the dependency build stays the same from commit to commit.
+      DEVOPS_API_REVISION = revision;
       # Tests run in the nextest check (hermetic subset), not a second time here.
       doCheck = false;
       meta = {

@@ -202,6 +202,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
         metrics = %args.metrics_listen.map_or_else(|| "on the main listener".to_owned(), |a| a.to_string()),
         postgres = args.storage.database.database_url.is_some() || args.storage.database.database_url_file.is_some(),
         data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),

@@ -12,7 +12,7 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(
     name = "devops-api",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Task-management REST API on an embedded redb file (default) or PostgreSQL",
     long_about = "Task-management REST API on an embedded redb file (default) or PostgreSQL.\n\n\
         Without a subcommand, `serve` runs. Every option can also be set through the \

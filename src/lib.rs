@@ -13,10 +13,12 @@
 //!   and the connection limits (cap, header and idle timeouts); `server::serve`
 //!   takes a bound listener and a shutdown future, so tests bind port 0 and
 //!   decide when to stop.
-//! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics.
+//! - [`config`], [`cli`], [`telemetry`]: the command line, subcommands, logs and metrics;
+//!   [`build_info`]: the version and source revision built into the binary.
 
 pub mod auth;
 pub mod backup;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -9,3 +9,4 @@ mod crash;
 mod disk_full;
 mod lifecycle;
 mod sharing;
+mod version;
