@@ -69,6 +69,39 @@ pub enum Command {
         Exit status: 0 restored and verified; 1 nothing was restored."
     )]
     Restore(RestoreArgs),
+    /// Print the shell completion script for SHELL on standard output.
+    #[command(
+        long_about = "Print the shell completion script for SHELL on standard output.\n\n\
+        bash: `devops-api completions bash > ~/.local/share/bash-completion/completions/devops-api`; \
+        zsh: into a directory of $fpath as `_devops-api`; \
+        fish: `devops-api completions fish > ~/.config/fish/completions/devops-api.fish`. \
+        The Nix package installs them for bash, zsh and fish."
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on standard output, or write one page per
+    /// subcommand into DIR.
+    Man {
+        /// Write devops-api.1 and devops-api-SUBCOMMAND.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The command line as clap sees it: the derive definition, with the store
+/// flags of `token` made global so they are accepted after its subcommand
+/// too (`token create me --data-dir X`), not only before it.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("token", |token| token.mut_args(|a| a.global(true)))
+}
+
+/// Parses the process's arguments with [`command`].
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,4 +9,5 @@ mod crash;
 mod disk_full;
 mod lifecycle;
 mod sharing;
+mod tokens;
 mod version;
