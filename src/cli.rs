@@ -203,6 +203,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_on_main: args.metrics_listen.is_none(),
         auth_failure_limit: (args.auth_failure_limit > 0).then_some(args.auth_failure_limit),
         trusted_proxies,
+        docs: args.docs,
     };
     let limits = conn_limits(&args)?;
 

@@ -262,6 +262,10 @@ pub struct ServeArgs {
     /// burst; beyond it that address gets 429 for every token until it refills. 0 turns the limit off.
     #[arg(long, env = "AUTH_FAILURE_LIMIT", default_value_t = 60)]
     pub auth_failure_limit: u32,
+    /// Who may open the interactive API docs at /docs: `public`, `token`
+    /// (a valid bearer token is required) or `off`.
+    #[arg(long, env = "DOCS", value_enum, default_value_t = crate::http::DocsAccess::Public)]
+    pub docs: crate::http::DocsAccess,
     /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For
     /// names the client (e.g. the proxy's overlay network); none by default.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]
