@@ -31,6 +31,9 @@
       ];
       root = ./.;
       spec = builtins.fromJSON (builtins.readFile ./nix/image.json);
+      # The commit the binary and the image are built from; `<commit>-dirty` for a tree with
+      # uncommitted changes, "unknown" for a source without git (a tarball).
+      revision = self.rev or self.dirtyRev or "unknown";
 
       # Everything for one system. Nix evaluates lazily: an output costs nothing until asked for.
       perSystem =
@@ -44,13 +47,14 @@
               lib
               craneLib
               root
+              revision
               ;
           };
           image = import ./nix/image.nix {
             inherit pkgs lib spec;
             inherit (crate) package;
             inherit (crate.package) version;
-            revision = self.rev or self.dirtyRev or "dirty";
+            inherit revision;
           };
           checks = import ./nix/checks.nix {
             inherit

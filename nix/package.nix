@@ -5,6 +5,9 @@
   lib,
   craneLib,
   root,
+  # The flake's `self.rev`, `self.dirtyRev` (`<commit>-dirty`) or "unknown": build.rs carries it
+  # into the binary (`--version`, the ready log line, build_info), as the sandbox has no git.
+  revision,
 }:
 let
   # crane's default filter keeps only Cargo files, *.rs and *.toml; tests also read snapshots and
@@ -47,8 +50,20 @@ let
     commonArgs
     // {
       inherit cargoArtifacts;
+      # Only here, not in commonArgs: the dependency build stays the same from commit to commit.
+      DEVOPS_API_REVISION = revision;
       # Tests run in the nextest check (hermetic subset), not a second time here.
       doCheck = false;
+      # Completions and man pages come from the binary's own clap definition, so they cannot
+      # drift from its flags (the flake builds natively: the binary runs on the build machine).
+      postInstall = ''
+        mkdir -p $out/share/bash-completion/completions $out/share/zsh/site-functions \
+          $out/share/fish/vendor_completions.d
+        $out/bin/devops-api completions bash >$out/share/bash-completion/completions/devops-api
+        $out/bin/devops-api completions zsh >$out/share/zsh/site-functions/_devops-api
+        $out/bin/devops-api completions fish >$out/share/fish/vendor_completions.d/devops-api.fish
+        $out/bin/devops-api man --dir $out/share/man/man1
+      '';
       meta = {
         description = "Task-management REST API (axum + redb)";
         mainProgram = "devops-api";

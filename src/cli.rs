@@ -39,6 +39,13 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Some(Command::Restore(args)) => runtime().and_then(|rt| rt.block_on(restore(args))),
         Some(Command::Migrate(args)) => runtime().and_then(|rt| rt.block_on(migrate(args))),
+        Some(Command::Completions { shell }) => {
+            let mut cmd = crate::config::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "devops-api", &mut script);
+            write_stdout(&script)
+        }
+        Some(Command::Man { dir }) => man(dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -61,11 +68,54 @@ fn seconds(name: &str, v: f64) -> anyhow::Result<Duration> {
         .map_err(|_| anyhow::anyhow!("{name} must be a non-negative number of seconds, got {v}"))
 }
 
+/// Writes generated text to standard output; a reader that went away early
+/// (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("cannot write to standard output"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `devops-api man`: the main page on standard output, or every page into `dir`.
+fn man(dir: Option<&Path>) -> anyhow::Result<()> {
+    let cmd = crate::config::command();
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd).render(&mut page)?;
+            write_stdout(&page)
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(cmd, dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))
+        }
+    }
+}
+
+/// Whether opening the store may create an empty redb database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// `serve`, `token create`, `restore`: a fresh data directory is their job.
+    Allowed,
+    /// Subcommands that read or change existing data: a missing database file
+    /// is a mistyped `--data-dir`, reported with the path instead of creating
+    /// an empty database that would then answer "no tokens" or back up nothing.
+    Refused,
+}
+
 /// Opens the configured store: PostgreSQL when a database URL is configured
 /// (migrating it first), else the redb file. Used by `serve` and the storage subcommands.
 pub async fn open_store(
     storage: &StorageArgs,
     group_commit: bool,
+    create: Create,
 ) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(config) = postgres_config(&storage.database)? {
         let store = PostgresStore::connect(&config)
@@ -74,6 +124,14 @@ pub async fn open_store(
         return Ok(Arc::new(store));
     }
     let mut cfg = RedbConfig::new(&storage.data_dir);
+    if create == Create::Refused && !cfg.db_path().exists() {
+        anyhow::bail!(
+            "no database at {} (--data-dir / DATA_DIR is {}): check the path; \
+             only `serve`, `token create` and `restore` create a new one",
+            cfg.db_path().display(),
+            storage.data_dir.display()
+        );
+    }
     cfg.sharing = storage.db_sharing;
     cfg.group_commit = group_commit;
     let store = RedbStore::open(&cfg).map_err(|e| match e {
@@ -146,11 +204,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics_on_main: args.metrics_listen.is_none(),
         auth_failure_limit: (args.auth_failure_limit > 0).then_some(args.auth_failure_limit),
         trusted_proxies,
+        docs: args.docs,
     };
     let limits = conn_limits(&args)?;
 
     // Storage first: the listener is bound only once requests can be served.
-    let store = open_store(&args.storage, args.group_commit).await?;
+    let store = open_store(&args.storage, args.group_commit, Create::Allowed).await?;
     let stored = store.list_tokens().await?;
     static_tokens
         .check_disjoint(stored.iter().map(|t| t.name.as_str()))
@@ -163,9 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .display()
             )
         })?;
-    if !args.no_bootstrap_token && static_tokens.is_empty() {
-        bootstrap_token(store.as_ref()).await?;
-    }
+    let bootstrap = !args.no_bootstrap_token && static_tokens.is_empty();
     let state = AppState::new(store.clone(), config, static_tokens);
     let lifecycle = state.lifecycle.clone();
     #[cfg(unix)]
@@ -200,11 +257,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // Only once both listeners are bound: a start that fails (port taken) must
+    // not consume the one-time display of a token nobody will see working.
+    if bootstrap {
+        bootstrap_token(store.as_ref(), &args.storage).await?;
+    }
     // Before announcing readiness: from here on SIGTERM drains instead of killing.
     let stop = lifecycle::stop_signal();
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
         metrics = %args.metrics_listen.map_or_else(|| "on the main listener".to_owned(), |a| a.to_string()),
         postgres = args.storage.database.database_url.is_some() || args.storage.database.database_url_file.is_some(),
         data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
@@ -285,9 +349,24 @@ fn conn_limits(args: &ServeArgs) -> anyhow::Result<ConnLimits> {
 
 /// On first start with no token anywhere, creates `admin` and prints its token
 /// once on standard output (never in the log), so one command gives a user a
-/// working credential.
-async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
-    if !store.list_tokens().await?.is_empty() {
+/// working credential. Called once the listeners are bound. When tokens
+/// exist, says on standard output how to get one, since none is printed.
+async fn bootstrap_token(store: &dyn Store, storage: &StorageArgs) -> anyhow::Result<()> {
+    let existing = store.list_tokens().await?;
+    if !existing.is_empty() {
+        let target = if storage.database.database_url.is_some()
+            || storage.database.database_url_file.is_some()
+        {
+            "--database-url ...".to_owned()
+        } else {
+            format!("--data-dir {}", storage.data_dir.display())
+        };
+        println!(
+            "\n{} stored token(s) exist, so no token was created or shown.\n\
+             To get one: devops-api token create NAME {target}\n\
+             (with redb, stop this server first, or run both with --db-sharing multi-writer).\n",
+            existing.len()
+        );
         return Ok(());
     }
     let token = auth::generate_token();
@@ -312,7 +391,11 @@ async fn bootstrap_token(store: &dyn Store) -> anyhow::Result<()> {
 }
 
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.storage, true).await?;
+    let create = match args.action {
+        TokenAction::Create { .. } => Create::Allowed,
+        TokenAction::List | TokenAction::Revoke { .. } => Create::Refused,
+    };
+    let store = open_store(&args.storage, true, create).await?;
     let result = async {
         match &args.action {
             TokenAction::Create { name } => {
@@ -416,7 +499,7 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_INCOMPLETE));
     }
-    let store = open_store(&args.storage, true).await?;
+    let store = open_store(&args.storage, true, Create::Refused).await?;
     let result = crate::backup::backup(store.as_ref(), &args.out, &mut report).await;
     store.close().await;
     let done = result?;
@@ -448,7 +531,7 @@ async fn restore(args: crate::config::RestoreArgs) -> anyhow::Result<()> {
     let db_file = RedbConfig::new(&args.storage.data_dir).db_path();
     let dir_existed = args.storage.data_dir.exists();
     let file_existed = db_file.exists();
-    let store = open_store(&args.storage, true).await?;
+    let store = open_store(&args.storage, true, Create::Allowed).await?;
     let result = async {
         let set = if args.force {
             keep_old_data(store.as_ref(), &args.file).await?;

@@ -12,7 +12,7 @@ use crate::telemetry::LogFormat;
 #[derive(Debug, Parser)]
 #[command(
     name = "devops-api",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Task-management REST API on an embedded redb file (default) or PostgreSQL",
     long_about = "Task-management REST API on an embedded redb file (default) or PostgreSQL.\n\n\
         Without a subcommand, `serve` runs. Every option can also be set through the \
@@ -73,6 +73,39 @@ pub enum Command {
         Exit status: 0 restored and verified; 1 nothing was restored."
     )]
     Restore(RestoreArgs),
+    /// Print the shell completion script for SHELL on standard output.
+    #[command(
+        long_about = "Print the shell completion script for SHELL on standard output.\n\n\
+        bash: `devops-api completions bash > ~/.local/share/bash-completion/completions/devops-api`; \
+        zsh: into a directory of $fpath as `_devops-api`; \
+        fish: `devops-api completions fish > ~/.config/fish/completions/devops-api.fish`. \
+        The Nix package installs them for bash, zsh and fish."
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on standard output, or write one page per
+    /// subcommand into DIR.
+    Man {
+        /// Write devops-api.1 and devops-api-SUBCOMMAND.1 into this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The command line as clap sees it: the derive definition, with the store
+/// flags of `token` made global so they are accepted after its subcommand
+/// too (`token create me --data-dir X`), not only before it.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommand("token", |token| token.mut_args(|a| a.global(true)))
+}
+
+/// Parses the process's arguments with [`command`].
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -245,6 +278,10 @@ pub struct ServeArgs {
     /// burst; beyond it that address gets 429 for every token until it refills. 0 turns the limit off.
     #[arg(long, env = "AUTH_FAILURE_LIMIT", default_value_t = 60)]
     pub auth_failure_limit: u32,
+    /// Who may open the interactive API docs at /docs: `public`, `token`
+    /// (a valid bearer token is required) or `off`.
+    #[arg(long, env = "DOCS", value_enum, default_value_t = crate::http::DocsAccess::Public)]
+    pub docs: crate::http::DocsAccess,
     /// Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For
     /// names the client (e.g. the proxy's overlay network); none by default.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',')]

@@ -30,10 +30,12 @@
 //!   with verification, and online backups through the control socket
 //!   (`backup::online`).
 //! - [`config`], [`cli`]: the command line (the only user of clap) and the
-//!   subcommands; `main.rs` hands over to [`cli::run`].
+//!   subcommands; `main.rs` hands over to [`cli::run`]; [`build_info`]: the
+//!   version and source revision built into the binary.
 
 pub mod auth;
 pub mod backup;
+pub mod build_info;
 pub mod cli;
 pub mod config;
 pub mod domain;

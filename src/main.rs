@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    devops_api::cli::run(devops_api::config::Cli::parse())
+    devops_api::cli::run(devops_api::config::parse())
 }

@@ -110,8 +110,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             crate::metrics_catalog::register_zeroes();
             metrics::gauge!(
                 "build_info",
-                "version" => env!("CARGO_PKG_VERSION"),
-                "git_commit" => option_env!("GIT_COMMIT").unwrap_or("unknown"),
+                "version" => crate::build_info::VERSION,
+                "git_commit" => crate::build_info::commit(),
+                "dirty" => if crate::build_info::dirty() { "true" } else { "false" },
             )
             .set(1.0);
             // Histograms buffer every sample until upkeep folds them into their

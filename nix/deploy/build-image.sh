@@ -21,7 +21,9 @@ Options:
                            (the end-to-end test uses it to build an image whose healthcheck fails)
   --target TRIPLE          cargo target (default x86_64-unknown-linux-musl); added to the active
                            toolchain with `rustup target add` when missing
-  --revision REV           value of org.opencontainers.image.revision (default: git rev-parse HEAD)
+  --revision REV           value of org.opencontainers.image.revision, and the revision built into the
+                           binary when it is a commit (default: git rev-parse HEAD, with `-dirty`
+                           when tracked files differ from it)
   -h, --help               show this help
 
 Environment:
@@ -108,11 +110,25 @@ ensure_rust_target() {
   fi
 }
 
-# 1. The binary.
+# 1. The revision, as the flake gives it: the commit, `<commit>-dirty` when tracked files differ
+# from it, `unknown` outside a checkout. The binary built below carries the same value (build.rs
+# reads DEVOPS_API_REVISION), so `--version`, build_info and the image label agree.
+if [[ -z "$revision" ]]; then
+  revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet HEAD 2>/dev/null || echo unknown)"
+  if [[ "$revision" != unknown && -n "$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+    revision+="-dirty"
+  fi
+fi
+
+# 2. The binary.
 if [[ -z "$binary" ]]; then
   ensure_rust_target
-  log "cargo build --release --locked --target $target"
-  (cd "$REPO_ROOT" && cargo build --release --locked --target "$target")
+  # A --revision that is not a commit (a label of the caller's) stays a label: the binary then
+  # carries what git says.
+  build_env=()
+  [[ "$revision" =~ ^[0-9a-f]{7,64}(-dirty)?$ ]] && build_env=(DEVOPS_API_REVISION="$revision")
+  log "${build_env[*]:+${build_env[*]} }cargo build --release --locked --target $target"
+  (cd "$REPO_ROOT" && env "${build_env[@]}" cargo build --release --locked --target "$target")
   target_dir="$(cd "$REPO_ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)"
   binary="$target_dir/$target/release/devops-api"
 fi
@@ -125,14 +141,12 @@ if command -v readelf >/dev/null; then
 else
   log "readelf not found: skipping the static-linking check of $binary"
 fi
+log "binary says: $(timeout 5 "$binary" --version 2>&1 | head -n 1 || true)"
 
-# 2. Labels the builders compute: version from Cargo.toml, revision from git.
+# 3. Labels the builders compute: version from Cargo.toml (revision: see above).
 version="$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$REPO_ROOT/Cargo.toml" | head -n 1)"
-if [[ -z "$revision" ]]; then
-  revision="$(git -C "$REPO_ROOT" rev-parse --verify --quiet HEAD 2>/dev/null || echo unknown)"
-fi
 
-# 3. The final config: image.json plus computed labels and the optional healthcheck override.
+# 4. The final config: image.json plus computed labels and the optional healthcheck override.
 config="$(jq -c \
   --arg version "$version" \
   --arg revision "$revision" \
@@ -144,7 +158,7 @@ config="$(jq -c \
   | if $hc != "" then .Healthcheck.Test = ["CMD", $bin, "healthcheck", "--url", $hc] else . end
 ' "$IMAGE_JSON")"
 
-# 4. The build context: root filesystem files, CA bundle, data dir and binary.
+# 5. The build context: root filesystem files, CA bundle, data dir and binary.
 ctx="$(mktemp -d)"
 trap 'rm -rf "$ctx"' EXIT
 mkdir -p "$ctx/rootfs" "$ctx/data"
@@ -163,7 +177,7 @@ cp "$binary" "$ctx/rootfs$bin_path"
 chmod 0555 "$ctx/rootfs$bin_path"
 chmod 0755 "$ctx/data"
 
-# 5. The Dockerfile, generated from the config (durations: nanoseconds -> milliseconds).
+# 6. The Dockerfile, generated from the config (durations: nanoseconds -> milliseconds).
 jq -r \
   --arg data "$(spec .dataDir)" \
   --arg owner "$(spec '"\(.uid):\(.gid)"')" '
@@ -196,7 +210,7 @@ jq -r \
 log "generated Dockerfile:"
 sed 's/^/    /' "$ctx/Dockerfile" >&2
 
-# 6. Build, then check that the image carries exactly the config we meant.
+# 7. Build, then check that the image carries exactly the config we meant.
 log "docker build --tag $tag"
 docker build --quiet --tag "$tag" "$ctx" >/dev/null
 actual="$(docker image inspect "$tag" --format '{{json .Config}}')"
@@ -213,7 +227,7 @@ size_bytes="$(docker image inspect "$tag" --format '{{.Size}}')"
 log "built $tag: $((size_bytes / 1024)) KiB ($size_bytes bytes), revision $revision, version $version"
 log "config matches $IMAGE_JSON"
 
-# 7. Optional docker-archive, like the result of `nix build .#image`.
+# 8. Optional docker-archive, like the result of `nix build .#image`.
 if [[ -n "$out" ]]; then
   if [[ "$out" == *.gz ]]; then
     docker save "$tag" | gzip -n >"$out"

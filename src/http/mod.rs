@@ -2,6 +2,7 @@
 //! Feature modules own their routes (`tasks`, `ops`) and merge into one router.
 
 mod client_addr;
+mod docs;
 mod error;
 mod extract;
 mod middleware;
@@ -19,6 +20,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use client_addr::{ClientAddr, TrustedProxies};
+pub use docs::{DOCS_PATH, DocsAccess};
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use middleware::{REQUEST_ID_MAX, accepted_request_id};
 pub use tasks::{TaskBody, TaskPage};
@@ -47,6 +49,8 @@ pub struct ApiConfig {
     pub auth_failure_limit: Option<u32>,
     /// Peers whose `X-Forwarded-For` names the client address.
     pub trusted_proxies: TrustedProxies,
+    /// Who may open the interactive docs at `/docs`.
+    pub docs: DocsAccess,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +63,7 @@ impl Default for ApiConfig {
             metrics_on_main: true,
             auth_failure_limit: None,
             trusted_proxies: TrustedProxies::default(),
+            docs: DocsAccess::default(),
         }
     }
 }
@@ -99,6 +104,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::routes(state.config.metrics_on_main))
         .merge(openapi::routes())
         .merge(tasks::routes())
+        .merge(docs::routes(state.config.docs, state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);
     // Request ids, the log line and metrics, the fixed response headers and

@@ -145,8 +145,91 @@ pub fn document_json() -> &'static str {
         let mut doc =
             serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
         fix_link_field_names(&mut doc);
+        declare_what_annotations_cannot(&mut doc);
         serde_json::to_string_pretty(&doc).expect("JSON values serialise")
     })
+}
+
+/// The operational routes: public, no token.
+const PUBLIC_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/openapi.json"];
+
+/// What holds across operations and is stated once here rather than on every
+/// annotation: the server (this origin), that the operational routes need no
+/// token, the 431 every route can answer, and the response headers clients
+/// rely on: `X-Request-Id` on every answer, `Retry-After` on 429 (always) and
+/// 503 (when storage is unavailable or the process is draining), `ETag` on
+/// 304, `Idempotency-Replayed` on a replayed create; and that the `ETag` and
+/// `Location` headers the annotations declare are always sent.
+fn declare_what_annotations_cannot(doc: &mut serde_json::Value) {
+    use serde_json::json;
+    doc["servers"] = json!([{"url": "/", "description": "The server that serves this document"}]);
+    let request_id = json!({
+        "description": "The request's own X-Request-Id when acceptable (1 to 64 characters of \
+            `A-Z a-z 0-9 . _ : -`), else a generated UUID.",
+        "required": true,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    });
+    let retry_after = |required: bool| {
+        json!({
+            "description": "Seconds to wait before retrying.",
+            "required": required,
+            "schema": {"type": "integer", "minimum": 0},
+        })
+    };
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        for (method, op) in item.iter_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                op["security"] = json!([]);
+                op["responses"]["431"] = json!({
+                    "description": "The request line and headers exceed 16 KiB (empty body; the connection is closed)",
+                });
+            }
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                continue;
+            };
+            for (status, response) in responses.iter_mut() {
+                let headers = &mut response["headers"];
+                if !headers.is_object() {
+                    *headers = json!({});
+                }
+                // The handlers set every ETag and Location they declare.
+                for name in ["ETag", "Location"] {
+                    if let Some(h) = headers.get_mut(name).and_then(|h| h.as_object_mut()) {
+                        h.insert("required".into(), json!(true));
+                    }
+                }
+                // 431 comes from the HTTP layer before any middleware runs.
+                if status != "431" {
+                    headers["X-Request-Id"] = request_id.clone();
+                }
+                match status.as_str() {
+                    "429" => headers["Retry-After"] = retry_after(true),
+                    "503" => headers["Retry-After"] = retry_after(false),
+                    "304" => {
+                        headers["ETag"] = json!({"required": true, "schema": {"type": "string"}})
+                    }
+                    "201" if path == "/v1/tasks" && method == "post" => {
+                        headers["Idempotency-Replayed"] = json!({
+                            "description": "`true` when an earlier request with the same Idempotency-Key \
+                                created this task and this answer repeats it.",
+                            "required": false,
+                            "schema": {"type": "string", "enum": ["true"]},
+                        });
+                    }
+                    _ => {}
+                }
+                if headers.as_object().is_some_and(|h| h.is_empty()) {
+                    response.as_object_mut().map(|r| r.remove("headers"));
+                }
+            }
+        }
+    }
 }
 
 /// utoipa 5.5 writes Link Objects with Rust field names (`operation_id`);
@@ -194,6 +277,44 @@ mod tests {
                 .unwrap();
         assert_eq!(pattern, crate::domain::text::title_pattern());
         assert!(pattern.contains('\u{e007f}'));
+    }
+
+    /// What generated clients and `redocly lint` rely on: a server, public
+    /// operational routes with a 4xx, and the response headers clients read.
+    #[test]
+    fn servers_security_and_response_headers_are_declared() {
+        let doc: serde_json::Value = serde_json::from_str(super::document_json()).unwrap();
+        assert_eq!(doc["servers"][0]["url"], "/");
+        for path in super::PUBLIC_PATHS {
+            let op = &doc["paths"][path]["get"];
+            assert_eq!(op["security"], serde_json::json!([]), "{path}");
+            assert!(op["responses"]["431"].is_object(), "{path}");
+        }
+        let mut statuses = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    statuses += 1;
+                    let h = &response["headers"];
+                    let at = format!("{method} {path} {status}");
+                    if status != "431" {
+                        assert_eq!(h["X-Request-Id"]["required"], true, "{at}");
+                    }
+                    match status.as_str() {
+                        "429" => assert_eq!(h["Retry-After"]["required"], true, "{at}"),
+                        "503" => assert_eq!(h["Retry-After"]["schema"]["type"], "integer", "{at}"),
+                        "304" => assert_eq!(h["ETag"]["required"], true, "{at}"),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        assert!(statuses > 40);
+        let created = &doc["paths"]["/v1/tasks"]["post"]["responses"]["201"]["headers"];
+        for name in ["ETag", "Location"] {
+            assert_eq!(created[name]["required"], true, "{name}");
+        }
+        assert_eq!(created["Idempotency-Replayed"]["schema"]["enum"][0], "true");
     }
 
     #[test]

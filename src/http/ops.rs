@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -36,8 +36,16 @@ pub struct HealthStatus {
 #[utoipa::path(get, path = "/health", tag = "operations",
     responses((status = 200, description = "The process is alive", body = HealthStatus,
         example = json!({"status": "healthy"}))))]
-pub async fn health() -> axum::Json<HealthStatus> {
-    axum::Json(HealthStatus { status: "healthy" })
+pub async fn health() -> impl IntoResponse {
+    // `X-Served-By` names the version and revision that answered, so a
+    // rollout can watch the new build take over.
+    (
+        [(
+            HeaderName::from_static("x-served-by"),
+            HeaderValue::from_static(crate::build_info::SERVED_BY),
+        )],
+        axum::Json(HealthStatus { status: "healthy" }),
+    )
 }
 
 /// Readiness: storage answers and the process is not draining. Load balancers

@@ -4,6 +4,7 @@ mod helpers;
 
 mod auth;
 mod connections;
+mod docs;
 mod errors;
 mod logs;
 mod ops;

@@ -17,6 +17,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: mpsc::Receiver<String>,
+    /// The `ready` log line.
+    pub ready: serde_json::Value,
 }
 
 pub fn tokens_file(dir: &Path) -> PathBuf {
@@ -62,7 +64,7 @@ impl Server {
                 }
             }
         });
-        let addr = loop {
+        let ready = loop {
             let line = rx
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| {
@@ -72,13 +74,14 @@ impl Server {
                 continue;
             };
             if v["message"] == "ready" {
-                break v["addr"].as_str().unwrap().parse().unwrap();
+                break v;
             }
         };
         Server {
             child,
-            addr,
+            addr: ready["addr"].as_str().unwrap().parse().unwrap(),
             log: rx,
+            ready,
         }
     }
 

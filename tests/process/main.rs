@@ -11,3 +11,5 @@ mod disk_full;
 mod lifecycle;
 mod logs;
 mod sharing;
+mod tokens;
+mod version;
