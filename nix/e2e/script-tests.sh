@@ -63,7 +63,9 @@ run_deploy "IPv6 DEPLOY_HOST passes validation" 1 "cannot reach ::1 over SSH" DE
 # deploy.sh --previous with a registry login: the login must go to the registry of the image Swarm
 # recorded, which is known only after --previous resolved it (an empty image would mean Docker Hub).
 # Stubs: ssh succeeds; docker answers as a manager whose API service's previous spec is $prev, records
-# `login` and `stack deploy` calls in order, and fails every stack deploy (the test ends there).
+# `login` and `stack deploy` calls in order, and fails every stack deploy (the test ends there). Its login
+# reads the password from stdin like docker does (deploy.sh pipes it in; a reader that exits early would
+# fail that pipe now and then).
 mkdir -p "$tmp/stub"
 prev="r.example:5000/team/devops-api:$(printf '%040d' 3)@sha256:$(printf '%064d' 3)"
 printf '#!/bin/sh\nexit 0\n' > "$tmp/stub/ssh"
@@ -71,7 +73,7 @@ cat > "$tmp/stub/docker" <<STUB
 #!/bin/sh
 case "\$1 \$2" in
   "info --format") echo true ;;
-  "login --username") for a in "\$@"; do last=\$a; done; echo "login \$last" >> $tmp/docker-calls; [ -n "\$last" ] ;;
+  "login --username") cat > /dev/null; for a in "\$@"; do last=\$a; done; echo "login \$last" >> $tmp/docker-calls; [ -n "\$last" ] ;;
   "stack deploy") echo "stack deploy" >> $tmp/docker-calls; exit 1 ;;
   "service inspect")
     case "\$4" in
@@ -161,6 +163,54 @@ if [ "$rc" = 0 ] && [ "$(grep -c -- '^--policy$' "$tmp/skopeo-args")" = 1 ] \
   ok "push.sh passes --policy nix/deploy/policy.json (default: reject)"
 else
   fail "push.sh trust policy (exit $rc): $(paste -sd' ' "$tmp/skopeo-args")"
+fi
+
+# nix-or-twin.sh: without DEVOPS_NIX_TWIN it is exactly `nix ARGS` (a stub nix records its arguments); with
+# it, each Nix step of the workflows maps to its twin and says so, and anything else is refused.
+twin=$deploy_dir/nix-or-twin.sh
+printf '#!/bin/sh\nprintf "%%s\\n" "$@" > %s/nix-args\n' "$tmp" > "$tmp/bin/nix"
+chmod +x "$tmp/bin/nix"
+run_twin() { # NAME WANT_RC GREP [VAR=VALUE...] -- NIX-ARGS...
+  local name=$1 want_rc=$2 pattern=$3 rc=0
+  shift 3
+  local vars=()
+  while [ "$1" != -- ]; do vars+=("$1"); shift; done
+  shift
+  rm -f "$tmp/nix-args"
+  env -i PATH="$tmp/bin:$PATH" HOME="$tmp" "${vars[@]}" "$twin" "$@" > "$tmp/out" 2>&1 || rc=$?
+  if [ "$rc" != "$want_rc" ]; then
+    fail "$name: exit $rc, want $want_rc"
+  elif ! grep -qF -- "$pattern" "$tmp/out" "$tmp/nix-args" 2>/dev/null; then
+    fail "$name: output lacks '$pattern'"
+  else
+    ok "$name"
+  fi
+}
+run_twin "nix-or-twin without the switch runs nix itself" 0 ".#image" -- build -L .#image -o image
+if [ "$(paste -sd' ' "$tmp/nix-args" 2>/dev/null)" = "build -L .#image -o image" ] && ! grep -q 'NIX TWIN' "$tmp/out"; then
+  ok "nix-or-twin without the switch: the same arguments, no twin line"
+else
+  fail "nix-or-twin without the switch: nix got '$(paste -sd' ' "$tmp/nix-args" 2>/dev/null)'"
+fi
+run_twin "nix-or-twin: nix run .#push -> push.sh, logged" 0 \
+  "NIX TWIN: ran nix/deploy/push.sh instead of nix run .#push, with the same arguments" DEVOPS_NIX_TWIN=1 -- run .#push -- --help
+run_twin "nix-or-twin: nix run .#rollback -> rollback.sh" 0 "NIX TWIN: ran nix/deploy/rollback.sh instead of nix run .#rollback" \
+  DEVOPS_NIX_TWIN=1 -- run .#rollback -- --help
+run_twin "nix-or-twin: a nix command without a twin is refused" 2 "NIX TWIN: no twin for: nix develop" \
+  DEVOPS_NIX_TWIN=1 -- develop
+run_twin "nix-or-twin: nix build of another output is refused" 2 "no twin for: nix build .#package" \
+  DEVOPS_NIX_TWIN=1 -- build .#package -o result
+[ ! -e "$tmp/nix-args" ] || fail "nix-or-twin with the switch called nix"
+
+# platform.sh --acme-ca-certificates takes only a PEM certificate file (checked before Docker is asked).
+printf 'not a certificate\n' > "$tmp/not-a-cert"
+rc=0
+env -i PATH="$PATH" HOME="$tmp" DOMAIN=example.test ACME_EMAIL=a@example.test DASHBOARD_SOURCE_RANGE=192.0.2.1/32 \
+  "$deploy_dir/platform.sh" --acme-ca-certificates "$tmp/not-a-cert" > "$tmp/out" 2>&1 || rc=$?
+if [ "$rc" = 1 ] && grep -q 'holds no PEM certificate' "$tmp/out"; then
+  ok "platform.sh --acme-ca-certificates refuses a file without a PEM certificate"
+else
+  fail "platform.sh --acme-ca-certificates with a non-PEM file: exit $rc"
 fi
 
 printf 'script-tests: %d passed, %d failed\n' "$passed" "$failed"
