@@ -212,15 +212,19 @@ state=$(wait_rollout)
 now_started=$(inspect '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}')
 cur_image=$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}')
 ok=false
-if [ "$now_started" != "$prev_started" ]; then
+if [ -n "$now_started" ] && [ "$now_started" != "$prev_started" ]; then
   [ "$state" = completed ] && ok=true
 else
-  # No rolling update happened: a first deploy, or the service already runs this spec.
+  # No rolling update happened: a first deploy, or the service already runs these tasks. Swarm clears
+  # UpdateStatus on every service update, also on one that changes no task (a redeploy of what runs), so an
+  # empty status after the deploy means "nothing to roll out", not a failed rollout.
   for _ in $(seq 1 $((timeout / 2))); do
     if converged "${cur_image%@*}"; then ok=true; break; fi
     sleep 2
   done
-  state=${state:-created}
+  if [ -z "$state" ]; then
+    if [ -n "$prev_image" ]; then state=unchanged; else state=created; fi
+  fi
 fi
 case "$cur_image" in "$image"|"$image"@*) ;; *) ok=false ;; esac
 if [ "$ok" != true ]; then

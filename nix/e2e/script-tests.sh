@@ -100,6 +100,43 @@ else
   fail "deploy.sh --previous: first docker call '$first' (want 'login r.example:5000'), exit $rc"
 fi
 
+# deploy.sh of the image the service already runs: Swarm clears UpdateStatus on that update and rolls nothing
+# out. That is a deploy with nothing to do, not a failed rollout (which would "redeploy the previous image").
+# Stub: the status has a StartedAt before the stack deploy and none after; three tasks run the image. The
+# deploy then reaches the verification (nothing answers on port 1: exit 1 there).
+mkdir -p "$tmp/stub2"
+cur="r.example:5000/team/devops-api:$(printf '%040d' 5)@sha256:$(printf '%064d' 5)"
+printf '#!/bin/sh\nexit 0\n' > "$tmp/stub2/ssh"
+cat > "$tmp/stub2/docker" <<STUB
+#!/bin/sh
+case "\$1 \$2" in
+  "info --format") echo true ;;
+  "stack deploy") touch $tmp/deployed ;;
+  "service inspect")
+    case "\$4" in
+      *UpdateStatus.StartedAt*) [ -e $tmp/deployed ] || echo 2026-01-01T00:00:00Z ;;
+      *UpdateStatus.State*) [ -e $tmp/deployed ] || echo completed ;;
+      *PreviousSpec*) echo "$cur" ;;
+      *ContainerSpec.Image*) echo "$cur" ;;
+      *Replicas*) echo 3 ;;
+    esac ;;
+  "service ps") for i in 1 2 3; do echo "Running 9 minutes ago ${cur%@*}@sha256:$(printf '%064d' 5)"; done ;;
+  *) echo "docker stub: unexpected: \$*" >&2; exit 1 ;;
+esac
+STUB
+chmod +x "$tmp/stub2/ssh" "$tmp/stub2/docker"
+rm -f "$tmp/deployed"
+rc=0
+env -i PATH="$tmp/stub2:$PATH" HOME="$tmp" DOMAIN=example.test SMOKE_TOKEN=t DEPLOY_HOST=127.0.0.1 \
+  DEPLOY_SSH_KEY_FILE="$tmp/key" DEPLOY_KNOWN_HOSTS="$known" VERIFY_CONNECT=127.0.0.1:1 VERIFY_TIMEOUT=1 \
+  timeout 60 "$deploy_dir/deploy.sh" --image "$cur" --timeout 4 --compose "$deploy_dir/../../stack.yml" > "$tmp/out" 2>&1 || rc=$?
+if [ "$rc" = 1 ] && grep -q 'rollout unchanged' "$tmp/out" && grep -q 'did not answer 200 (rollout completed' "$tmp/out" \
+  && ! grep -q 'redeploying the previous image' "$tmp/out"; then
+  ok "deploy.sh of the image that already runs: nothing to roll out, goes on to verify"
+else
+  fail "deploy.sh of the image that already runs: exit $rc, $(grep -o 'FAILED: .*' "$tmp/out" | head -n1)"
+fi
+
 # rollback.sh, with stubs: deploy.sh records its arguments; skopeo answers as a registry that holds only
 # the images listed in $tmp/registry (one REF per line).
 mkdir -p "$tmp/rb" "$tmp/bin"
