@@ -87,7 +87,9 @@
             inherit pkgs lib root;
             inherit (crate) package;
           };
-          formatter = pkgs.nixfmt;
+          # `nix fmt` passes no files when given none: nixfmt alone would wait on standard input.
+          # nixfmt-tree is treefmt configured for nixfmt: it formats every .nix file of the tree.
+          formatter = pkgs.nixfmt-tree;
         };
 
       bySystem = lib.genAttrs (linux ++ darwin) perSystem;

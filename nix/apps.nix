@@ -27,9 +27,13 @@ let
     skopeo
   ];
 
-  # `nix run .#NAME` runs nix/DIR/NAME.sh.
+  # `nix run .#NAME` runs nix/DIR/NAME.sh. `guard` is shell run before it (empty for most).
   script =
     dir: name: extraInputs: env:
+    {
+      description ? "nix/${dir}/${name}.sh",
+      guard ? "",
+    }:
     let
       exports = lib.mapAttrsToList (k: v: "export ${k}=\"\${${k}:-${v}}\"") env;
     in
@@ -42,10 +46,14 @@ let
             runtimeInputs = pipelineTools ++ extraInputs;
             # The scripts act on the checkout in the working directory; nix/ is copied whole so
             # that a script finds its siblings (image.json, helpers).
-            text = lib.concatLines (exports ++ [ ''exec bash ${scriptsDir}/${dir}/${name}.sh "$@"'' ]);
+            text = lib.concatLines (
+              exports
+              ++ lib.optional (guard != "") guard
+              ++ [ ''exec bash ${scriptsDir}/${dir}/${name}.sh "$@"'' ]
+            );
           }
         );
-        meta.description = "nix/${dir}/${name}.sh";
+        meta.description = description;
       };
     };
 
@@ -61,8 +69,20 @@ in
     meta.description = "Run devops-api (default subcommand: serve)";
   };
 }
-// script "deploy" "build-image" [ pkgs.binutils ] imageEnv
-// script "deploy" "push" [ ] imageEnv
-// script "deploy" "deploy" [ ] { }
-// script "deploy" "rollback" [ ] { }
-// script "e2e" "e2e" [ pkgs.oha ] imageEnv
+// script "deploy" "build-image" [ pkgs.binutils ] imageEnv {
+  # The Nix image is `nix build .#image`. This app is its non-Nix twin: it compiles a static
+  # musl binary with the host's rustup toolchain (the script adds the musl target) and runs
+  # `docker build`, so it cannot bring its toolchain from nixpkgs and says so instead.
+  description = "nix/deploy/build-image.sh: the non-Nix twin of `nix build .#image`; needs rustup (cargo, the musl target) and a Docker daemon on the host";
+  guard = ''
+    if ! command -v rustup >/dev/null 2>&1; then
+      echo "nix run .#build-image is the non-Nix twin of 'nix build .#image': it builds with the host's rustup toolchain (it adds the x86_64-unknown-linux-musl target) and a Docker daemon. rustup is not on PATH: use 'nix build .#image', or install rustup." >&2
+      exit 69
+    fi
+  '';
+}
+// script "deploy" "push" [ ] imageEnv { }
+// script "deploy" "deploy" [ ] { } { }
+// script "deploy" "rollback" [ ] { } { }
+// script "deploy" "platform" [ ] { } { }
+// script "e2e" "e2e" [ pkgs.oha ] imageEnv { }

@@ -39,7 +39,7 @@ let
   shellScripts = lib.fileset.fileFilter (file: file.hasExt "sh") (root + "/nix");
   workflows = root + "/.gitea/workflows";
   actionlintConfig = root + "/nix/lint/actionlint.yaml";
-  stackFile = root + "/stack.yml";
+  yamlFiles = lib.fileset.fileFilter (file: file.hasExt "yml" || file.hasExt "yaml") root;
 in
 {
   package = crate.package;
@@ -89,16 +89,22 @@ in
         actionlint ${lib.optionalString (lib.pathExists actionlintConfig) "-config-file nix/lint/actionlint.yaml"} .gitea/workflows/*.y*ml
       '';
 }
-// lib.optionalAttrs (lib.pathExists stackFile) {
-  # `docker stack config` validates the file against the compose schema without a daemon.
-  # Variables used by stack.yml get placeholder values (numbers for *_PORT / *REPLICAS*).
-  stack-config = lint "stack-config" stackFile [ pkgs.docker-client pkgs.gnugrep ] ''
-    for var in $(grep -oE '\$\{[A-Za-z_][A-Za-z0-9_]*' stack.yml | cut -c3- | sort -u); do
+// {
+  # `docker stack config` validates each stack file (YAML whose top level has `services:`,
+  # anywhere in the repository) against the compose schema without a daemon. Variables get
+  # placeholder values (numbers for *_PORT / *REPLICAS*).
+  stack-config = lint "stack-config" yamlFiles [ pkgs.docker-client pkgs.gnugrep pkgs.findutils ] ''
+    mapfile -t stacks < <(find . -name '*.y*ml' -exec grep -l '^services:' {} + | sort)
+    [ "''${#stacks[@]}" -gt 0 ] || { echo "no stack file"; exit 1; }
+    for var in $(cat "''${stacks[@]}" | grep -oE '\$\{[A-Za-z_][A-Za-z0-9_]*' | cut -c3- | sort -u); do
       case "$var" in
         *PORT | *REPLICAS*) export "$var=1" ;;
         *) export "$var=placeholder" ;;
       esac
     done
-    docker stack config -c stack.yml >/dev/null
+    for f in "''${stacks[@]}"; do
+      echo "docker stack config -c $f"
+      docker stack config -c "$f" >/dev/null
+    done
   '';
 }

