@@ -4,9 +4,10 @@
 # sets the switch there; a real runner never sets it, and then this script is exactly `exec nix "$@"`.
 #
 # The twins, and what they leave out:
-#   nix flake check ...           nix/lint/lint.sh and cargo fmt --check: the checks that need no nixpkgs
-#                                 (not clippy, the tests, cargo-audit or the image: .ci/run runs clippy and
-#                                 the tests on its own before the end-to-end test)
+#   nix flake check ...           nix/lint/lint.sh --no-eval-cargo --no-selftest and cargo fmt --check: the
+#                                 flake evaluated offline and every check's command that needs no compile
+#                                 (not clippy, the tests or the package build, and the image only evaluated:
+#                                 .ci/run runs all of lint.sh, clippy and the tests before the e2e test)
 #   nix build ... .#image -o OUT  nix/deploy/build-image.sh --out OUT (same nix/image.json, cargo + docker)
 #   nix run .#push -- ARGS        nix/deploy/push.sh ARGS       (what the flake app wraps)
 #   nix run .#deploy -- ARGS      nix/deploy/deploy.sh ARGS
@@ -40,8 +41,8 @@ parse_run() {
 case "${1:-}" in
   flake)
     [ "${2:-}" = check ] || { echo "NIX TWIN: no twin for: $nix_cmd" >&2; exit 2; }
-    twin=(bash -c 'nix/lint/lint.sh && cargo fmt --check')
-    shown="nix/lint/lint.sh && cargo fmt --check"
+    twin=(bash -c 'nix/lint/lint.sh --no-eval-cargo --no-selftest && cargo fmt --check')
+    shown="nix/lint/lint.sh --no-eval-cargo --no-selftest && cargo fmt --check"
     ;;
   build)
     out="" want=false

@@ -236,8 +236,13 @@ chmod 700 "$W/act"
   echo "GIT_SSL_CAINFO=$W/ca/ca.pem"          # the Git server's certificate is from the run's CA
   echo "CURL_CA_BUNDLE=$W/pebble/root.pem"    # deploy.sh verifies the API's TLS against pebble's root
   echo "VERIFY_CONNECT=127.0.0.1:$HTTPS_PORT" # api.$DOMAIN has no DNS record on this host
-  [ -z "${PINS_JSON:-}" ] || echo "PINS_JSON=$PINS_JSON"
-  [ -n "${PINS_JSON:-}" ] || [ ! -f "$ROOT/../shared/nix/pins.json" ] || echo "PINS_JSON=$(cd "$ROOT/.." && pwd)/shared/nix/pins.json"
+  # The lint tools and the inputs of the offline flake evaluation (twin of `nix flake check`) persist
+  # across jobs, as the deploy runner's Nix store does: installed once into this checkout's target/.
+  echo "LINT_TOOLS=${LINT_TOOLS:-$ROOT/target/lint-tools}"
+  for var in NIXPKGS_LIB:nix/nixpkgs-lib/lib ADVISORY_DB:advisory-db SHARED_PINS:nix/pins.json; do
+    name=${var%%:*} beside=$(cd "$ROOT/.." && pwd)/shared/${var#*:}
+    if [ -n "${!name:-}" ]; then echo "$name=${!name}"; elif [ -e "$beside" ]; then echo "$name=$beside"; fi
+  done
   echo "PUBLIC_NETWORK=$PUBLIC_NETWORK"
   echo "API_TOKENS_SECRET=$API_TOKENS_SECRET"
   echo "API_REPLICAS=$API_REPLICAS"

@@ -239,6 +239,24 @@ run_twin "nix-or-twin: nix build of another output is refused" 2 "no twin for: n
   DEVOPS_NIX_TWIN=1 -- build .#package -o result
 [ ! -e "$tmp/nix-args" ] || fail "nix-or-twin with the switch called nix"
 
+# The twin of `nix flake check` (W1, W2's check job) is the offline evaluation without the checks that
+# compile and without lint.sh's self-test: .ci/run runs all of lint.sh once before the e2e test, and each
+# of those in every act job would add tens of minutes to CI. A copy of the script with stub lint.sh and cargo.
+mkdir -p "$tmp/twin-root/nix/deploy" "$tmp/twin-root/nix/lint" "$tmp/twin-bin"
+cp "$twin" "$tmp/twin-root/nix/deploy/"
+printf '#!/bin/sh\necho "lint.sh $*" >> %s/twin-calls\n' "$tmp" > "$tmp/twin-root/nix/lint/lint.sh"
+printf '#!/bin/sh\necho "cargo $*" >> %s/twin-calls\n' "$tmp" > "$tmp/twin-bin/cargo"
+chmod +x "$tmp/twin-root/nix/lint/lint.sh" "$tmp/twin-bin/cargo"
+rc=0
+env -i PATH="$tmp/twin-bin:$tmp/bin:$PATH" HOME="$tmp" DEVOPS_NIX_TWIN=1 \
+  "$tmp/twin-root/nix/deploy/nix-or-twin.sh" flake check -L --keep-going > "$tmp/out" 2>&1 || rc=$?
+calls=$(paste -sd';' "$tmp/twin-calls" 2>/dev/null || true)
+if [ "$rc" = 0 ] && [ "$calls" = "lint.sh --no-eval-cargo --no-selftest;cargo fmt --check" ] && grep -q '^NIX TWIN: ran .* instead of nix flake check' "$tmp/out"; then
+  ok "nix-or-twin: nix flake check -> lint.sh without compiling checks or self-test, then cargo fmt --check"
+else
+  fail "nix-or-twin: nix flake check: exit $rc, calls '$calls'"
+fi
+
 # platform.sh --acme-ca-certificates takes only a PEM certificate file (checked before Docker is asked).
 printf 'not a certificate\n' > "$tmp/not-a-cert"
 rc=0
