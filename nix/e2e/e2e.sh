@@ -38,7 +38,8 @@ dockerd if needed, and turns this machine into a single-node swarm (left running
     P2 broken image: deploy.sh fails, old image keeps serving   P3 wrong pinned host key: refused
     P4 rollback.yml (act) to the first SHA   P5 rollback.yml without SHA, registry login set
     P6 rollback.yml with a SHA the registry lacks: the job fails   W3 rollback.yml with a wrong smoke
-       token: the verification fails the job   P7 the platform's tasks are untouched by P1-W3
+       token: the verification fails the job   W4 deploy.yml and rollback.yml dispatched on another
+       branch: every job skipped, nothing fetched or deployed   P7 the platform's tasks are untouched by P1-W4
 Prints a summary table; exits non-zero if any scenario failed. Whatever way it ends (failure, Ctrl-C,
 SIGTERM), it removes the stacks, secrets, configs, volumes and stops the registry, sshd, pebble, Git server
 and act it started; a run killed outright is cleaned up by the next run before it starts. dockerd and the
@@ -724,7 +725,31 @@ if [ "$rc" != 0 ] && [ "$(act_jobs w3)" = rollback:failure ] && [ "$reason" = "F
   v=PASS; else v=FAIL; fi
 record "W3 act job fails on verify" "$v" - "$((SECONDS - t))" "act exit $rc, jobs $(act_jobs w3): $reason"
 
-log "P7: the platform after P1-W3: same tasks, same registry, routes answer"
+log "W4: deploy.yml and rollback.yml dispatched on a branch other than main: no job runs"
+# The deploy runner holds DEPLOY_SSH_KEY: only main may reach it. act skips a job whose `if:` is false
+# before it starts, and says so only in its debug log.
+event "$W/act/dispatch-branch.json" refs/heads/e2e-feature ""
+version_before=$(svc_field '{{.Version.Index}}')
+fetches_before=$(wc -l < "$W/git/requests.log")
+w4=()
+rc=0
+ACT_VERBOSE=1 run_act w4d workflow_dispatch deploy.yml "$W/act/dispatch-branch.json" || rc=$?
+[ "$rc" = 0 ] || w4+=("deploy.yml-act-exit=$rc")
+[ "$(act_jobs w4d)" = "check:skipped image:skipped deploy:skipped" ] || w4+=("deploy.yml-jobs=$(act_jobs w4d)")
+rc=0
+ACT_VERBOSE=1 run_act w4r workflow_dispatch rollback.yml "$W/act/dispatch-branch.json" || rc=$?
+[ "$rc" = 0 ] || w4+=("rollback.yml-act-exit=$rc")
+[ "$(act_jobs w4r)" = "rollback:skipped" ] || w4+=("rollback.yml-jobs=$(act_jobs w4r)")
+for run in w4d w4r; do
+  grep -qF "due to 'github.ref == 'refs/heads/main''" "$W/act-$run.json" || w4+=("$run-not-skipped-on-ref")
+done
+fetches=$(( $(wc -l < "$W/git/requests.log") - fetches_before ))
+[ "$fetches" = 0 ] || w4+=("git-requests=$fetches")
+[ "$(svc_field '{{.Version.Index}}')" = "$version_before" ] || w4+=("service-updated")
+if [ ${#w4[@]} -eq 0 ]; then v=PASS; else v=FAIL; fi
+record "W4 other branch: no job" "$v" - - "deploy.yml jobs $(act_jobs w4d), rollback.yml jobs $(act_jobs w4r) (if: github.ref == refs/heads/main); Git server requests during the runs: $fetches; service spec unchanged ${w4[*]}"
+
+log "P7: the platform after P1-W4: same tasks, same registry, routes answer"
 platform_tasks > "$W/platform-tasks-after.txt"
 p7=()
 cmp -s "$W/platform-tasks-before.txt" "$W/platform-tasks-after.txt" \

@@ -422,6 +422,7 @@ snapshot_repo() {
 # runner's environment from $W/act/env. The process environment is cleared to what a runner host has
 # (PATH, HOME and the toolchain locations), and it runs where /etc/containers does not exist.
 # Its JSON log goes to $W/act-NAME.json, the step summary (nix/e2e/act-steps.py) to $W/act-NAME.steps.
+# ACT_VERBOSE=1: act's debug log too (it alone records the jobs act skipped on their `if:`).
 run_act() { # NAME EVENT WORKFLOW_FILE EVENT_JSON_FILE [SECRET=VALUE...]: exit status of act
   local name=$1 event=$2 workflow=$3 event_file=$4 rc=0 kv
   shift 4
@@ -439,7 +440,7 @@ run_act() { # NAME EVENT WORKFLOW_FILE EVENT_JSON_FILE [SECRET=VALUE...]: exit s
     act "$event" -C "$W/act-src" -W "$W/act-src/.gitea/workflows/$workflow" -e "$event_file" \
     -P nix=-self-hosted -P deploy=-self-hosted --github-instance "127.0.0.1:$GIT_PORT" \
     --secret-file "$W/act/secrets-$name" --var-file "$W/act/vars" --env-file "$W/act/env" \
-    --no-cache-server --json > "$W/act-$name.json" 2>&1 &
+    --no-cache-server --json ${ACT_VERBOSE:+-v} > "$W/act-$name.json" 2>&1 &
   echo $! > "$W/act.pid"
   ACT_RUNS+=("$name")
   wait "$(cat "$W/act.pid")" || rc=$?
