@@ -146,7 +146,7 @@ if ! out=$(ssh deploy-target true 2>&1); then
     *) die "cannot reach ${DEPLOY_HOST} over SSH: $out" ;;
   esac
 fi
-docker info --format '{{.Swarm.ControlAvailable}}' | grep -qx true || die "${DEPLOY_HOST} is not a swarm manager"
+docker info --format '{{.Swarm.ControlAvailable}}' | grep -x true >/dev/null || die "${DEPLOY_HOST} is not a swarm manager"
 
 # --- Roll out --------------------------------------------------------------------------------------------
 svc=${stack}_api
@@ -265,7 +265,7 @@ done
 code=$(http POST /v1/tasks -H @"$work/auth-header" -H 'Content-Type: application/json' \
   --data '{"title":"deploy smoke test","tags":["smoke"]}')
 [ "$code" = 201 ] || [ "$code" = 200 ] || die "smoke POST /v1/tasks answered $code"
-id=$(grep -o '"id":[^,}]*' "$work/body" | head -n1 | cut -d: -f2- | tr -d '" ')
+id=$(grep -o '"id":[^,}]*' "$work/body" | sed -n 1p | cut -d: -f2- | tr -d '" ')
 [ -n "$id" ] || die "smoke POST /v1/tasks returned no id"
 code=$(http GET "/v1/tasks/$id" -H @"$work/auth-header")
 [ "$code" = 200 ] || die "smoke GET /v1/tasks/$id answered $code"

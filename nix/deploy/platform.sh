@@ -80,7 +80,7 @@ if [ -n "$acme_ca" ]; then
   export ACME_CA_CERTIFICATES_FILE ACME_CA_CONFIG_HASH
 fi
 
-docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null | grep -qx true \
+docker info --format '{{.Swarm.ControlAvailable}}' 2>/dev/null | grep -x true >/dev/null \
   || die "this Docker engine is not a swarm manager (run on a manager or set DOCKER_HOST)"
 # When each service's last update started: afterwards only services whose update is new are judged.
 update_started() { # SERVICE...

@@ -285,7 +285,7 @@ event "$W/act/push-check.json" refs/heads/e2e-check
 t=$SECONDS
 rc=0
 run_act w1 push check.yml "$W/act/push-check.json" || rc=$?
-checked_out=$(act_output w1 | grep -o "checked out $SNAP_SHA" | head -n1 || true)
+checked_out=$(act_output w1 | grep -o "checked out $SNAP_SHA" | sed -n 1p || true)
 if [ "$rc" = 0 ] && [ -n "$checked_out" ] && [ "$(act_jobs w1)" = "check:success" ] \
   && grep -q 'auth=token status=200' "$W/git/requests.log" && [[ "$no_token" == *"terminal prompts disabled"* || "$no_token" == *"Authentication failed"* ]]; then
   v=PASS; else v=FAIL; fi
@@ -299,7 +299,7 @@ rc=0
 run_act w2 push deploy.yml "$W/act/push-main.json" || rc=$?
 DUR=$((SECONDS - t))
 platform_tasks | cmp -s - "$W/platform-tasks-w2.txt" || w2_platform=changed
-ref_a=$(act_output w2 | grep -o "OK: $REG/devops-api:$SNAP_SHA@sha256:[0-9a-f]*" | head -n1 | cut -d' ' -f2 || true)
+ref_a=$(act_output w2 | grep -o "OK: $REG/devops-api:$SNAP_SHA@sha256:[0-9a-f]*" | sed -n 1p | cut -d' ' -f2 || true)
 w2=()
 [ -z "${w2_platform:-}" ] || w2+=("platform-tasks-changed")
 [ "$rc" = 0 ] || w2+=("act-exit=$rc")
@@ -322,14 +322,14 @@ served_cert() { # HOST -> the leaf certificate Traefik serves for HOST (PEM)
 le=()
 verify=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -servername "api.$DOMAIN" \
   -CAfile "$W/pebble/root.pem" -verify_hostname "api.$DOMAIN" -verify_return_error 2>&1 \
-  | grep -o 'Verify return code: .*' | head -n1 || true)
+  | grep -o 'Verify return code: .*' | sed -n 1p || true)
 [ "$verify" = "Verify return code: 0 (ok)" ] || le+=("verify=${verify:-none}")
 served_cert "api.$DOMAIN" > "$W/api-cert.pem"
 issuer=$(openssl x509 -noout -issuer -in "$W/api-cert.pem" 2>/dev/null | sed 's/^issuer=//')
 case "$issuer" in *Pebble*) ;; *) le+=("issuer=$issuer") ;; esac
-openssl x509 -noout -ext subjectAltName -in "$W/api-cert.pem" 2>/dev/null | grep -q "DNS:api.$DOMAIN" || le+=("san")
+openssl x509 -noout -ext subjectAltName -in "$W/api-cert.pem" 2>/dev/null | grep "DNS:api.$DOMAIN" >/dev/null || le+=("san")
 serial=$(openssl x509 -noout -serial -in "$W/api-cert.pem" 2>/dev/null | cut -d= -f2)
-traefik_task=$(docker service ps -q --filter desired-state=running "${PSTACK}_traefik" | head -n1)
+traefik_task=$(docker service ps -q --filter desired-state=running "${PSTACK}_traefik" | sed -n 1p)
 # Plain HTTP: a redirect to HTTPS, and following it ends at the API with pebble's certificate verified.
 redirect=$(curl -sS -o /dev/null -w '%{http_code} %{redirect_url}' --max-time 10 \
   --resolve "api.$DOMAIN:$HTTP_PORT:127.0.0.1" "http://api.$DOMAIN:$HTTP_PORT/health" 2>&1 || true)
@@ -375,7 +375,7 @@ control=0
 no_etc_containers skopeo copy --quiet --dest-tls-verify=false "docker-archive:$W/api.tar" \
   "docker://$REG/devops-api:policy-control" > "$W/policy-control.log" 2>&1 || control=$?
 if [ "$rc" = 0 ] && [ "$control" != 0 ] && grep -qi 'policy' "$W/policy-control.log"; then v=PASS; else v=FAIL; fi
-record "B2 push w/o /etc/containers" "$v" - - "push.sh exit $rc; control without --policy: exit $control ($(grep -oi 'error loading trust policy[^:]*' "$W/policy-control.log" | head -n1))"
+record "B2 push w/o /etc/containers" "$v" - - "push.sh exit $rc; control without --policy: exit $control ($(grep -oi 'error loading trust policy[^:]*' "$W/policy-control.log" | sed -n 1p))"
 [ "$rc" = 0 ] || die "push.sh failed where /etc/containers does not exist (see $W/push.log)"
 
 
@@ -395,11 +395,11 @@ case "$redirect" in 301|302|307|308) ;; *) s1+=("redirect=$redirect") ;; esac
 curl -sk -D "$W/headers" -o /dev/null --connect-to "api.$DOMAIN:443:127.0.0.1:$HTTPS_PORT" "https://api.$DOMAIN/health" || true
 grep -qi '^strict-transport-security:' "$W/headers" || s1+=("no-hsts")
 # SECLEVEL=0 lets the client offer TLS 1.1, so a refusal is the server's.
-tls_ok() { echo | timeout 10 openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -servername "api.$DOMAIN" "$@" 2>/dev/null | grep -q '^New, TLSv1'; }
+tls_ok() { echo | timeout 10 openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -servername "api.$DOMAIN" "$@" 2>/dev/null | grep '^New, TLSv1' >/dev/null; }
 if tls_ok -tls1_1 -cipher 'DEFAULT:@SECLEVEL=0'; then s1+=("tls1.1-accepted"); fi
 tls_ok -tls1_2 || s1+=("tls1.2-refused")
 # /metrics is served on the metrics port inside the network: reach one task over docker_gwbridge.
-cid=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | head -n1)
+cid=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | sed -n 1p)
 gw=$(docker network inspect docker_gwbridge --format '{{range $id, $c := .Containers}}{{$id}} {{$c.IPv4Address}}{{"\n"}}{{end}}' \
   | awk -v id="$cid" 'index($1, id) == 1 {sub("/.*", "", $2); print $2}')
 internal=$( [ -n "$gw" ] && curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$gw:9090/metrics" || echo n/a)
@@ -456,10 +456,10 @@ wait_api_ready 120 || die "API not ready after restoring the configuration"
 log "LE2: the API's certificate after the two Traefik restarts of S2c (ACME storage on its volume)"
 served_cert "api.$DOMAIN" > "$W/api-cert-after.pem"
 serial_after=$(openssl x509 -noout -serial -in "$W/api-cert-after.pem" 2>/dev/null | cut -d= -f2)
-traefik_task_after=$(docker service ps -q --filter desired-state=running "${PSTACK}_traefik" | head -n1)
+traefik_task_after=$(docker service ps -q --filter desired-state=running "${PSTACK}_traefik" | sed -n 1p)
 verify=$(echo | timeout 10 openssl s_client -connect "127.0.0.1:$HTTPS_PORT" -servername "api.$DOMAIN" \
   -CAfile "$W/pebble/root.pem" -verify_hostname "api.$DOMAIN" -verify_return_error 2>&1 \
-  | grep -o 'Verify return code: .*' | head -n1 || true)
+  | grep -o 'Verify return code: .*' | sed -n 1p || true)
 orders=$(grep -c 'Issued certificate serial' "$W/pebble/pebble.log" || true)
 if [ -n "$serial" ] && [ "$serial_after" = "$serial" ] && [ "$traefik_task_after" != "$traefik_task" ] \
   && [ "$verify" = "Verify return code: 0 (ok)" ] && [ "$orders" = "$issued" ]; then v=PASS; else v=FAIL; fi
@@ -491,7 +491,7 @@ record "S4 auto rollback" "$v" s4 "$DUR" "UpdateStatus=$STATE, back on previous 
 log "S5: kill -9 one API task under load"
 load_start s5
 sleep 5
-victim=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | head -n1)
+victim=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" | sed -n 1p)
 victim_task=$(docker inspect --format '{{index .Config.Labels "com.docker.swarm.task.id"}}' "$victim")
 t=$SECONDS
 docker kill --signal KILL "$victim" > /dev/null
@@ -526,10 +526,10 @@ for c in $(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_a
   [ "$hc" = healthcheck ] || s6+=("healthcheck=$hc")
 done
 # Traefik: no Docker socket at all; the socket proxy: read-only mount, read-only rootfs, no capabilities.
-tc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_traefik" | head -n1)
+tc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_traefik" | sed -n 1p)
 got=$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{range .Mounts}}{{.Destination}},{{end}}' "$tc")
 case "$got" in "true|[ALL]|"*docker.sock*) s6+=("traefik-has-socket") ;; "true|[ALL]|"*) ;; *) s6+=("traefik=$got") ;; esac
-pc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_socket-proxy" | head -n1)
+pc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_socket-proxy" | sed -n 1p)
 got=$(docker inspect --format '{{.HostConfig.ReadonlyRootfs}}|{{.HostConfig.CapDrop}}|{{range .Mounts}}{{if eq .Destination "/var/run/docker.sock"}}{{.RW}}{{end}}{{end}}' "$pc")
 [ "$got" = "true|[ALL]|false" ] || s6+=("socket-proxy=$got")
 vols=$(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api" \
@@ -549,7 +549,7 @@ run_probe() { # NAME SCRIPT NETWORK...
   docker service create --detach --quiet --name "$name" --restart-condition none --no-resolve-image \
     "${nets[@]}" --entrypoint /bin/sh e2e-standin/client:1 -c "$script" > /dev/null
   for _ in $(seq 1 90); do
-    state=$(docker service ps --format '{{.CurrentState}}' "$name" 2>/dev/null | head -n1)
+    state=$(docker service ps --format '{{.CurrentState}}' "$name" 2>/dev/null | sed -n 1p)
     case "$state" in Complete*|Failed*|Rejected*) break ;; esac
     sleep 1
   done
@@ -560,7 +560,7 @@ run_probe() { # NAME SCRIPT NETWORK...
 pl=()
 pw=$(cat "$W/dashboard-password")
 case "$(cat "$W/htpasswd")" in "admin:\$2y\$10\$"*) ;; *) pl+=("htpasswd-not-bcrypt") ;; esac
-tc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_traefik" | head -n1)
+tc=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_traefik" | sed -n 1p)
 tip=$(docker inspect --format "{{(index .NetworkSettings.Networks \"$STACK-public\").IPAddress}}" "$tc")
 allowed=(/version /v1.41/services /v1.41/tasks /v1.41/networks /v1.41/nodes)
 denied=(/v1.41/containers/json /v1.41/secrets /v1.41/configs /v1.41/info /v1.41/images/json /v1.41/events /v1.41/volumes)
@@ -598,7 +598,7 @@ g=$(git_route)
 [ "$g" = 200 ] && grep -q 'gitea stand-in' "$W/git-body" || pl+=("git-route=$g")
 for pair in runner:untrusted runner-deploy:deploy; do
   svc=${pair%%:*} file=$ROOT/nix/deploy/runner/${pair#*:}.yaml
-  c=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_$svc" | head -n1)
+  c=$(docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_$svc" | sed -n 1p)
   [ -n "$c" ] && docker exec "$c" cat /etc/act_runner/config.yaml | cmp -s - "$file" || pl+=("$svc-config-not-mounted")
   grep -q '^  docker_host: "-"' "$file" || pl+=("$svc-jobs-get-socket")
 done
@@ -620,7 +620,7 @@ want_subnet=${PUBLIC_SUBNET:-10.201.0.0/24}
 python3 -c 'import ipaddress, sys; sys.exit(ipaddress.ip_address(sys.argv[1]) not in ipaddress.ip_network(sys.argv[2]))' \
   "$tip" "$want_subnet" || tp+=("traefik-$tip-outside")
 for c in $(docker ps -q --filter "label=com.docker.swarm.service.name=${STACK}_api"); do
-  docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$c" | grep -qxF "TRUSTED_PROXIES=$want_subnet" \
+  docker inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$c" | grep -xF "TRUSTED_PROXIES=$want_subnet" >/dev/null \
     || tp+=("api-env")
 done
 codes7=$(awk '$1 == "xff7" {print $2}' "$W/probe-pl.log")
@@ -673,13 +673,13 @@ DUR=$((SECONDS - t))
 sleep 2
 load_stop p2
 if [ "$rc" != 0 ] && on_image "$SHA_B" && load_ok p2; then v=PASS; else v=FAIL; fi
-record "P2 pipeline broken image" "$v" p2 "$DUR" "deploy.sh exit $rc ($(grep -o 'did not complete ([a-z_]*)' "$W/p2.deploy.log" | head -n1)), still on B: $(on_image "$SHA_B" && echo yes || echo no)"
+record "P2 pipeline broken image" "$v" p2 "$DUR" "deploy.sh exit $rc ($(grep -o 'did not complete ([a-z_]*)' "$W/p2.deploy.log" | sed -n 1p)), still on B: $(on_image "$SHA_B" && echo yes || echo no)"
 
 log "P3: wrong pinned host key"
 rc=0
 DEPLOY_KNOWN_HOSTS=$(cat "$W/ssh/wrong_known_hosts") deploy "$ref_a" p3 || rc=$?
 if [ "$rc" != 0 ] && grep -q 'does not match the pinned' "$W/p3.deploy.log" && on_image "$SHA_B"; then v=PASS; else v=FAIL; fi
-record "P3 wrong host key refused" "$v" - - "deploy.sh exit $rc: $(grep -o 'FAILED: .*' "$W/p3.deploy.log" | head -n1 | cut -c1-60)"
+record "P3 wrong host key refused" "$v" - - "deploy.sh exit $rc: $(grep -o 'FAILED: .*' "$W/p3.deploy.log" | sed -n 1p | cut -c1-60)"
 
 log "P4: rollback.yml (act, workflow_dispatch sha=A) under load"
 event "$W/act/rollback-a.json" refs/heads/main "$SHA_A"
@@ -691,7 +691,7 @@ DUR=$((SECONDS - t))
 sleep 2
 load_stop p4
 if [ "$rc" = 0 ] && [ "$(act_jobs p4)" = rollback:success ] && on_image "$SHA_A" && load_ok p4 \
-  && act_output p4 | grep -q "redeploying $REG/devops-api:$SHA_A@sha256:"; then v=PASS; else v=FAIL; fi
+  && act_output p4 | grep "redeploying $REG/devops-api:$SHA_A@sha256:" >/dev/null; then v=PASS; else v=FAIL; fi
 record "P4 rollback.yml to A" "$v" p4 "$DUR" "act exit $rc, jobs $(act_jobs p4), pinned by the registry's digest"
 
 log "P5: rollback.yml without a SHA (the service's previous spec), registry login set, under load"
@@ -705,22 +705,22 @@ DUR=$((SECONDS - t))
 sleep 2
 load_stop p5
 if [ "$rc" = 0 ] && [ "$(act_jobs p5)" = rollback:success ] && on_image "$SHA_B" && load_ok p5; then v=PASS; else v=FAIL; fi
-record "P5 rollback previous+login" "$v" p5 "$DUR" "act exit $rc, jobs $(act_jobs p5), back on B: $(on_image "$SHA_B" && echo yes || echo no) $(act_output p5 | grep -o 'FAILED: .*' | head -n1 | cut -c1-60)"
+record "P5 rollback previous+login" "$v" p5 "$DUR" "act exit $rc, jobs $(act_jobs p5), back on B: $(on_image "$SHA_B" && echo yes || echo no) $(act_output p5 | grep -o 'FAILED: .*' | sed -n 1p | cut -c1-60)"
 
 log "P6: rollback.yml with a full SHA the registry does not hold"
 event "$W/act/rollback-unknown.json" refs/heads/main "$(sha never-pushed)"
 rc=0
 run_act p6 workflow_dispatch rollback.yml "$W/act/rollback-unknown.json" || rc=$?
-if [ "$rc" != 0 ] && [ "$(act_jobs p6)" = rollback:failure ] && act_output p6 | grep -q 'is not in the registry' \
+if [ "$rc" != 0 ] && [ "$(act_jobs p6)" = rollback:failure ] && act_output p6 | grep 'is not in the registry' >/dev/null \
   && on_image "$SHA_B"; then v=PASS; else v=FAIL; fi
-record "P6 unknown SHA refused" "$v" - - "act exit $rc, jobs $(act_jobs p6): $(act_output p6 | grep -o 'is not in the registry' | head -n1), still on B"
+record "P6 unknown SHA refused" "$v" - - "act exit $rc, jobs $(act_jobs p6): $(act_output p6 | grep -o 'is not in the registry' | sed -n 1p), still on B"
 
 log "W3: rollback.yml to B (what runs) with a wrong SMOKE_TOKEN: the verification must fail the job"
 event "$W/act/rollback-b.json" refs/heads/main "$SHA_B"
 rc=0
 t=$SECONDS
 run_act w3 workflow_dispatch rollback.yml "$W/act/rollback-b.json" SMOKE_TOKEN=not-a-valid-token || rc=$?
-reason=$(act_output w3 | grep -o 'FAILED: smoke POST /v1/tasks answered [0-9]*' | head -n1 || true)
+reason=$(act_output w3 | grep -o 'FAILED: smoke POST /v1/tasks answered [0-9]*' | sed -n 1p || true)
 if [ "$rc" != 0 ] && [ "$(act_jobs w3)" = rollback:failure ] && [ "$reason" = "FAILED: smoke POST /v1/tasks answered 401" ]; then
   v=PASS; else v=FAIL; fi
 record "W3 act job fails on verify" "$v" - "$((SECONDS - t))" "act exit $rc, jobs $(act_jobs w3): $reason"

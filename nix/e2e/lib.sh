@@ -46,7 +46,7 @@ ensure_dockerd() {
       sleep 1
     done
   fi
-  if ! docker info --format '{{.Swarm.LocalNodeState}}' | grep -qx active; then
+  if ! docker info --format '{{.Swarm.LocalNodeState}}' | grep -x active >/dev/null; then
     log "docker swarm init"
     docker swarm init --advertise-addr 127.0.0.1 >/dev/null
   fi
@@ -128,7 +128,7 @@ stop_pidfile() { # FILE [EXPECT]: stop the process a run recorded in FILE, if it
   rm -f "$1"
   [[ "$pid" =~ ^[0-9]+$ ]] && [ -r "/proc/$pid/cmdline" ] || return 0
   # A pid file outlives its process; never signal a pid that now belongs to another program.
-  if [ -n "${2:-}" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" | grep -qF -- "$2"; then return 0; fi
+  if [ -n "${2:-}" ] && ! tr '\0' ' ' < "/proc/$pid/cmdline" | grep -F -- "$2" >/dev/null; then return 0; fi
   kill "$pid" 2>/dev/null || return 0
   for i in $(seq 1 50); do
     [ -e "/proc/$pid" ] || return 0
@@ -184,7 +184,7 @@ remove_docker_objects() {
   done
 }
 
-port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+port_free() { ! ss -Hltn "sport = :$1" | grep . >/dev/null; }
 
 # Run a command where /etc/containers (and ~/.config/containers) are empty, as in the Nix job image: a
 # private mount namespace with tmpfs over them. Nothing outside the command sees the change.

@@ -134,7 +134,7 @@ if [ "$rc" = 1 ] && grep -q 'rollout unchanged' "$tmp/out" && grep -q 'did not a
   && ! grep -q 'redeploying the previous image' "$tmp/out"; then
   ok "deploy.sh of the image that already runs: nothing to roll out, goes on to verify"
 else
-  fail "deploy.sh of the image that already runs: exit $rc, $(grep -o 'FAILED: .*' "$tmp/out" | head -n1)"
+  fail "deploy.sh of the image that already runs: exit $rc, $(grep -o 'FAILED: .*' "$tmp/out" | sed -n 1p)"
 fi
 
 # rollback.sh, with stubs: deploy.sh records its arguments; skopeo answers as a registry that holds only
@@ -255,6 +255,23 @@ if [ "$rc" = 0 ] && [ "$calls" = "lint.sh --no-eval-cargo --no-selftest;cargo fm
   ok "nix-or-twin: nix flake check -> lint.sh without compiling checks or self-test, then cargo fmt --check"
 else
   fail "nix-or-twin: nix flake check: exit $rc, calls '$calls'"
+fi
+
+# Under pipefail, a pipeline whose last command stops reading early (grep -q, head) fails whenever the
+# writer is still writing: it dies of SIGPIPE (141). That made a passing e2e row (P4: act's log | grep -q)
+# fail at random, and an assignment x=$(cmd | head -n1) would end a `set -e` script. The delivery scripts
+# read whole streams instead (grep ... >/dev/null, sed -n 1p). The demonstration first, then the scan.
+quiet=q # spelt apart, so that the scan below does not find the demonstration itself
+rc=0
+bash -c "set -o pipefail; seq 1 200000 | grep -$quiet '^1\$'" || rc=$?
+rc_whole=0
+bash -c "set -o pipefail; seq 1 200000 | grep '^1\$' >/dev/null" || rc_whole=$?
+early=$(cd "$here/../.." && grep -nE '(^|[^|])\|[[:space:]]*(grep[[:space:]]+-[a-zA-Z]*q|head([[:space:]]|$))' \
+  nix/e2e/*.sh nix/deploy/*.sh .ci/run | grep -vE '^[^:]+:[0-9]+:[[:space:]]*#' || true)
+if [ "$rc" = 141 ] && [ "$rc_whole" = 0 ] && [ -z "$early" ]; then
+  ok "no pipeline in nix/e2e, nix/deploy, .ci/run ends in grep -q or head (SIGPIPE under pipefail: exit 141)"
+else
+  fail "pipelines ending early (demo: grep -q exit $rc, whole read exit $rc_whole): $(printf '%s' "$early" | paste -sd';' - | cut -c1-300)"
 fi
 
 # platform.sh --acme-ca-certificates takes only a PEM certificate file (checked before Docker is asked).
