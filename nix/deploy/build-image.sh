@@ -94,7 +94,7 @@ ensure_rust_target() {
   if command -v rustup >/dev/null; then
     toolchain="$(cd "$REPO_ROOT" && rustup show active-toolchain 2>/dev/null | awk 'NR == 1 {print $1}')"
     [[ -n "$toolchain" ]] || die "rustup has no active toolchain in $REPO_ROOT (rustup default stable)"
-    if rustup target list --installed --toolchain "$toolchain" | grep -qx "$target"; then
+    if rustup target list --installed --toolchain "$toolchain" | grep -x "$target" >/dev/null; then
       log "rust target $target present for toolchain $toolchain"
     else
       log "rust target $target missing for toolchain $toolchain: rustup target add --toolchain $toolchain $target"
@@ -134,17 +134,17 @@ if [[ -z "$binary" ]]; then
 fi
 [[ -x "$binary" ]] || die "binary not found or not executable: $binary"
 if command -v readelf >/dev/null; then
-  if readelf -l "$binary" | grep -q 'Requesting program interpreter'; then
+  if readelf -l "$binary" | grep 'Requesting program interpreter' >/dev/null; then
     die "$binary is dynamically linked; a FROM-scratch image needs a static binary"
   fi
   log "binary is static: $binary ($(du -h "$binary" | cut -f1))"
 else
   log "readelf not found: skipping the static-linking check of $binary"
 fi
-log "binary says: $(timeout 5 "$binary" --version 2>&1 | head -n 1 || true)"
+log "binary says: $(timeout 5 "$binary" --version 2>&1 | sed -n 1p || true)"
 
 # 3. Labels the builders compute: version from Cargo.toml (revision: see above).
-version="$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$REPO_ROOT/Cargo.toml" | head -n 1)"
+version="$(sed -n 's/^version *= *"\([^"]*\)".*/\1/p' "$REPO_ROOT/Cargo.toml" | sed -n 1p)"
 
 # 4. The final config: image.json plus computed labels and the optional healthcheck override.
 config="$(jq -c \

@@ -146,7 +146,7 @@ if ! out=$(ssh deploy-target true 2>&1); then
     *) die "cannot reach ${DEPLOY_HOST} over SSH: $out" ;;
   esac
 fi
-docker info --format '{{.Swarm.ControlAvailable}}' | grep -qx true || die "${DEPLOY_HOST} is not a swarm manager"
+docker info --format '{{.Swarm.ControlAvailable}}' | grep -x true >/dev/null || die "${DEPLOY_HOST} is not a swarm manager"
 
 # --- Roll out --------------------------------------------------------------------------------------------
 svc=${stack}_api
@@ -212,15 +212,19 @@ state=$(wait_rollout)
 now_started=$(inspect '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}')
 cur_image=$(inspect '{{.Spec.TaskTemplate.ContainerSpec.Image}}')
 ok=false
-if [ "$now_started" != "$prev_started" ]; then
+if [ -n "$now_started" ] && [ "$now_started" != "$prev_started" ]; then
   [ "$state" = completed ] && ok=true
 else
-  # No rolling update happened: a first deploy, or the service already runs this spec.
+  # No rolling update happened: a first deploy, or the service already runs these tasks. Swarm clears
+  # UpdateStatus on every service update, also on one that changes no task (a redeploy of what runs), so an
+  # empty status after the deploy means "nothing to roll out", not a failed rollout.
   for _ in $(seq 1 $((timeout / 2))); do
     if converged "${cur_image%@*}"; then ok=true; break; fi
     sleep 2
   done
-  state=${state:-created}
+  if [ -z "$state" ]; then
+    if [ -n "$prev_image" ]; then state=unchanged; else state=created; fi
+  fi
 fi
 case "$cur_image" in "$image"|"$image"@*) ;; *) ok=false ;; esac
 if [ "$ok" != true ]; then
@@ -261,7 +265,7 @@ done
 code=$(http POST /v1/tasks -H @"$work/auth-header" -H 'Content-Type: application/json' \
   --data '{"title":"deploy smoke test","tags":["smoke"]}')
 [ "$code" = 201 ] || [ "$code" = 200 ] || die "smoke POST /v1/tasks answered $code"
-id=$(grep -o '"id":[^,}]*' "$work/body" | head -n1 | cut -d: -f2- | tr -d '" ')
+id=$(grep -o '"id":[^,}]*' "$work/body" | sed -n 1p | cut -d: -f2- | tr -d '" ')
 [ -n "$id" ] || die "smoke POST /v1/tasks returned no id"
 code=$(http GET "/v1/tasks/$id" -H @"$work/auth-header")
 [ "$code" = 200 ] || die "smoke GET /v1/tasks/$id answered $code"

@@ -44,7 +44,7 @@ t=$SECONDS
 rustup toolchain install "$toolchain" --profile minimal --no-self-update >"$work/install.log" 2>&1 \
   || { tail -n 20 "$work/install.log" >&2; echo "fresh-toolchain: rustup toolchain install failed" >&2; exit 1; }
 rustup default "$toolchain" >/dev/null 2>&1
-if rustup target list --installed | grep -qx "$target"; then
+if rustup target list --installed | grep -x "$target" >/dev/null; then
   echo "fresh-toolchain: the fresh toolchain already has $target; nothing to prove" >&2
   exit 1
 fi
@@ -76,7 +76,7 @@ sed 's/^/    /' "$work/build.log" | grep -v -e DEPRECATED -e buildx -e '^    *$'
 [ "$rc" = 0 ] || { echo "fresh-toolchain: build-image.sh failed (exit $rc)" >&2; exit 1; }
 grep -q "rust target $target missing for toolchain .*: rustup target add" "$work/build.log" \
   || { echo "fresh-toolchain: build-image.sh did not say it added $target" >&2; exit 1; }
-rustup target list --installed | grep -qx "$target" \
+rustup target list --installed | grep -x "$target" >/dev/null \
   || { echo "fresh-toolchain: $target still not installed" >&2; exit 1; }
 out=$(docker run --rm "$tag")
 [ "$out" = "fresh-toolchain crate: serve" ] || { echo "fresh-toolchain: image printed '$out'" >&2; exit 1; }

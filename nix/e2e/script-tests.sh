@@ -63,7 +63,9 @@ run_deploy "IPv6 DEPLOY_HOST passes validation" 1 "cannot reach ::1 over SSH" DE
 # deploy.sh --previous with a registry login: the login must go to the registry of the image Swarm
 # recorded, which is known only after --previous resolved it (an empty image would mean Docker Hub).
 # Stubs: ssh succeeds; docker answers as a manager whose API service's previous spec is $prev, records
-# `login` and `stack deploy` calls in order, and fails every stack deploy (the test ends there).
+# `login` and `stack deploy` calls in order, and fails every stack deploy (the test ends there). Its login
+# reads the password from stdin like docker does (deploy.sh pipes it in; a reader that exits early would
+# fail that pipe now and then).
 mkdir -p "$tmp/stub"
 prev="r.example:5000/team/devops-api:$(printf '%040d' 3)@sha256:$(printf '%064d' 3)"
 printf '#!/bin/sh\nexit 0\n' > "$tmp/stub/ssh"
@@ -71,7 +73,7 @@ cat > "$tmp/stub/docker" <<STUB
 #!/bin/sh
 case "\$1 \$2" in
   "info --format") echo true ;;
-  "login --username") for a in "\$@"; do last=\$a; done; echo "login \$last" >> $tmp/docker-calls; [ -n "\$last" ] ;;
+  "login --username") cat > /dev/null; for a in "\$@"; do last=\$a; done; echo "login \$last" >> $tmp/docker-calls; [ -n "\$last" ] ;;
   "stack deploy") echo "stack deploy" >> $tmp/docker-calls; exit 1 ;;
   "service inspect")
     case "\$4" in
@@ -96,6 +98,43 @@ if [ "$first" = "login r.example:5000" ] && grep -qF "deploying $prev" "$tmp/out
   ok "deploy.sh --previous logs in to the previous image's registry before deploying"
 else
   fail "deploy.sh --previous: first docker call '$first' (want 'login r.example:5000'), exit $rc"
+fi
+
+# deploy.sh of the image the service already runs: Swarm clears UpdateStatus on that update and rolls nothing
+# out. That is a deploy with nothing to do, not a failed rollout (which would "redeploy the previous image").
+# Stub: the status has a StartedAt before the stack deploy and none after; three tasks run the image. The
+# deploy then reaches the verification (nothing answers on port 1: exit 1 there).
+mkdir -p "$tmp/stub2"
+cur="r.example:5000/team/devops-api:$(printf '%040d' 5)@sha256:$(printf '%064d' 5)"
+printf '#!/bin/sh\nexit 0\n' > "$tmp/stub2/ssh"
+cat > "$tmp/stub2/docker" <<STUB
+#!/bin/sh
+case "\$1 \$2" in
+  "info --format") echo true ;;
+  "stack deploy") touch $tmp/deployed ;;
+  "service inspect")
+    case "\$4" in
+      *UpdateStatus.StartedAt*) [ -e $tmp/deployed ] || echo 2026-01-01T00:00:00Z ;;
+      *UpdateStatus.State*) [ -e $tmp/deployed ] || echo completed ;;
+      *PreviousSpec*) echo "$cur" ;;
+      *ContainerSpec.Image*) echo "$cur" ;;
+      *Replicas*) echo 3 ;;
+    esac ;;
+  "service ps") for i in 1 2 3; do echo "Running 9 minutes ago ${cur%@*}@sha256:$(printf '%064d' 5)"; done ;;
+  *) echo "docker stub: unexpected: \$*" >&2; exit 1 ;;
+esac
+STUB
+chmod +x "$tmp/stub2/ssh" "$tmp/stub2/docker"
+rm -f "$tmp/deployed"
+rc=0
+env -i PATH="$tmp/stub2:$PATH" HOME="$tmp" DOMAIN=example.test SMOKE_TOKEN=t DEPLOY_HOST=127.0.0.1 \
+  DEPLOY_SSH_KEY_FILE="$tmp/key" DEPLOY_KNOWN_HOSTS="$known" VERIFY_CONNECT=127.0.0.1:1 VERIFY_TIMEOUT=1 \
+  timeout 60 "$deploy_dir/deploy.sh" --image "$cur" --timeout 4 --compose "$deploy_dir/../../stack.yml" > "$tmp/out" 2>&1 || rc=$?
+if [ "$rc" = 1 ] && grep -q 'rollout unchanged' "$tmp/out" && grep -q 'did not answer 200 (rollout completed' "$tmp/out" \
+  && ! grep -q 'redeploying the previous image' "$tmp/out"; then
+  ok "deploy.sh of the image that already runs: nothing to roll out, goes on to verify"
+else
+  fail "deploy.sh of the image that already runs: exit $rc, $(grep -o 'FAILED: .*' "$tmp/out" | sed -n 1p)"
 fi
 
 # rollback.sh, with stubs: deploy.sh records its arguments; skopeo answers as a registry that holds only
@@ -161,6 +200,89 @@ if [ "$rc" = 0 ] && [ "$(grep -c -- '^--policy$' "$tmp/skopeo-args")" = 1 ] \
   ok "push.sh passes --policy nix/deploy/policy.json (default: reject)"
 else
   fail "push.sh trust policy (exit $rc): $(paste -sd' ' "$tmp/skopeo-args")"
+fi
+
+# nix-or-twin.sh: without DEVOPS_NIX_TWIN it is exactly `nix ARGS` (a stub nix records its arguments); with
+# it, each Nix step of the workflows maps to its twin and says so, and anything else is refused.
+twin=$deploy_dir/nix-or-twin.sh
+printf '#!/bin/sh\nprintf "%%s\\n" "$@" > %s/nix-args\n' "$tmp" > "$tmp/bin/nix"
+chmod +x "$tmp/bin/nix"
+run_twin() { # NAME WANT_RC GREP [VAR=VALUE...] -- NIX-ARGS...
+  local name=$1 want_rc=$2 pattern=$3 rc=0
+  shift 3
+  local vars=()
+  while [ "$1" != -- ]; do vars+=("$1"); shift; done
+  shift
+  rm -f "$tmp/nix-args"
+  env -i PATH="$tmp/bin:$PATH" HOME="$tmp" "${vars[@]}" "$twin" "$@" > "$tmp/out" 2>&1 || rc=$?
+  if [ "$rc" != "$want_rc" ]; then
+    fail "$name: exit $rc, want $want_rc"
+  elif ! grep -qF -- "$pattern" "$tmp/out" "$tmp/nix-args" 2>/dev/null; then
+    fail "$name: output lacks '$pattern'"
+  else
+    ok "$name"
+  fi
+}
+run_twin "nix-or-twin without the switch runs nix itself" 0 ".#image" -- build -L .#image -o image
+if [ "$(paste -sd' ' "$tmp/nix-args" 2>/dev/null)" = "build -L .#image -o image" ] && ! grep -q 'NIX TWIN' "$tmp/out"; then
+  ok "nix-or-twin without the switch: the same arguments, no twin line"
+else
+  fail "nix-or-twin without the switch: nix got '$(paste -sd' ' "$tmp/nix-args" 2>/dev/null)'"
+fi
+run_twin "nix-or-twin: nix run .#push -> push.sh, logged" 0 \
+  "NIX TWIN: ran nix/deploy/push.sh instead of nix run .#push, with the same arguments" DEVOPS_NIX_TWIN=1 -- run .#push -- --help
+run_twin "nix-or-twin: nix run .#rollback -> rollback.sh" 0 "NIX TWIN: ran nix/deploy/rollback.sh instead of nix run .#rollback" \
+  DEVOPS_NIX_TWIN=1 -- run .#rollback -- --help
+run_twin "nix-or-twin: a nix command without a twin is refused" 2 "NIX TWIN: no twin for: nix develop" \
+  DEVOPS_NIX_TWIN=1 -- develop
+run_twin "nix-or-twin: nix build of another output is refused" 2 "no twin for: nix build .#package" \
+  DEVOPS_NIX_TWIN=1 -- build .#package -o result
+[ ! -e "$tmp/nix-args" ] || fail "nix-or-twin with the switch called nix"
+
+# The twin of `nix flake check` (W1, W2's check job) is the offline evaluation without the checks that
+# compile and without lint.sh's self-test: .ci/run runs all of lint.sh once before the e2e test, and each
+# of those in every act job would add tens of minutes to CI. A copy of the script with stub lint.sh and cargo.
+mkdir -p "$tmp/twin-root/nix/deploy" "$tmp/twin-root/nix/lint" "$tmp/twin-bin"
+cp "$twin" "$tmp/twin-root/nix/deploy/"
+printf '#!/bin/sh\necho "lint.sh $*" >> %s/twin-calls\n' "$tmp" > "$tmp/twin-root/nix/lint/lint.sh"
+printf '#!/bin/sh\necho "cargo $*" >> %s/twin-calls\n' "$tmp" > "$tmp/twin-bin/cargo"
+chmod +x "$tmp/twin-root/nix/lint/lint.sh" "$tmp/twin-bin/cargo"
+rc=0
+env -i PATH="$tmp/twin-bin:$tmp/bin:$PATH" HOME="$tmp" DEVOPS_NIX_TWIN=1 \
+  "$tmp/twin-root/nix/deploy/nix-or-twin.sh" flake check -L --keep-going > "$tmp/out" 2>&1 || rc=$?
+calls=$(paste -sd';' "$tmp/twin-calls" 2>/dev/null || true)
+if [ "$rc" = 0 ] && [ "$calls" = "lint.sh --no-eval-cargo --no-selftest;cargo fmt --check" ] && grep -q '^NIX TWIN: ran .* instead of nix flake check' "$tmp/out"; then
+  ok "nix-or-twin: nix flake check -> lint.sh without compiling checks or self-test, then cargo fmt --check"
+else
+  fail "nix-or-twin: nix flake check: exit $rc, calls '$calls'"
+fi
+
+# Under pipefail, a pipeline whose last command stops reading early (grep -q, head) fails whenever the
+# writer is still writing: it dies of SIGPIPE (141). That made a passing e2e row (P4: act's log | grep -q)
+# fail at random, and an assignment x=$(cmd | head -n1) would end a `set -e` script. The delivery scripts
+# read whole streams instead (grep ... >/dev/null, sed -n 1p). The demonstration first, then the scan.
+quiet=q # spelt apart, so that the scan below does not find the demonstration itself
+rc=0
+bash -c "set -o pipefail; seq 1 200000 | grep -$quiet '^1\$'" || rc=$?
+rc_whole=0
+bash -c "set -o pipefail; seq 1 200000 | grep '^1\$' >/dev/null" || rc_whole=$?
+early=$(cd "$here/../.." && grep -nE '(^|[^|])\|[[:space:]]*(grep[[:space:]]+-[a-zA-Z]*q|head([[:space:]]|$))' \
+  nix/e2e/*.sh nix/deploy/*.sh .ci/run | grep -vE '^[^:]+:[0-9]+:[[:space:]]*#' || true)
+if [ "$rc" = 141 ] && [ "$rc_whole" = 0 ] && [ -z "$early" ]; then
+  ok "no pipeline in nix/e2e, nix/deploy, .ci/run ends in grep -q or head (SIGPIPE under pipefail: exit 141)"
+else
+  fail "pipelines ending early (demo: grep -q exit $rc, whole read exit $rc_whole): $(printf '%s' "$early" | paste -sd';' - | cut -c1-300)"
+fi
+
+# platform.sh --acme-ca-certificates takes only a PEM certificate file (checked before Docker is asked).
+printf 'not a certificate\n' > "$tmp/not-a-cert"
+rc=0
+env -i PATH="$PATH" HOME="$tmp" DOMAIN=example.test ACME_EMAIL=a@example.test DASHBOARD_SOURCE_RANGE=192.0.2.1/32 \
+  "$deploy_dir/platform.sh" --acme-ca-certificates "$tmp/not-a-cert" > "$tmp/out" 2>&1 || rc=$?
+if [ "$rc" = 1 ] && grep -q 'holds no PEM certificate' "$tmp/out"; then
+  ok "platform.sh --acme-ca-certificates refuses a file without a PEM certificate"
+else
+  fail "platform.sh --acme-ca-certificates with a non-PEM file: exit $rc"
 fi
 
 printf 'script-tests: %d passed, %d failed\n' "$passed" "$failed"

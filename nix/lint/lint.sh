@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [-h|--help]
+Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [--no-selftest] [-h|--help]
 
 Runs, printing each check's name and result (exit status non-zero if any check fails):
   nix-parse        nix-instantiate --parse on every .nix file
@@ -28,6 +28,8 @@ Runs, printing each check's name and result (exit status non-zero if any check f
 
 --no-eval-cargo passes --no-cargo to the flake evaluation: clippy, the build and the hermetic tests
 on the flake's source set are then NOT run (printed as such); for quick runs, not for CI.
+--no-selftest skips flake-eval-selftest (it tests this tool, not the flake; printed as such). The
+end-to-end test's twin of `nix flake check` uses both options (nix/deploy/nix-or-twin.sh).
 
 Missing tools are installed unless --no-install: ShellCheck, actionlint and cargo-audit at the
 versions of nix/lint/tools.json with pip into $LINT_TOOLS (default target/lint-tools, per
@@ -39,11 +41,13 @@ EOF
 }
 
 install=1
+selftest=1
 eval_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-install) install=0; shift ;;
     --no-eval-cargo) eval_args+=(--no-cargo); shift ;;
+    --no-selftest) selftest=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -308,7 +312,11 @@ else
   note "stack-config    skipped (no stack file)"
 fi
 run flake-eval check_flake_eval
-run flake-eval-selftest check_flake_eval_selftest
+if [[ "$selftest" == 1 ]]; then
+  run flake-eval-selftest check_flake_eval_selftest
+else
+  note "flake-eval-selftest NOT RUN (--no-selftest)"
+fi
 
 if [[ "$failed" -gt 0 ]]; then
   printf 'lint: failed checks: %s\n' "${failures[*]}"
