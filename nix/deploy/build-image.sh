@@ -120,9 +120,37 @@ if [[ -z "$revision" ]]; then
   fi
 fi
 
+# ring (the cryptography under rustls, for TLS to PostgreSQL) compiles C and assembly for the
+# target: for a musl target that needs a compiler that targets musl. cc-rs looks for
+# x86_64-linux-musl-gcc; Debian's musl-tools provides musl-gcc instead (installed when missing,
+# as root). An explicit CC_<target> from the caller wins.
+ensure_c_compiler() {
+  [[ "$target" == *-linux-musl ]] || return 0
+  local var="CC_${target//-/_}"
+  if [[ -n "${!var:-}" ]]; then
+    log "C compiler for $target: ${!var} (from $var)"
+    return 0
+  fi
+  if command -v "${target%%-*}-linux-musl-gcc" >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v musl-gcc >/dev/null 2>&1; then
+    if [[ "$(id -u)" != 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+      die "no C compiler for $target (ring needs one): install musl-tools (musl-gcc) or set $var"
+    fi
+    log "installing musl-tools (musl-gcc) for ring's C code"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null; } \
+      || die "apt-get install musl-tools failed"
+  fi
+  export "$var=musl-gcc"
+  log "C compiler for $target: musl-gcc"
+}
+
 # 2. The binary.
 if [[ -z "$binary" ]]; then
   ensure_rust_target
+  ensure_c_compiler
   # A --revision that is not a commit (a label of the caller's) stays a label: the binary then
   # carries what git says.
   build_env=()
