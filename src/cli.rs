@@ -179,6 +179,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Held to the end of `serve`: dropping it flushes the last log lines.
     let _log = telemetry::init_logging(&args.log.log_level, args.log.log_format)?;
+    // Before the store opens, so what it records at start-up is exported.
+    let metrics = telemetry::install_metrics()?;
     let started = std::time::Instant::now();
     let policy = ShutdownPolicy {
         drain: seconds("--drain-seconds", args.drain_seconds)?,
@@ -223,7 +225,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let bootstrap = !args.no_bootstrap_token && static_tokens.is_empty();
-    let state = AppState::new(store.clone(), config, static_tokens);
+    let state = AppState::new(store.clone(), config, static_tokens, metrics);
     let lifecycle = state.lifecycle.clone();
     #[cfg(unix)]
     let control = start_control_socket(&args, &store);

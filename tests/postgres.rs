@@ -718,7 +718,12 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
         rate_limit: None,
         ..ApiConfig::default()
     };
-    let state = AppState::new(store.clone(), config, StaticTokens::default());
+    let state = AppState::new(
+        store.clone(),
+        config,
+        StaticTokens::default(),
+        roundtrip::metrics(),
+    );
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -81,7 +81,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: ApiConfig, static_tokens: StaticTokens) -> Self {
+    /// `metrics` renders `/metrics`: the handle of the recorder the process
+    /// installed ([`crate::telemetry::install_metrics`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ApiConfig,
+        static_tokens: StaticTokens,
+        metrics: PrometheusHandle,
+    ) -> Self {
         let limiter = config.rate_limit.map(|rps| Arc::new(RateLimiter::new(rps)));
         let auth_failures = config
             .auth_failure_limit
@@ -91,7 +98,7 @@ impl AppState {
             lifecycle: Lifecycle::new(),
             config: Arc::new(config),
             static_tokens: Arc::new(static_tokens),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             limiter,
             auth_failures,
         }

@@ -31,6 +31,16 @@ pub fn p(name: &str) -> devops_api::domain::PrincipalName {
     devops_api::domain::PrincipalName::parse(name).expect("a principal name")
 }
 
+/// The recorder of this test binary, installed on first use: metrics are
+/// process-wide, so every test app renders the same one.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| devops_api::telemetry::install_metrics().expect("install the recorder"))
+        .clone()
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(ApiConfig::default()).await
 }
@@ -46,7 +56,7 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
         .await
         .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");
-    let state = AppState::new(store.clone(), config, tokens);
+    let state = AppState::new(store.clone(), config, tokens, metrics());
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -45,6 +45,16 @@ pub struct Served {
 
 pub const OWNERS: [&str; 2] = ["alice", "bob"];
 
+/// The recorder of this test binary, installed on first use: metrics are
+/// process-wide, so every app and every store in the binary share it.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| devops_api::telemetry::install_metrics().expect("install the recorder"))
+        .clone()
+}
+
 pub async fn serve(store: Arc<dyn Store>) -> Served {
     let tokens = [auth::generate_token(), auth::generate_token()];
     let file = format!("alice:{}\nbob:{}\n", tokens[0], tokens[1]);
@@ -52,7 +62,12 @@ pub async fn serve(store: Arc<dyn Store>) -> Served {
         rate_limit: None,
         ..ApiConfig::default()
     };
-    let state = AppState::new(store, config, StaticTokens::parse(&file).unwrap());
+    let state = AppState::new(
+        store,
+        config,
+        StaticTokens::parse(&file).unwrap(),
+        metrics(),
+    );
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
