@@ -5,6 +5,7 @@ mod client_addr;
 mod docs;
 mod error;
 mod extract;
+mod guard;
 mod middleware;
 pub mod openapi;
 mod ops;
@@ -110,7 +111,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(state.config.metrics_on_main))
         .merge(openapi::routes())
-        .merge(tasks::routes())
+        .merge(tasks::routes(&state))
         .merge(docs::routes(state.config.docs, state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);
