@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use devops_api::app::{Application, Settings};
 use devops_api::auth::{self, StaticTokens};
-use devops_api::http::{ApiConfig, AppState, app};
-use devops_api::lifecycle::{Lifecycle, ShutdownPolicy};
+use devops_api::http::ApiConfig;
+use devops_api::lifecycle::Lifecycle;
 use devops_api::storage::{RedbConfig, RedbStore, Store};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -56,22 +57,15 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
         .await
         .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");
-    let state = AppState::new(store.clone(), config, tokens, metrics());
-    let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let application = Application::build(Settings::local(config, tokens, metrics()), store.clone())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().unwrap();
+        .expect("build the app");
+    let addr = application.addr();
+    let lifecycle = application.state().lifecycle.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(devops_api::server::serve(
-        listener,
-        app(state),
-        async {
-            let _ = stopped.await;
-        },
-        lifecycle.clone(),
-        ShutdownPolicy::default(),
-    ));
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
     TestApp {
         addr,
         client: Client::builder()
