@@ -10,13 +10,14 @@ use anyhow::Context;
 use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 
+use crate::app::{Application, Settings};
 use crate::auth::{self, StaticTokens};
 use crate::config::{
     Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
     TokenArgs,
 };
 use crate::domain::PrincipalName;
-use crate::http::{self, ApiConfig, AppState, TrustedProxies};
+use crate::http::{self, ApiConfig, TrustedProxies};
 use crate::lifecycle::{self, Lifecycle, ShutdownPolicy};
 use crate::server::ConnLimits;
 use crate::storage::{PostgresConfig, PostgresStore, RedbConfig, RedbStore, StorageError, Store};
@@ -110,6 +111,29 @@ pub enum Create {
     Refused,
 }
 
+/// The storage backend, chosen once from the flags: PostgreSQL when a
+/// database URL is configured (flag, variable or file), else the redb file.
+enum Backend {
+    Postgres(PostgresConfig),
+    Redb(RedbConfig),
+}
+
+impl Backend {
+    fn from_args(storage: &StorageArgs, group_commit: bool) -> anyhow::Result<Self> {
+        if let Some(config) = postgres_config(&storage.database)? {
+            return Ok(Self::Postgres(config));
+        }
+        let mut cfg = RedbConfig::new(&storage.data_dir);
+        cfg.sharing = storage.db_sharing;
+        cfg.group_commit = group_commit;
+        Ok(Self::Redb(cfg))
+    }
+
+    fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+}
+
 /// Opens the configured store: PostgreSQL when a database URL is configured
 /// (migrating it first), else the redb file. Used by `serve` and the storage subcommands.
 pub async fn open_store(
@@ -117,13 +141,23 @@ pub async fn open_store(
     group_commit: bool,
     create: Create,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    if let Some(config) = postgres_config(&storage.database)? {
-        let store = PostgresStore::connect(&config)
-            .await
-            .context("cannot open the PostgreSQL database")?;
-        return Ok(Arc::new(store));
-    }
-    let mut cfg = RedbConfig::new(&storage.data_dir);
+    open_backend(&Backend::from_args(storage, group_commit)?, storage, create).await
+}
+
+async fn open_backend(
+    backend: &Backend,
+    storage: &StorageArgs,
+    create: Create,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let cfg = match backend {
+        Backend::Postgres(config) => {
+            let store = PostgresStore::connect(config)
+                .await
+                .context("cannot open the PostgreSQL database")?;
+            return Ok(Arc::new(store));
+        }
+        Backend::Redb(cfg) => cfg,
+    };
     if create == Create::Refused && !cfg.db_path().exists() {
         anyhow::bail!(
             "no database at {} (--data-dir / DATA_DIR is {}): check the path; \
@@ -132,9 +166,7 @@ pub async fn open_store(
             storage.data_dir.display()
         );
     }
-    cfg.sharing = storage.db_sharing;
-    cfg.group_commit = group_commit;
-    let store = RedbStore::open(&cfg).map_err(|e| match e {
+    let store = RedbStore::open(cfg).map_err(|e| match e {
         StorageError::Locked { .. } => anyhow::anyhow!(
             "{e}: stop the other process, or run every process on this file with --db-sharing multi-writer"
         ),
@@ -179,6 +211,8 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Held to the end of `serve`: dropping it flushes the last log lines.
     let _log = telemetry::init_logging(&args.log.log_level, args.log.log_format)?;
+    // Before the store opens, so what it records at start-up is exported.
+    let metrics = telemetry::install_metrics()?;
     let started = std::time::Instant::now();
     let policy = ShutdownPolicy {
         drain: seconds("--drain-seconds", args.drain_seconds)?,
@@ -206,10 +240,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         trusted_proxies,
         docs: args.docs,
     };
-    let limits = conn_limits(&args)?;
+    let backend = Backend::from_args(&args.storage, args.group_commit)?;
+    let limits = conn_limits(&args, &backend)?;
 
     // Storage first: the listener is bound only once requests can be served.
-    let store = open_store(&args.storage, args.group_commit, Create::Allowed).await?;
+    let store = open_backend(&backend, &args.storage, Create::Allowed).await?;
     let stored = store.list_tokens().await?;
     static_tokens
         .check_disjoint(stored.iter().map(|t| t.name.as_str()))
@@ -223,14 +258,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         })?;
     let bootstrap = !args.no_bootstrap_token && static_tokens.is_empty();
-    let state = AppState::new(store.clone(), config, static_tokens);
-    let lifecycle = state.lifecycle.clone();
     #[cfg(unix)]
-    let control = start_control_socket(&args, &store);
-
-    let listener = TcpListener::bind(args.listen)
+    let control = start_control_socket(&args, &backend, &store);
+    let settings = Settings {
+        api: config,
+        static_tokens,
+        metrics,
+        listen: args.listen,
+        limits,
+        policy,
+    };
+    let application = Application::build(settings, store.clone())
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let state = application.state().clone();
     if let Some(addr) = args.metrics_listen {
         let metrics_listener = TcpListener::bind(addr)
             .await
@@ -260,18 +301,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Only once both listeners are bound: a start that fails (port taken) must
     // not consume the one-time display of a token nobody will see working.
     if bootstrap {
-        bootstrap_token(store.as_ref(), &args.storage).await?;
+        bootstrap_token(store.as_ref(), &backend, &args.storage).await?;
     }
     // Before announcing readiness: from here on SIGTERM drains instead of killing.
     let stop = lifecycle::stop_signal();
-    let addr = listener.local_addr()?;
+    let addr = application.addr();
     tracing::info!(
         %addr,
         version = crate::build_info::VERSION,
         revision = crate::build_info::REVISION,
         metrics = %args.metrics_listen.map_or_else(|| "on the main listener".to_owned(), |a| a.to_string()),
-        postgres = args.storage.database.database_url.is_some() || args.storage.database.database_url_file.is_some(),
-        data_file = %RedbConfig::new(&args.storage.data_dir).db_path().display(),
+        postgres = backend.is_postgres(),
+        data_file = %match &backend {
+            Backend::Redb(cfg) => cfg.db_path().display().to_string(),
+            Backend::Postgres(_) => "none (PostgreSQL)".to_owned(),
+        },
         db_sharing = ?args.storage.db_sharing,
         max_connections = limits.max_connections,
         header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
@@ -279,8 +323,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         startup_ms = started.elapsed().as_secs_f64() * 1000.0,
         "ready"
     );
-    let app = http::app(state);
-    server::serve_with(listener, app, stop, lifecycle, policy, limits).await?;
+    application.run_until(stop).await?;
     #[cfg(unix)]
     if let Some(control) = control {
         // The aborted task removes the socket file if this process owns it.
@@ -297,11 +340,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 #[cfg(unix)]
 fn start_control_socket(
     args: &ServeArgs,
+    backend: &Backend,
     store: &Arc<dyn Store>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let postgres = args.storage.database.database_url.is_some()
-        || args.storage.database.database_url_file.is_some();
-    (!postgres).then(|| crate::backup::online::start(args.storage.data_dir.clone(), store.clone()))
+    (!backend.is_postgres())
+        .then(|| crate::backup::online::start(args.storage.data_dir.clone(), store.clone()))
 }
 
 /// Connections the metrics listener may hold (scrapers are few).
@@ -309,7 +352,7 @@ const METRICS_CONNECTIONS: usize = 16;
 
 /// The connection limits from the flags, the cap checked against the
 /// process's open-file limit and what else needs descriptors.
-fn conn_limits(args: &ServeArgs) -> anyhow::Result<ConnLimits> {
+fn conn_limits(args: &ServeArgs, backend: &Backend) -> anyhow::Result<ConnLimits> {
     let positive = |name: &str, v: f64| {
         let d = seconds(name, v)?;
         anyhow::ensure!(!d.is_zero(), "{name} must be more than 0 seconds");
@@ -317,12 +360,9 @@ fn conn_limits(args: &ServeArgs) -> anyhow::Result<ConnLimits> {
     };
     let header_read_timeout = positive("--header-read-timeout", args.header_read_timeout)?;
     let idle_timeout = positive("--idle-timeout", args.idle_timeout)?;
-    let postgres = args.storage.database.database_url.is_some()
-        || args.storage.database.database_url_file.is_some();
-    let extra = if postgres {
-        args.storage.database.database_pool_size as u64
-    } else {
-        0
+    let extra = match backend {
+        Backend::Postgres(config) => config.pool_size as u64,
+        Backend::Redb(_) => 0,
     } + if args.metrics_listen.is_some() {
         METRICS_CONNECTIONS as u64
     } else {
@@ -351,12 +391,14 @@ fn conn_limits(args: &ServeArgs) -> anyhow::Result<ConnLimits> {
 /// once on standard output (never in the log), so one command gives a user a
 /// working credential. Called once the listeners are bound. When tokens
 /// exist, says on standard output how to get one, since none is printed.
-async fn bootstrap_token(store: &dyn Store, storage: &StorageArgs) -> anyhow::Result<()> {
+async fn bootstrap_token(
+    store: &dyn Store,
+    backend: &Backend,
+    storage: &StorageArgs,
+) -> anyhow::Result<()> {
     let existing = store.list_tokens().await?;
     if !existing.is_empty() {
-        let target = if storage.database.database_url.is_some()
-            || storage.database.database_url_file.is_some()
-        {
+        let target = if backend.is_postgres() {
             "--database-url ...".to_owned()
         } else {
             format!("--data-dir {}", storage.data_dir.display())

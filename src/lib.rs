@@ -29,10 +29,13 @@
 //! - [`backup`]: the backup file format (its own versioned type), backup/restore
 //!   with verification, and online backups through the control socket
 //!   (`backup::online`).
+//! - [`app`]: the application builder ([`app::Application::build`]) that
+//!   `serve` and the HTTP tests share: state, router, bound listener, limits.
 //! - [`config`], [`cli`]: the command line (the only user of clap) and the
 //!   subcommands; `main.rs` hands over to [`cli::run`]; [`build_info`]: the
 //!   version and source revision built into the binary.
 
+pub mod app;
 pub mod auth;
 pub mod backup;
 pub mod build_info;

@@ -1,7 +1,5 @@
 //! Logging and metrics set-up, built from parts so tests can leave logging off.
 
-use std::sync::OnceLock;
-
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::io::IsTerminal;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
@@ -88,46 +86,43 @@ where
     }
 }
 
-/// The process-wide Prometheus recorder, installed on first use.
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            const LATENCY: &[f64] = &[
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ];
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)
-                .expect("bucket list is not empty")
-                .set_buckets_for_metric(
-                    Matcher::Full("store_commit_batch_size".into()),
-                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
-                )
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .expect("no other metrics recorder is installed");
-            crate::metrics_catalog::describe();
-            crate::metrics_catalog::register_zeroes();
-            metrics::gauge!(
-                "build_info",
-                "version" => crate::build_info::VERSION,
-                "git_commit" => crate::build_info::commit(),
-                "dirty" => if crate::build_info::dirty() { "true" } else { "false" },
-            )
-            .set(1.0);
-            // Histograms buffer every sample until upkeep folds them into their
-            // buckets; without it memory grows with traffic between scrapes.
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(std::time::Duration::from_secs(5));
-                        upkeep.run_upkeep();
-                    }
-                })
-                .expect("the metrics upkeep thread starts");
-            handle
-        })
-        .clone()
+/// Installs the process-wide Prometheus recorder and returns its handle:
+/// describes every metric of [`crate::metrics_catalog`] (so each is exported
+/// with its HELP line), registers the zero series, sets `build_info`, and
+/// starts the upkeep thread. The binary calls it once at start-up; tests that
+/// read metrics install it once per test binary. Fails when a recorder is
+/// already installed.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    const LATENCY: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY)?
+        .set_buckets_for_metric(
+            Matcher::Full("store_commit_batch_size".into()),
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+        )?
+        .install_recorder()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
+    crate::metrics_catalog::describe();
+    crate::metrics_catalog::register_zeroes();
+    metrics::gauge!(
+        "build_info",
+        "version" => crate::build_info::VERSION,
+        "git_commit" => crate::build_info::commit(),
+        "dirty" => if crate::build_info::dirty() { "true" } else { "false" },
+    )
+    .set(1.0);
+    // Histograms buffer every sample until upkeep folds them into their
+    // buckets; without it memory grows with traffic between scrapes.
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })?;
+    Ok(handle)
 }

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use contract::{Fixture, p};
+use devops_api::app::{Application, Settings};
 use devops_api::auth::{self, StaticTokens};
 use devops_api::domain::{ListQuery, Order, Precondition, Priority, Status};
-use devops_api::http::{ApiConfig, AppState, app};
-use devops_api::lifecycle::ShutdownPolicy;
+use devops_api::http::ApiConfig;
 use devops_api::storage::postgres::{self, MIGRATIONS, SCHEMA_VERSION};
 use devops_api::storage::{ManualClock, PostgresConfig, PostgresStore, StorageError, Store};
 use serde_json::json;
@@ -718,20 +718,13 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
         rate_limit: None,
         ..ApiConfig::default()
     };
-    let state = AppState::new(store.clone(), config, StaticTokens::default());
-    let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let settings = Settings::local(config, StaticTokens::default(), roundtrip::metrics());
+    let application = Application::build(settings, store.clone()).await.unwrap();
+    let base = format!("http://{}", application.addr());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(devops_api::server::serve(
-        listener,
-        app(state),
-        async {
-            let _ = stop_rx.await;
-        },
-        lifecycle,
-        ShutdownPolicy::default(),
-    ));
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stop_rx.await;
+    }));
     let client = reqwest::Client::new();
 
     // Steady load: creates and readiness checks, bounded in time.

@@ -129,7 +129,7 @@ fn raw_task_key(owner: &str, id: devops_api::domain::TaskId) -> Vec<u8> {
 
 /// `store_corrupt_records_total` summed over kinds, from the process's recorder.
 fn corrupt_count() -> f64 {
-    devops_api::telemetry::metrics_handle()
+    roundtrip::metrics()
         .render()
         .lines()
         .filter(|l| l.starts_with("store_corrupt_records_total"))

@@ -9,7 +9,7 @@
 //! browser test rather than in production.
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -17,7 +17,6 @@ use axum::routing::get;
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use super::AppState;
-use super::extract::Principal;
 
 /// Who may open `/docs` (setting `--docs`, `DOCS`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +56,7 @@ pub fn routes(access: DocsAccess, state: AppState) -> Router<AppState> {
     let ui: Router<AppState> = SwaggerUi::new(DOCS_PATH).config(config).into();
     let ui = ui.layer(axum::middleware::from_fn(docs_headers));
     let ui = match access {
-        DocsAccess::Token => ui.layer(axum::middleware::from_fn_with_state(state, require_token)),
+        DocsAccess::Token => super::guard::guard_router(ui, &state),
         _ => ui,
     };
     index.merge(ui)
@@ -79,15 +78,6 @@ async fn docs_headers(req: Request, next: Next) -> Response {
         );
     }
     resp
-}
-
-async fn require_token(
-    State(_): State<AppState>,
-    _principal: Principal,
-    req: Request,
-    next: Next,
-) -> Response {
-    next.run(req).await
 }
 
 async fn index(access: DocsAccess) -> impl IntoResponse {

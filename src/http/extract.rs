@@ -8,58 +8,34 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
-use super::client_addr::ClientAddr;
 use super::{ApiError, AppState};
 use crate::auth;
 use crate::domain::{FieldError, Precondition, PrincipalName, TaskId};
 
-/// The authenticated principal of a `/v1` request.
-///
-/// Requests from a client address that has spent its budget of failed
-/// authentications are refused with 429 before the token is looked at (see
-/// [`crate::ratelimit::AuthFailureLimiter`]); every 401 spends from it.
+/// The authenticated principal of a `/v1` request, set by the
+/// [`super::guard::authenticate`] layer; a route without that layer has no
+/// principal and answers 401.
 #[derive(Debug, Clone)]
 pub struct Principal(pub PrincipalName);
 
-impl FromRequestParts<AppState> for Principal {
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let client = parts
-            .extensions
-            .get::<ClientAddr>()
-            .copied()
-            .unwrap_or_default();
-        if let Some(failures) = &state.auth_failures {
-            failures
-                .check(client.0)
-                .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-        }
-        let name = match authenticate(parts, state).await {
-            Err(ApiError::Unauthorized) => {
-                if let Some(failures) = &state.auth_failures {
-                    failures.record_failure(client.0);
-                }
-                return Err(ApiError::Unauthorized);
-            }
-            other => other?,
-        };
-        // The request span (see `middleware::observe`) names the principal
-        // on every later line of this request.
-        tracing::Span::current().record("principal", name.as_str());
-        if let Some(limiter) = &state.limiter {
-            limiter
-                .check(&name)
-                .map_err(|retry_after_secs| ApiError::RateLimited { retry_after_secs })?;
-        }
-        Ok(Principal(name))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| {
+            tracing::error!("a handler reads the principal on a route without authentication");
+            ApiError::Unauthorized
+        })
     }
 }
 
 /// The principal behind the request's bearer token: from the tokens file, else
 /// from the store. A stored token for a name the tokens file defines is not
 /// honoured (start-up refuses such a store; this covers one created later).
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<PrincipalName, ApiError> {
+pub(super) async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+) -> Result<PrincipalName, ApiError> {
     let token = parts
         .headers
         .get(header::AUTHORIZATION)

@@ -5,6 +5,7 @@ mod client_addr;
 mod docs;
 mod error;
 mod extract;
+mod guard;
 mod middleware;
 pub mod openapi;
 mod ops;
@@ -81,7 +82,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(store: Arc<dyn Store>, config: ApiConfig, static_tokens: StaticTokens) -> Self {
+    /// `metrics` renders `/metrics`: the handle of the recorder the process
+    /// installed ([`crate::telemetry::install_metrics`]).
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: ApiConfig,
+        static_tokens: StaticTokens,
+        metrics: PrometheusHandle,
+    ) -> Self {
         let limiter = config.rate_limit.map(|rps| Arc::new(RateLimiter::new(rps)));
         let auth_failures = config
             .auth_failure_limit
@@ -91,7 +99,7 @@ impl AppState {
             lifecycle: Lifecycle::new(),
             config: Arc::new(config),
             static_tokens: Arc::new(static_tokens),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
             limiter,
             auth_failures,
         }
@@ -103,7 +111,7 @@ pub fn app(state: AppState) -> Router {
     let mut router = Router::new()
         .merge(ops::routes(state.config.metrics_on_main))
         .merge(openapi::routes())
-        .merge(tasks::routes())
+        .merge(tasks::routes(&state))
         .merge(docs::routes(state.config.docs, state.clone()))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed);

@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use devops_api::app::{Application, Settings};
 use devops_api::auth::{self, StaticTokens};
-use devops_api::http::{ApiConfig, AppState, app};
-use devops_api::lifecycle::{Lifecycle, ShutdownPolicy};
+use devops_api::http::ApiConfig;
+use devops_api::lifecycle::Lifecycle;
 use devops_api::storage::{RedbConfig, RedbStore, Store};
 use reqwest::{Client, Method, RequestBuilder, Response};
 use serde_json::Value;
@@ -31,6 +32,16 @@ pub fn p(name: &str) -> devops_api::domain::PrincipalName {
     devops_api::domain::PrincipalName::parse(name).expect("a principal name")
 }
 
+/// The recorder of this test binary, installed on first use: metrics are
+/// process-wide, so every test app renders the same one.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| devops_api::telemetry::install_metrics().expect("install the recorder"))
+        .clone()
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(ApiConfig::default()).await
 }
@@ -46,22 +57,15 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
         .await
         .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");
-    let state = AppState::new(store.clone(), config, tokens);
-    let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let application = Application::build(Settings::local(config, tokens, metrics()), store.clone())
         .await
-        .expect("bind");
-    let addr = listener.local_addr().unwrap();
+        .expect("build the app");
+    let addr = application.addr();
+    let lifecycle = application.state().lifecycle.clone();
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(devops_api::server::serve(
-        listener,
-        app(state),
-        async {
-            let _ = stopped.await;
-        },
-        lifecycle.clone(),
-        ShutdownPolicy::default(),
-    ));
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
     TestApp {
         addr,
         client: Client::builder()

@@ -15,11 +15,11 @@ use std::any::Any;
 use std::future::Future;
 use std::sync::Arc;
 
+use devops_api::app::{Application, Settings};
 use devops_api::auth::{self, StaticTokens};
 use devops_api::domain::text::{description_refusal, is_white_space, label_refusal};
 use devops_api::domain::{self, DueAt, rfc3339};
-use devops_api::http::{ApiConfig, AppState, app};
-use devops_api::lifecycle::ShutdownPolicy;
+use devops_api::http::ApiConfig;
 use devops_api::storage::{Record, Store};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -45,6 +45,16 @@ pub struct Served {
 
 pub const OWNERS: [&str; 2] = ["alice", "bob"];
 
+/// The recorder of this test binary, installed on first use: metrics are
+/// process-wide, so every app and every store in the binary share it.
+pub fn metrics() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| devops_api::telemetry::install_metrics().expect("install the recorder"))
+        .clone()
+}
+
 pub async fn serve(store: Arc<dyn Store>) -> Served {
     let tokens = [auth::generate_token(), auth::generate_token()];
     let file = format!("alice:{}\nbob:{}\n", tokens[0], tokens[1]);
@@ -52,20 +62,13 @@ pub async fn serve(store: Arc<dyn Store>) -> Served {
         rate_limit: None,
         ..ApiConfig::default()
     };
-    let state = AppState::new(store, config, StaticTokens::parse(&file).unwrap());
-    let lifecycle = state.lifecycle.clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let settings = Settings::local(config, StaticTokens::parse(&file).unwrap(), metrics());
+    let application = Application::build(settings, store).await.unwrap();
+    let base = format!("http://{}", application.addr());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(devops_api::server::serve(
-        listener,
-        app(state),
-        async {
-            let _ = stopped.await;
-        },
-        lifecycle,
-        ShutdownPolicy::default(),
-    ));
+    let server = tokio::spawn(application.run_until(async {
+        let _ = stopped.await;
+    }));
     Served {
         base,
         client: reqwest::Client::new(),

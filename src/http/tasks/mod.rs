@@ -25,6 +25,7 @@ pub use self::types::{TaskBody, TaskInput, TaskPage, TaskPatch};
 use super::ApiError;
 use super::AppState;
 use super::extract::{Principal, TaskIdPath, if_match, if_none_match};
+use super::guard::guard;
 use crate::domain::{self, FieldError, PrincipalName, Task, TaskChange, TaskId};
 use crate::storage::{Created, Idempotency, NewTask};
 
@@ -40,15 +41,20 @@ const TASK_ID: &str = "Task id (UUIDv7)";
 /// The longest `Idempotency-Key`, in bytes.
 pub const IDEMPOTENCY_KEY_MAX: usize = 255;
 
-pub fn routes() -> Router<AppState> {
+/// The task routes, each behind authentication and the rate limit
+/// ([`guard`]).
+pub fn routes(state: &AppState) -> Router<AppState> {
     Router::new()
-        .route("/v1/tasks", get(list_tasks).post(create_task))
+        .route("/v1/tasks", guard(get(list_tasks).post(create_task), state))
         .route(
             "/v1/tasks/{id}",
-            get(get_task)
-                .put(replace_task)
-                .patch(patch_task)
-                .delete(delete_task),
+            guard(
+                get(get_task)
+                    .put(replace_task)
+                    .patch(patch_task)
+                    .delete(delete_task),
+                state,
+            ),
         )
 }
 
