@@ -365,27 +365,14 @@ pub async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PrincipalName, StoredTask};
+    use crate::domain::PrincipalName;
 
     const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/backup_v1.jsonl");
 
     fn golden_records() -> Vec<Record> {
         let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
         let alice = PrincipalName::parse("alice").unwrap();
-        let task = StoredTask {
-            id: "0190a5f0-0000-7000-8000-000000000001".parse().unwrap(),
-            title: "Ship the release".into(),
-            description: Some("Line one\nline two".into()),
-            status: "in_progress".into(),
-            priority: "high".into(),
-            due_at: Some(at("2026-03-01T12:00:00Z")),
-            tags: vec!["ops".into(), "release".into()],
-            created_at: at("2026-01-02T03:04:05.123456Z"),
-            updated_at: at("2026-01-02T04:05:06.654321Z"),
-            version: 3,
-        }
-        .into_task()
-        .unwrap();
+        let task = crate::storage::codec::golden_task();
         vec![
             Record::Token {
                 name: alice.clone(),

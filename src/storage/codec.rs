@@ -199,6 +199,27 @@ pub struct TokenRecordV1<'a> {
     pub created_at: DateTime<Utc>,
 }
 
+/// The task every golden file of version 1 holds (the record files here and
+/// the backup file in `crate::backup`).
+#[cfg(test)]
+pub(crate) fn golden_task() -> Task {
+    let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+    StoredTask {
+        id: "0190a5f0-0000-7000-8000-000000000001".parse().unwrap(),
+        title: "Ship the release".into(),
+        description: Some("Line one\nline two".into()),
+        status: "in_progress".into(),
+        priority: "high".into(),
+        due_at: Some(at("2026-03-01T12:00:00Z")),
+        tags: vec!["ops".into(), "release".into()],
+        created_at: at("2026-01-02T03:04:05.123456Z"),
+        updated_at: at("2026-01-02T04:05:06.654321Z"),
+        version: 3,
+    }
+    .into_task()
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,25 +328,6 @@ mod tests {
             decode_task("k", task.id, &other),
             Err(StorageError::Corrupt { .. })
         ));
-    }
-
-    /// The task every golden file of version 1 holds.
-    fn golden_task() -> Task {
-        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
-        StoredTask {
-            id: "0190a5f0-0000-7000-8000-000000000001".parse().unwrap(),
-            title: "Ship the release".into(),
-            description: Some("Line one\nline two".into()),
-            status: "in_progress".into(),
-            priority: "high".into(),
-            due_at: Some(at("2026-03-01T12:00:00Z")),
-            tags: vec!["ops".into(), "release".into()],
-            created_at: at("2026-01-02T03:04:05.123456Z"),
-            updated_at: at("2026-01-02T04:05:06.654321Z"),
-            version: 3,
-        }
-        .into_task()
-        .unwrap()
     }
 
     const GOLDEN_TASK: &[u8] = include_bytes!("../../tests/golden/redb_task_v1.bin");
