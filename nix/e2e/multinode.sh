@@ -506,7 +506,7 @@ record "M5 PostgreSQL restart" "$v" m5 "$pg_dur" "failed $fails, of them 503+Ret
 
 # --- M6: backup of the live database -----------------------------------------------------------------------------
 log "M6: pg_dump -Fc of the live database, pg_restore into a new database, counts compared"
-pg_cid=$(in_node db docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_postgres" | head -n 1)
+pg_cid=$(in_node db docker ps -q --filter "label=com.docker.swarm.service.name=${PSTACK}_postgres" | sed -n 1p)
 pg() { in_node db docker exec "$pg_cid" "$@"; }
 t=$SECONDS
 m6=()
@@ -529,7 +529,7 @@ record "M6 pg_dump + restore" "$v" - "$DUR" "dump $((size / 1024)) KiB, $live ta
 timeout 120 docker service logs --timestamps --no-trunc "${STACK}_api" 2> "$W/api-service-logs.err" \
   | grep -E '"level":"(WARN|ERROR)"' > "$W/api-warnings.log" || true
 note "$(wc -l < "$W/api-warnings.log") warning/error lines of the API in PostgreSQL mode ($W/api-warnings.log); most frequent causes:"
-grep -oE '"cause":"[^"]{0,120}' "$W/api-warnings.log" | sed 's/[0-9a-f-]\{36\}/ID/g' | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/      /' >&2 || true
+grep -oE '"cause":"[^"]{0,120}' "$W/api-warnings.log" | sed 's/[0-9a-f-]\{36\}/ID/g' | sort | uniq -c | sort -rn | sed -n 1,5p | sed 's/^/      /' >&2 || true
 
 # --- R1: the redb mode's limit ------------------------------------------------------------------------------------
 log "R1: redb mode (stack.yml alone): the API stays on the node that holds its volume"
