@@ -512,6 +512,35 @@ async fn pg_statement_timeout_is_set_per_connection() {
     assert!(db_err.message().contains("statement timeout"), "{db_err}");
 }
 
+/// A store comes up with its whole pool open: a replica that has just become
+/// ready serves its first burst without opening connections under load.
+#[tokio::test]
+async fn pg_pool_is_open_before_the_store_is_returned() {
+    let db = TestDb::create().await;
+    let mut cfg = db.config();
+    cfg.pool_size = 6;
+    let store = PostgresStore::connect(&cfg).await.expect("connect");
+    let admin = db.client().await;
+    let count = || async {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'devops-api' AND pid <> pg_backend_pid()",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    assert_eq!(count().await, 6, "pooled connections right after connect");
+    store
+        .list_tasks(&p("warm"), &ListQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(count().await, 6, "a read reuses a pooled connection");
+    store.close().await;
+}
+
 /// `devops-api migrate` with the URL in a Docker-secret file (trailing newline).
 #[tokio::test]
 async fn pg_migrate_subcommand_reads_database_url_file() {

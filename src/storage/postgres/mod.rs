@@ -137,7 +137,7 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects, applies pending migrations and returns a store whose pool
-    /// opens further connections on demand.
+    /// already holds its `pool_size` connections (see [`warm_up`]).
     pub async fn connect(config: &PostgresConfig) -> StoreResult<Self> {
         let pg = config.pg_config()?;
         let tls = config.tls()?;
@@ -161,6 +161,7 @@ impl PostgresStore {
             .recycle_timeout(Some(config.connect_timeout))
             .build()
             .map_err(|e| StorageError::io("cannot build the connection pool", e))?;
+        warm_up(&pool).await;
         let sweeper = tokio::spawn(sweep_idempotency_keys(pool.clone(), config.clock.clone()));
         Ok(Self {
             pool,
@@ -171,6 +172,39 @@ impl PostgresStore {
 
     pub(super) async fn conn(&self) -> StoreResult<deadpool_postgres::Object> {
         Ok(self.pool.get().await?)
+    }
+}
+
+/// Opens every connection of the pool before the store is handed out, so a
+/// replica that has just become ready (scaled up, started by a rolling
+/// update) serves its first burst from open connections instead of opening
+/// them under load, where each open (TCP, TLS, SCRAM) on a busy database can
+/// outlast the pool's wait limit and turn into a 503. A connection that
+/// cannot be opened now is only logged: the first one succeeded, and the
+/// pool opens the missing ones on demand, as it does after a restart of the
+/// server.
+async fn warm_up(pool: &Pool) {
+    let want = pool.status().max_size;
+    // Every checkout is held until all are made: otherwise one connection
+    // would be handed back and reused by the next checkout.
+    let mut checkouts = tokio::task::JoinSet::new();
+    for _ in 0..want {
+        let pool = pool.clone();
+        checkouts.spawn(async move { pool.get().await });
+    }
+    let opened = checkouts.join_all().await;
+    let failed: Vec<String> = opened
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| e.to_string()))
+        .collect();
+    drop(opened);
+    if let Some(cause) = failed.first() {
+        tracing::warn!(
+            opened = want - failed.len(),
+            wanted = want,
+            cause = %cause,
+            "could not open every pooled connection at start; the rest open on demand"
+        );
     }
 }
 
