@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [--no-selftest] [-h|--help]
+Usage: nix/lint/lint.sh [--no-install] [--no-eval-cargo] [--no-eval-tests] [--no-selftest] [-h|--help]
 
 Runs, printing each check's name and result (exit status non-zero if any check fails):
   nix-parse        nix-instantiate --parse on every .nix file
@@ -28,6 +28,10 @@ Runs, printing each check's name and result (exit status non-zero if any check f
 
 --no-eval-cargo passes --no-cargo to the flake evaluation: clippy, the build and the hermetic tests
 on the flake's source set are then NOT run (printed as such); for quick runs, not for CI.
+--no-eval-tests passes --no-cargo-tests: clippy still compiles every target on the flake's source
+set, but the nextest and package checks are not compiled and run (printed as such; the nextest
+check's source set is still checked to hold every file of src/ and tests/). For CI, whose test
+step (nix/test/test.sh) runs the same tests and more on the checkout.
 --no-selftest skips flake-eval-selftest (it tests this tool, not the flake; printed as such). The
 end-to-end test's twin of `nix flake check` uses both options (nix/deploy/nix-or-twin.sh).
 
@@ -47,6 +51,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --no-install) install=0; shift ;;
     --no-eval-cargo) eval_args+=(--no-cargo); shift ;;
+    --no-eval-tests) eval_args+=(--no-cargo-tests); shift ;;
     --no-selftest) selftest=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;

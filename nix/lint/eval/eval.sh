@@ -4,7 +4,8 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: nix/lint/eval/eval.sh [--repo DIR] [--only NAME[,NAME...]] [--no-commands] [-h|--help]
+Usage: nix/lint/eval/eval.sh [--repo DIR] [--only NAME[,NAME...]] [--no-commands] [--no-cargo]
+                            [--no-cargo-tests] [-h|--help]
 
 1. Copies the flake's source as Nix sees it (git-tracked files; every file but .git and target/
    when DIR is not a git checkout).
@@ -24,6 +25,10 @@ Options:
   --only NAMES      run only these checks' commands (names of checks.<system>.*, or `apps`)
   --no-commands     evaluate only
   --no-cargo        skip the crane checks that compile (clippy, package, nextest); says so
+  --no-cargo-tests  skip the compiling and running of nextest and package, keep clippy (which
+                    compiles every target of the same source set); says so. The nextest check's
+                    source set is still checked to hold every file of src/ and tests/ (what the
+                    tests read at run time). For CI, whose test step runs the same tests
 
 Environment (each one is required; a missing one fails the run and says where to get it):
   NIXPKGS_LIB       nixpkgs' lib directory (default: ../shared/nix/nixpkgs-lib/lib beside the
@@ -41,12 +46,14 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 only=""
 commands=1
 cargo=1
+cargo_tests=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --repo) repo="$(cd "$2" && pwd)"; shift 2 ;;
     --only) only=",$2,"; shift 2 ;;
     --no-commands) commands=0; shift ;;
     --no-cargo) cargo=0; shift ;;
+    --no-cargo-tests) cargo_tests=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; exit 2 ;;
   esac
@@ -244,6 +251,10 @@ run_crane() {
       (cd "$dir/src" && CARGO_TARGET_DIR="$EVAL_TARGET_DIR" bash -c "cargo clippy $(arg cargoExtraArgs --locked) $(arg cargoClippyExtraArgs --all-targets)")
       ;;
     crane.buildPackage)
+      if [[ "$cargo_tests" == 0 ]]; then
+        echo "NOT RUN (--no-cargo-tests): clippy compiled every target of this source set"
+        return 0
+      fi
       # The nextest run compiled this source's bin target (integration tests run the binary);
       # a separate `cargo build` would only add a rebuild of dependencies without dev-features.
       if [[ "$(jq -r '.src' <<<"$json")" == "${nextest_src:-}" ]]; then
@@ -254,6 +265,21 @@ run_crane() {
       (cd "$dir/src" && CARGO_TARGET_DIR="$EVAL_TARGET_DIR" bash -c "cargo build $(arg cargoExtraArgs --locked) $(arg cargoBuildExtraArgs "")")
       ;;
     crane.cargoNextest)
+      # Tests read files at run time (golden files, fixtures) that no compiler sees: every file of
+      # the crate's own trees must be in the source set the check gets.
+      local missing
+      missing="$(cd "$src" && find src tests build.rs Cargo.toml Cargo.lock .config/nextest.toml \
+        -type f 2>/dev/null | sort | while IFS= read -r f; do [[ -e "$srcp/$f" ]] || echo "$f"; done)"
+      if [[ -n "$missing" ]]; then
+        echo "the check's source set lacks files of the crate the tests may read:"
+        while IFS= read -r f; do echo "  $f"; done <<<"$missing"
+        return 1
+      fi
+      echo "source set holds all $(cd "$src" && find src tests build.rs Cargo.toml Cargo.lock -type f 2>/dev/null | wc -l) files of src/, tests/ and the manifests"
+      if [[ "$cargo_tests" == 0 ]]; then
+        echo "NOT RUN (--no-cargo-tests): compiling and running the tests"
+        return 0
+      fi
       writable_copy "$srcp" "$dir/src"
       (cd "$dir/src" && CARGO_TARGET_DIR="$EVAL_TARGET_DIR" NEXTEST_HIDE_PROGRESS_BAR=1 \
         bash -c "cargo nextest run $(arg cargoExtraArgs "") $(arg cargoNextestExtraArgs "")")
@@ -286,8 +312,10 @@ for name in "${checks[@]}"; do
     crane.*)
       run_crane "$name" "$json" >"$log" 2>&1 || rc=$?
       [[ "$kind" == crane.cargoNextest && "$rc" == 0 ]] && nextest_src="$(jq -r .src <<<"$json")"
-      [[ "$kind" == crane.buildPackage && "$rc" == 0 ]] && grep -q '^compiled by the nextest run' "$log" &&
+      [[ "$kind" == crane.buildPackage && "$rc" == 0 ]] && grep -qE '^(compiled by the nextest run|NOT RUN)' "$log" &&
         say "check $name: $(cat "$log")"
+      [[ "$kind" == crane.cargoNextest && "$rc" == 0 ]] && grep -q '^NOT RUN' "$log" &&
+        say "check $name: $(paste -sd';' "$log")"
       ;;
     dockerTools.buildLayeredImage)
       say "check image         evaluated (arguments checked), not built: dockerTools needs nixpkgs"

@@ -13,7 +13,8 @@ Mutations, each on a fresh copy of the repository's tracked files (eval.sh must 
                       Nix itself would accept it and drop the test filter)
   missing-attribute   checks.nix: pkgs.deadnix -> pkgs.deadnixx
   source-filter       package.nix: the `sql` extension dropped from the source set; the crate
-                      include_str!s its migrations, so the check's build fails in that tree
+                      include_str!s its migrations: the nextest check's source-set check names the
+                      file (before compiling), and clippy (which compiles every target) fails on it
   failing-command     a script under nix/ with a ShellCheck finding: checks.shellcheck fails
   stdin-formatter     flake.nix: formatter = pkgs.nixfmt (waits on stdin under `nix fmt`)
   app-guard           apps.nix: the build-image wrapper without its rustup guard
@@ -80,7 +81,7 @@ mutation misspelt-argument "\`cargoNextestExtraArg\` (did you mean \`cargoNextes
   replace nix/checks.nix "cargoNextestExtraArgs =" "cargoNextestExtraArg ="
 mutation missing-attribute "attribute 'deadnixx' missing" none \
   replace nix/checks.nix "pkgs.deadnix ]" "pkgs.deadnixx ]"
-mutation source-filter "migrations/0001_init.sql" package \
+mutation source-filter "src/storage/postgres/migrations/0001_init.sql" nextest \
   replace nix/package.nix '"sql"' ''
 mutation failing-command "SC2086" shellcheck \
   add_finding
