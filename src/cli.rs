@@ -247,7 +247,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_backend(&backend, &args.storage, Create::Allowed).await?;
     let stored = store.list_tokens().await?;
     static_tokens
-        .check_disjoint(stored.iter().map(|t| t.name.as_str()))
+        .check_disjoint(stored.iter().map(|t| t.principal.as_str()))
         .map_err(|e| {
             anyhow::anyhow!(
                 "tokens file {}: {e}",
@@ -335,8 +335,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The control socket for online backups (redb only: a PostgreSQL server is
-/// backed up through the database); see [`crate::backup::online::start`].
+/// The control socket for online backups and token commands (redb only: a
+/// PostgreSQL server is reached through the database); see [`crate::control`].
 #[cfg(unix)]
 fn start_control_socket(
     args: &ServeArgs,
@@ -344,7 +344,7 @@ fn start_control_socket(
     store: &Arc<dyn Store>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     (!backend.is_postgres())
-        .then(|| crate::backup::online::start(args.storage.data_dir.clone(), store.clone()))
+        .then(|| crate::control::start(args.storage.data_dir.clone(), store.clone()))
 }
 
 /// Connections the metrics listener may hold (scrapers are few).
@@ -406,20 +406,26 @@ async fn bootstrap_token(
         println!(
             "\n{} stored token(s) exist, so no token was created or shown.\n\
              To get one: devops-api token create NAME {target}\n\
-             (with redb, stop this server first, or run both with --db-sharing multi-writer).\n",
+             (it works while this server runs).\n",
             existing.len()
         );
         return Ok(());
     }
     let token = auth::generate_token();
     let admin = PrincipalName::parse("admin").expect("`admin` is a principal name");
-    match store.create_token(&admin, auth::digest(&token)).await {
+    let new = crate::storage::NewToken {
+        principal: admin,
+        name: crate::domain::TokenName::default_name(),
+        digest: auth::digest(&token),
+        expires_at: None,
+    };
+    match store.create_token(new).await {
         Ok(_) => {
             println!(
                 "\nNo tokens existed, so a token for principal `admin` was created.\n\
                  It is shown only this once (only its hash is stored):\n\n  {token}\n\n\
                  Use it as `Authorization: Bearer {token}`.\n\
-                 Manage tokens with `devops-api token create|list|revoke`.\n"
+                 Manage tokens with `devops-api token create|list|rotate|revoke`.\n"
             );
             tracing::warn!(
                 "created the bootstrap token for `admin`; it was printed on standard output"
@@ -432,72 +438,161 @@ async fn bootstrap_token(
     }
 }
 
+/// `devops-api token ...`: builds the request (a new token is generated
+/// here, and only its digest leaves this process), sends it to the server on
+/// the data directory's control socket when one answers, else runs it on the
+/// store opened here (the file, or PostgreSQL), and prints the reply.
 async fn token(args: TokenArgs) -> anyhow::Result<()> {
-    let create = match args.action {
-        TokenAction::Create { .. } => Create::Allowed,
-        TokenAction::List | TokenAction::Revoke { .. } => Create::Refused,
+    use crate::control::{TokenReply, TokenRequest};
+    let mut secret = None;
+    let mut fresh = || {
+        let t = auth::generate_token();
+        let d = hex::encode(auth::digest(&t));
+        secret = Some(t);
+        d
     };
-    let store = open_store(&args.storage, true, create).await?;
-    let result = async {
-        match &args.action {
-            TokenAction::Create { name } => {
-                let name = PrincipalName::parse(name).map_err(anyhow::Error::msg)?;
-                if let Some(path) = &args.tokens_file {
-                    anyhow::ensure!(
-                        !StaticTokens::load(path)?.has_name(name.as_str()),
-                        "`{}` is defined in the tokens file {}; a stored token would share its tasks",
-                        name.as_str(),
-                        path.display()
-                    );
-                }
-                let token = auth::generate_token();
-                store
-                    .create_token(&name, auth::digest(&token))
-                    .await
-                    .map_err(|e| match e {
-                        StorageError::AlreadyExists(_) => anyhow::anyhow!(
-                            "`{}` already has a token; revoke it first to issue a new one",
-                            name.as_str()
-                        ),
-                        e => e.into(),
-                    })?;
-                eprintln!(
-                    "Token for `{}` (shown only now; store it safely):",
-                    name.as_str()
+    let expiry =
+        |e: &crate::config::ExpiryArgs| -> anyhow::Result<Option<chrono::DateTime<chrono::Utc>>> {
+            Ok(match (e.expires_in, e.expires_at) {
+                (Some(d), _) => Some(
+                    chrono::Duration::from_std(d)
+                        .ok()
+                        .and_then(|d| crate::domain::now().checked_add_signed(d))
+                        .ok_or_else(|| anyhow::anyhow!("--expires-in is too far in the future"))?,
+                ),
+                (None, at) => at,
+            })
+        };
+    let request = match &args.action {
+        TokenAction::Create {
+            principal,
+            name,
+            expiry: e,
+        } => {
+            if let Some(path) = &args.tokens_file {
+                anyhow::ensure!(
+                    !StaticTokens::load(path)?.has_name(principal),
+                    "`{principal}` is defined in the tokens file {}; a stored token would share its tasks",
+                    path.display()
                 );
-                println!("{token}");
             }
-            TokenAction::List => {
-                let tokens = store.list_tokens().await?;
-                if tokens.is_empty() {
-                    eprintln!("no tokens");
-                }
-                for t in tokens {
-                    println!(
-                        "{}\t{}",
-                        t.name,
-                        crate::domain::rfc3339::format(&t.created_at)
-                    );
-                }
-            }
-            TokenAction::Revoke { name } => {
-                // A name that is not a principal's has no token either.
-                let revoked = match PrincipalName::parse(name) {
-                    Ok(principal) => store.revoke_token(&principal).await,
-                    Err(_) => Err(StorageError::NotFound),
-                };
-                revoked.map_err(|e| match e {
-                    StorageError::NotFound => anyhow::anyhow!("`{name}` has no token"),
-                    e => e.into(),
-                })?;
-                eprintln!("revoked the token of `{name}`");
+            TokenRequest::Create {
+                principal: principal.clone(),
+                name: name.clone(),
+                expires_at: expiry(e)?,
+                digest: fresh(),
             }
         }
-        anyhow::Ok(())
+        TokenAction::List => TokenRequest::List,
+        TokenAction::Revoke { principal, name } => TokenRequest::Revoke {
+            principal: principal.clone(),
+            name: name.clone(),
+        },
+        TokenAction::Rotate {
+            principal,
+            name,
+            grace,
+            expiry: e,
+        } => TokenRequest::Rotate {
+            principal: principal.clone(),
+            name: name.clone(),
+            grace_seconds: grace.as_secs(),
+            expires_at: expiry(e)?,
+            digest: fresh(),
+        },
+    };
+    let reply = token_reply(&args, request).await?;
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>, none: &str| {
+        t.map_or_else(|| none.to_owned(), |t| crate::domain::rfc3339::format(&t))
+    };
+    match reply {
+        TokenReply::Error { message } => anyhow::bail!(message),
+        TokenReply::Created { token } => {
+            eprintln!(
+                "Token `{}` for `{}`{} (shown only now; store it safely):",
+                token.name,
+                token.principal,
+                token
+                    .expires_at
+                    .map(|t| format!(", expires {}", crate::domain::rfc3339::format(&t)))
+                    .unwrap_or_default()
+            );
+            println!("{}", secret.unwrap_or_default());
+        }
+        TokenReply::Rotated {
+            token,
+            old_valid_until,
+        } => {
+            eprintln!(
+                "New token `{}` for `{}` (shown only now; store it safely); the old one stays valid until {}:",
+                token.name,
+                token.principal,
+                crate::domain::rfc3339::format(&old_valid_until)
+            );
+            println!("{}", secret.unwrap_or_default());
+        }
+        TokenReply::Listed { tokens } => {
+            if tokens.is_empty() {
+                eprintln!("no tokens");
+            } else {
+                eprintln!("PRINCIPAL\tNAME\tCREATED\tLAST USED\tEXPIRES\tSTATE");
+            }
+            for t in tokens {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    t.principal,
+                    t.name,
+                    crate::domain::rfc3339::format(&t.created_at),
+                    when(t.last_used_at, "never"),
+                    when(t.expires_at, "never"),
+                    t.state()
+                );
+            }
+        }
+        TokenReply::Revoked {
+            principal,
+            name,
+            count,
+        } => {
+            if count > 1 {
+                eprintln!(
+                    "revoked the token `{name}` of `{principal}` and {} it replaced",
+                    count - 1
+                );
+            } else {
+                eprintln!("revoked the token `{name}` of `{principal}`");
+            }
+        }
     }
-    .await;
+    Ok(())
+}
+
+/// Runs `request` through the control socket of a server on the data
+/// directory, or on the store opened here.
+async fn token_reply(
+    args: &TokenArgs,
+    request: crate::control::TokenRequest,
+) -> anyhow::Result<crate::control::TokenReply> {
+    #[cfg(unix)]
+    if args.storage.database.url()?.is_none()
+        && let Some(stream) = crate::control::connect(&args.storage.data_dir).await
+    {
+        eprintln!(
+            "a server runs on {}: using its control socket",
+            args.storage.data_dir.display()
+        );
+        return crate::control::send_token_request(stream, &request)
+            .await
+            .context("the control socket");
+    }
+    let create = match request {
+        crate::control::TokenRequest::Create { .. } => Create::Allowed,
+        _ => Create::Refused,
+    };
+    let store = open_store(&args.storage, true, create).await?;
+    let reply = crate::control::execute(store.as_ref(), request).await;
     store.close().await;
-    result
+    Ok(reply)
 }
 
 /// Progress on standard error: what happened, how many of how many.
@@ -519,7 +614,7 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     if args.storage.database.url()?.is_none()
-        && let Some(stream) = crate::backup::online::connect(&args.storage.data_dir).await
+        && let Some(stream) = crate::control::connect(&args.storage.data_dir).await
     {
         eprintln!(
             "a server runs on {}: backing up through its control socket",

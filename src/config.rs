@@ -33,8 +33,16 @@ pub enum Command {
     /// Exit 0 if the local server answers its readiness URL with 2xx, else 1
     /// (for Docker/Swarm healthchecks: the image has no shell and no curl).
     Healthcheck(HealthcheckArgs),
-    /// Manage bearer tokens in the data directory (works while the server runs
-    /// with --db-sharing multi-writer).
+    /// Manage bearer tokens: several named tokens per principal, expiry,
+    /// rotation with a grace period (also while the server runs).
+    #[command(
+        long_about = "Manage bearer tokens: several named tokens per principal, with optional \
+        expiry, last-use times, and rotation with a grace period.\n\n\
+        With the redb file, when a server runs on the data directory (any --db-sharing mode, \
+        including the default exclusive one) the command goes through the server's control \
+        socket (DATA_DIR/control.sock, mode 0600); otherwise it opens the file itself. With \
+        PostgreSQL it talks to the database."
+    )]
     Token(TokenArgs),
     /// Apply pending PostgreSQL schema migrations and exit (`serve` also applies them at start).
     Migrate(MigrateArgs),
@@ -314,12 +322,91 @@ pub struct TokenArgs {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum TokenAction {
-    /// Create a token for principal NAME and print it once.
-    Create { name: String },
-    /// List principals with a stored token (never the tokens).
+    /// Create a token for PRINCIPAL and print it once.
+    Create {
+        principal: String,
+        /// The token's name among PRINCIPAL's tokens.
+        #[arg(long, default_value = "default")]
+        name: String,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+    /// List stored tokens, tab-separated: principal, name, created, last
+    /// used, expires, state (never the tokens).
     List,
-    /// Delete NAME's token; requests with it fail from then on.
-    Revoke { name: String },
+    /// Revoke PRINCIPAL's token NAME (and any token a rotation replaced under
+    /// that name); without NAME, only if PRINCIPAL has just one.
+    Revoke {
+        principal: String,
+        name: Option<String>,
+    },
+    /// Replace PRINCIPAL's token NAME by a new one, printed once; the old one
+    /// stays valid for the grace period.
+    Rotate {
+        principal: String,
+        name: String,
+        /// How long the old token stays valid (e.g. 30m, 24h, 7d; 0 ends it now).
+        #[arg(long, default_value = "24h", value_parser = duration)]
+        grace: std::time::Duration,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+    },
+}
+
+/// When a new token expires (never, without either flag).
+#[derive(Debug, Clone, Args)]
+pub struct ExpiryArgs {
+    /// The token expires this long after its creation (e.g. 90d, 12h, 1w2d).
+    #[arg(long, value_parser = duration, conflicts_with = "expires_at")]
+    pub expires_in: Option<std::time::Duration>,
+    /// The token expires at this instant (RFC 3339, e.g. 2027-01-01T00:00:00Z).
+    #[arg(long, value_parser = instant)]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// An RFC 3339 date-time, cut to whole microseconds (what stores keep).
+pub fn instant(raw: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .ok()
+        .and_then(|t| chrono::DateTime::from_timestamp_micros(t.timestamp_micros()))
+        .ok_or_else(|| {
+            format!("invalid date-time `{raw}`: use RFC 3339, e.g. 2027-01-01T00:00:00Z")
+        })
+}
+
+/// A duration as `token` flags take it: one or more `<number><unit>` with
+/// units `s`, `m`, `h`, `d` (24 h), `w` (7 d), e.g. `90d`, `1h30m`; `0` alone is zero.
+pub fn duration(raw: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("invalid duration `{raw}`: use e.g. 30m, 24h, 7d, 1h30m");
+    if raw == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in raw.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit: u64 = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        digits.clear();
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+    }
+    if !digits.is_empty() || raw.is_empty() {
+        return Err(bad());
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 // The command line's names for the values of lower layers' enums: storage
@@ -357,5 +444,28 @@ impl clap::ValueEnum for LogFormat {
                 PossibleValue::new("json").help("One JSON object per line, for log collectors")
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_and_instants() {
+        assert_eq!(duration("0"), Ok(Duration::ZERO));
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(duration("1w2d"), Ok(Duration::from_secs(9 * 86_400)));
+        for bad in ["", "h", "10", "5x", "1.5h", "-1h", "99999999999999999999w"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+        let t = instant("2027-01-01T00:00:00.1234567+01:00").unwrap();
+        assert_eq!(
+            crate::domain::rfc3339::format(&t),
+            "2026-12-31T23:00:00.123456Z"
+        );
+        assert!(instant("2027-01-01").is_err());
     }
 }

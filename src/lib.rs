@@ -28,7 +28,8 @@
 //!   handlers take and return.
 //! - [`backup`]: the backup file format (its own versioned type), backup/restore
 //!   with verification, and online backups through the control socket
-//!   (`backup::online`).
+//!   (`backup::online`); [`control`]: that socket, which also serves token
+//!   commands while the server runs.
 //! - [`app`]: the application builder ([`app::Application::build`]) that
 //!   `serve` and the HTTP tests share: state, router, bound listener, limits.
 //! - [`config`], [`cli`]: the command line (the only user of clap) and the
@@ -41,6 +42,8 @@ pub mod backup;
 pub mod build_info;
 pub mod cli;
 pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod domain;
 pub mod http;
 pub mod jsonlog;

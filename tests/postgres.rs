@@ -152,6 +152,7 @@ async fn pg_fixture() -> Fixture {
 }
 
 store_contract_tests!(pg_fixture);
+token_contract_tests!(pg_fixture);
 
 /// Every accepted body is kept unchanged through PostgreSQL, HTTP and a
 /// backup/restore round trip (see `tests/roundtrip`); the server must be there.
@@ -261,6 +262,24 @@ async fn pg_migrations_from_previous_version() {
         store.principal(&[5; 32]).await.unwrap().as_deref(),
         Some("alice")
     );
+    // The old token is alice's token named `default`; a second name is free,
+    // and an older binary's insert (during a rolling update) still works.
+    let old = store.token(&[5; 32]).await.unwrap().unwrap();
+    assert_eq!((old.name.as_str(), old.expires_at), ("default", None));
+    store
+        .create_token(devops_api::storage::NewToken {
+            name: devops_api::domain::TokenName::parse("ci").unwrap(),
+            ..devops_api::storage::NewToken::default_for(p("alice"), [6; 32])
+        })
+        .await
+        .unwrap();
+    c.execute(
+        "INSERT INTO tokens (digest, name, created_at) VALUES ($1, 'bob', now())",
+        &[&[7u8; 32].as_slice()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.list_tokens().await.unwrap().len(), 3);
     assert_eq!(store.count_tasks().await.unwrap(), 1);
     let idx: i64 = c
         .query_one(
@@ -740,7 +759,10 @@ async fn pg_restart_under_load_gives_503_then_recovers() {
     let store: Arc<dyn Store> = Arc::new(PostgresStore::connect(&cfg).await.unwrap());
     let token = auth::generate_token();
     store
-        .create_token(&p("alice"), auth::digest(&token))
+        .create_token(devops_api::storage::NewToken::default_for(
+            p("alice"),
+            auth::digest(&token),
+        ))
         .await
         .unwrap();
     let config = ApiConfig {
@@ -1007,8 +1029,12 @@ async fn pg_refused_restore_leaves_the_database_empty() {
     let task = devops_api::domain::Task::create(contract::fields(json!({"title": "a"})));
     let token = |name: &str, d: u8| devops_api::backup::Line::Token {
         name: name.into(),
+        token_name: None,
         digest: hex::encode([d; 32]),
         created_at: devops_api::domain::now(),
+        expires_at: None,
+        last_used_at: None,
+        replaced_at: None,
     };
     let ok_task = devops_api::backup::Line::Task {
         owner: "alice".into(),
@@ -1226,10 +1252,10 @@ async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
     let store = PostgresStore::connect(&cfg).await.unwrap();
     store.ping().await.unwrap();
     store
-        .create_token(
-            &devops_api::domain::PrincipalName::parse("tls").unwrap(),
+        .create_token(devops_api::storage::NewToken::default_for(
+            devops_api::domain::PrincipalName::parse("tls").unwrap(),
             [7; 32],
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(store.list_tokens().await.unwrap().len(), 1);

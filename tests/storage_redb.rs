@@ -36,6 +36,7 @@ async fn redb_multi_writer_fixture() -> Fixture {
 }
 
 store_contract_tests!(redb_fixture);
+token_contract_tests!(redb_fixture);
 
 /// The same contract with group commit off (the benchmark's baseline) and in
 /// multi-writer mode (the stack's setting).
@@ -637,4 +638,79 @@ async fn an_unreadable_idempotency_record_frees_its_key() {
         devops_api::storage::Created::Replayed(t)
     );
     store.close().await;
+}
+
+/// A file written by the release before named tokens (layout 1: one token
+/// per principal, `tokens_v1`), made by that release's binary with
+/// `restore tests/golden/backup_v1.jsonl` and `token create ci-bot`, opens:
+/// its tokens become the principals' tokens named `default`, the token
+/// still authenticates, its task is there, and layout 1 is gone.
+#[tokio::test]
+async fn a_file_from_before_named_tokens_is_migrated_on_open() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::NewToken;
+    const CI_BOT: &str = "dapi_9X8h0OjGS09AMEov8I9qXu92EVvQo63F-H5d-tG9sAg";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/redb_layout_v1.redb"
+        ),
+        dir.path().join(devops_api::storage::redb::DB_FILE),
+    )
+    .unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let tokens = store.list_tokens().await.unwrap();
+    let names: Vec<_> = tokens
+        .iter()
+        .map(|t| (t.principal.as_str(), t.name.as_str(), t.expires_at))
+        .collect();
+    assert_eq!(
+        names,
+        [("alice", "default", None), ("ci-bot", "default", None)]
+    );
+    let ci = devops_api::auth::digest(CI_BOT);
+    assert_eq!(
+        store.principal(&ci).await.unwrap().as_deref(),
+        Some("ci-bot")
+    );
+    assert_eq!(store.count_tasks().await.unwrap(), 1);
+    // The name index was built: the name is taken, and a second name is free.
+    assert!(matches!(
+        store
+            .create_token(NewToken::default_for(p("ci-bot"), [1; 32]))
+            .await,
+        Err(StorageError::AlreadyExists(_))
+    ));
+    store
+        .create_token(NewToken {
+            name: TokenName::parse("second").unwrap(),
+            ..NewToken::default_for(p("ci-bot"), [1; 32])
+        })
+        .await
+        .unwrap();
+    store.close().await;
+    drop(store);
+    // Opening again finds layout 2 only and changes nothing.
+    let store = RedbStore::open(&cfg).unwrap();
+    assert_eq!(store.list_tokens().await.unwrap().len(), 3);
+    store.close().await;
+    drop(store);
+    use redb::{ReadableDatabase, TableHandle};
+    let db = redb::Database::open(cfg.db_path()).unwrap();
+    let tables: Vec<String> = db
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert!(tables.iter().any(|t| t == "tokens_v2"), "{tables:?}");
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t.ends_with("tokens_v1") || t == "token_names_v1"),
+        "{tables:?}"
+    );
 }

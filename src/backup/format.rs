@@ -6,6 +6,7 @@
 //! ```text
 //! {"format":"devops-api-backup","version":1,"created_at":"…"}
 //! {"kind":"token","name":"alice","digest":"<64 hex digits>","created_at":"…"}
+//! {"kind":"token","name":"alice","token_name":"ci","digest":"…","created_at":"…","expires_at":"…"}
 //! {"kind":"task","owner":"alice","task":{"id":"…","title":"…",…,"version":1}}
 //! {"records":2,"sha256":"<hex of the record lines>","unreadable":0}
 //! ```
@@ -14,8 +15,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{PrincipalName, StoredTask, TokenDigest, rfc3339};
-use crate::storage::Record;
+use crate::domain::{PrincipalName, StoredTask, TokenDigest, TokenName, rfc3339};
+use crate::storage::{Record, TokenInfo};
 
 /// The `format` of a header.
 pub const FORMAT: &str = "devops-api-backup";
@@ -50,12 +51,38 @@ pub enum Line {
         owner: String,
         task: TaskV1,
     },
+    /// A token. The fields after `created_at`, added with named tokens, are
+    /// left out when they have their default, so a store with one token
+    /// named `default` per principal writes what earlier releases wrote and
+    /// read, and every earlier backup reads as such a store.
     Token {
+        /// The principal.
         name: String,
+        /// The token's name; absent: `default`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token_name: Option<String>,
         /// Hex SHA-256 of the token: backups never contain tokens.
         digest: String,
         #[serde(with = "rfc3339")]
         created_at: DateTime<Utc>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "rfc3339::option"
+        )]
+        expires_at: Option<DateTime<Utc>>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "rfc3339::option"
+        )]
+        last_used_at: Option<DateTime<Utc>>,
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            with = "rfc3339::option"
+        )]
+        replaced_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -134,14 +161,14 @@ impl From<&Record> for Line {
                 owner: owner.to_string(),
                 task: StoredTask::from(task).into(),
             },
-            Record::Token {
-                name,
-                digest,
-                created_at,
-            } => Line::Token {
-                name: name.to_string(),
-                digest: hex::encode(digest),
-                created_at: *created_at,
+            Record::Token(t) => Line::Token {
+                name: t.principal.to_string(),
+                token_name: (t.name.as_str() != TokenName::DEFAULT).then(|| t.name.to_string()),
+                digest: hex::encode(t.digest),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                last_used_at: t.last_used_at,
+                replaced_at: t.replaced_at,
             },
         }
     }
@@ -162,13 +189,24 @@ impl Line {
             }
             Line::Token {
                 name,
+                token_name,
                 digest,
                 created_at,
-            } => Ok(Record::Token {
-                name: PrincipalName::parse(&name).map_err(|e| format!("token: {e}"))?,
+                expires_at,
+                last_used_at,
+                replaced_at,
+            } => Ok(Record::Token(TokenInfo {
+                principal: PrincipalName::parse(&name).map_err(|e| format!("token: {e}"))?,
+                name: match token_name {
+                    Some(n) => TokenName::parse(&n).map_err(|e| format!("token: {e}"))?,
+                    None => TokenName::default_name(),
+                },
                 digest: parse_digest(&digest)?,
                 created_at,
-            }),
+                expires_at,
+                last_used_at,
+                replaced_at,
+            })),
         }
     }
 }

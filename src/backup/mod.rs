@@ -374,11 +374,15 @@ mod tests {
         let alice = PrincipalName::parse("alice").unwrap();
         let task = crate::storage::codec::golden_task();
         vec![
-            Record::Token {
-                name: alice.clone(),
+            Record::Token(crate::storage::TokenInfo {
+                principal: alice.clone(),
+                name: crate::domain::TokenName::default_name(),
                 digest: [0xcd; 32],
                 created_at: at("2026-01-02T03:04:05.123456Z"),
-            },
+                expires_at: None,
+                last_used_at: None,
+                replaced_at: None,
+            }),
             Record::Task { owner: alice, task },
         ]
     }

@@ -19,7 +19,7 @@ mod time;
 
 pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_replace};
 pub use precondition::Precondition;
-pub use principal::{PRINCIPAL_NAME_MAX, PrincipalName, TokenDigest};
+pub use principal::{PRINCIPAL_NAME_MAX, PrincipalName, TokenDigest, TokenName};
 pub use query::{
     CURSOR_PATTERN, DEFAULT_LIMIT, ListQuery, MAX_LIMIT, Order, Q_MAX_CHARS, decode_cursor,
     encode_cursor,

@@ -75,6 +75,54 @@ impl PartialEq<&str> for PrincipalName {
 /// SHA-256 of a bearer token: what is stored and compared instead of the token.
 pub type TokenDigest = [u8; 32];
 
+/// The name of one of a principal's tokens (`ci`, `laptop-2026`): the same
+/// characters as a [`PrincipalName`]. A principal's current tokens have
+/// distinct names; a token replaced by a rotation keeps its name until its
+/// grace period ends.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenName(Arc<str>);
+
+impl TokenName {
+    /// The name of a token created without one, and of every token stored
+    /// before tokens had names.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        PrincipalName::parse(raw)
+            .map(|p| Self(p.0))
+            .map_err(|_| format!(
+                "invalid token name `{raw}`: use 1 to {PRINCIPAL_NAME_MAX} letters, digits, `_`, `.` or `-`, starting with a letter or digit"
+            ))
+    }
+
+    /// [`TokenName::DEFAULT`].
+    pub fn default_name() -> Self {
+        Self(Self::DEFAULT.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TokenName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TokenName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl PartialEq<&str> for TokenName {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

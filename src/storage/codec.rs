@@ -17,9 +17,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-use super::StorageError;
 use super::rules::KeyRecord;
-use crate::domain::{StoredTask, Task, TaskId, rfc3339};
+use super::{StorageError, TokenInfo};
+use crate::domain::{PrincipalName, StoredTask, Task, TaskId, TokenDigest, TokenName, rfc3339};
 
 /// The first byte of every redb record. Bump it when the layout of a record
 /// changes, and decode the old versions here, by matching on the byte.
@@ -191,12 +191,107 @@ pub(crate) fn decode_key_record(
     })
 }
 
-/// The redb record of a token, version 1 (its key is the token's digest).
+/// The redb record of a token, version 1 (its key is the token's digest):
+/// one token per principal, from before tokens had names. Only read (a file
+/// from then is migrated on open); it decodes as the token named
+/// [`TokenName::DEFAULT`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenRecordV1<'a> {
+    /// The principal.
     pub name: Cow<'a, str>,
     #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+}
+
+/// The first byte of a token record of version 2.
+pub const TOKEN_FORMAT_V2: u8 = 2;
+
+/// The redb record of a token, version 2 (envelope byte [`TOKEN_FORMAT_V2`];
+/// its key is the token's digest): named tokens, several per principal, with
+/// expiry, last use and rotation.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenRecordV2<'a> {
+    pub principal: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+    #[serde(with = "rfc3339")]
+    pub created_at: DateTime<Utc>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub expires_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub last_used_at: Option<DateTime<Utc>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "rfc3339::option"
+    )]
+    pub replaced_at: Option<DateTime<Utc>>,
+}
+
+/// The redb record of a token (version 2).
+pub fn encode_token(t: &TokenInfo) -> Vec<u8> {
+    let rec = TokenRecordV2 {
+        principal: Cow::Borrowed(t.principal.as_str()),
+        name: Cow::Borrowed(t.name.as_str()),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        last_used_at: t.last_used_at,
+        replaced_at: t.replaced_at,
+    };
+    let mut out = Vec::with_capacity(128);
+    out.push(TOKEN_FORMAT_V2);
+    serde_json::to_writer(&mut out, &rec).expect("records serialise to JSON");
+    out
+}
+
+/// A redb token record of either version, stored under `digest`; `key`
+/// names it in reports. Names and times pass the rules for stored values.
+pub fn decode_token(
+    key: impl std::fmt::Display,
+    digest: &[u8],
+    bytes: &[u8],
+) -> Result<TokenInfo, StorageError> {
+    let corrupt = |reason: String| StorageError::corrupt("token", &key, reason);
+    let rec = match bytes.split_first() {
+        Some((&FORMAT_V1, _)) => {
+            let v1: TokenRecordV1 = decode("token", &key, bytes)?;
+            TokenRecordV2 {
+                principal: v1.name,
+                name: Cow::Borrowed(TokenName::DEFAULT),
+                created_at: v1.created_at,
+                expires_at: None,
+                last_used_at: None,
+                replaced_at: None,
+            }
+        }
+        Some((&TOKEN_FORMAT_V2, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| corrupt(e.to_string()))?
+        }
+        Some((v, _)) => return Err(corrupt(format!("unknown format version {v}"))),
+        None => return Err(corrupt("empty record".into())),
+    };
+    let digest =
+        TokenDigest::try_from(digest).map_err(|_| corrupt("the digest is not 32 bytes".into()))?;
+    let stored = |what: &str, t: DateTime<Utc>| {
+        rfc3339::check_stored(t).map_err(|e| corrupt(format!("{what}: {e}")))
+    };
+    let optional = |what: &str, t: Option<DateTime<Utc>>| t.map(|t| stored(what, t)).transpose();
+    Ok(TokenInfo {
+        principal: PrincipalName::parse(&rec.principal).map_err(&corrupt)?,
+        name: TokenName::parse(&rec.name).map_err(&corrupt)?,
+        digest,
+        created_at: stored("created_at", rec.created_at)?,
+        expires_at: optional("expires_at", rec.expires_at)?,
+        last_used_at: optional("last_used_at", rec.last_used_at)?,
+        replaced_at: optional("replaced_at", rec.replaced_at)?,
+    })
 }
 
 /// The task every golden file of version 1 holds (the record files here and
@@ -334,6 +429,7 @@ mod tests {
     const GOLDEN_MINIMAL: &[u8] = include_bytes!("../../tests/golden/redb_task_v1_minimal.bin");
     const GOLDEN_KEY: &[u8] = include_bytes!("../../tests/golden/redb_idempotency_v1.bin");
     const GOLDEN_TOKEN: &[u8] = include_bytes!("../../tests/golden/redb_token_v1.bin");
+    const GOLDEN_TOKEN_V2: &[u8] = include_bytes!("../../tests/golden/redb_token_v2.bin");
     const GOLDEN_PG_TASK: &[u8] =
         include_bytes!("../../tests/golden/postgres_idempotency_task_v1.json");
 
@@ -380,6 +476,43 @@ mod tests {
             (back.name.as_ref(), back.created_at),
             ("alice", task.created_at)
         );
+        // A version-1 record reads as the principal's token named `default`.
+        let v1 = decode_token("k", &[0xcd; 32], GOLDEN_TOKEN).unwrap();
+        assert_eq!(
+            (v1.principal.as_str(), v1.name.as_str(), v1.created_at),
+            ("alice", "default", task.created_at)
+        );
+        assert_eq!(
+            (v1.expires_at, v1.last_used_at, v1.replaced_at),
+            (None, None, None)
+        );
+        let v2 = golden_token();
+        assert_eq!(
+            encode_token(&v2),
+            GOLDEN_TOKEN_V2,
+            "redb token record v2 changed"
+        );
+        assert_eq!(decode_token("k", &v2.digest, GOLDEN_TOKEN_V2).unwrap(), v2);
+    }
+
+    fn golden_token() -> TokenInfo {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        TokenInfo {
+            principal: PrincipalName::parse("alice").unwrap(),
+            name: TokenName::parse("ci-2026").unwrap(),
+            digest: [0xcd; 32],
+            created_at: at("2026-01-02T03:04:05.123456Z"),
+            expires_at: Some(at("2026-04-01T00:00:00Z")),
+            last_used_at: Some(at("2026-01-03T10:00:00.5Z")),
+            replaced_at: Some(at("2026-01-04T00:00:00Z")),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn token_records_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_token("k", &[1; 32], &bytes);
+        }
     }
 
     /// Records that leave out the fields with defaults still decode.

@@ -4,24 +4,15 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use chrono::{DateTime, Utc};
-
-use super::{StorageError, StoreResult};
-use crate::domain::{PrincipalName, Task, TaskId, TokenDigest, rfc3339};
+use super::{StorageError, StoreResult, TokenInfo};
+use crate::domain::{PrincipalName, Task, TaskId, rfc3339};
 
 /// One record of a store as export and import see it: everything a store
 /// holds except idempotency records, which only matter for 24 hours.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Record {
-    Task {
-        owner: PrincipalName,
-        task: Task,
-    },
-    Token {
-        name: PrincipalName,
-        digest: TokenDigest,
-        created_at: DateTime<Utc>,
-    },
+    Task { owner: PrincipalName, task: Task },
+    Token(TokenInfo),
 }
 
 impl Record {
@@ -29,7 +20,11 @@ impl Record {
     /// depend on how a backend iterates.
     fn sort_key(&self) -> (u8, &str, u128) {
         match self {
-            Record::Token { name, .. } => (0, name.as_str(), 0),
+            Record::Token(t) => (
+                0,
+                t.principal.as_str(),
+                u128::from_be_bytes(t.digest[..16].try_into().unwrap_or_default()),
+            ),
             Record::Task { owner, task } => (1, owner.as_str(), task.id.as_u128()),
         }
     }
@@ -82,23 +77,15 @@ pub struct InvalidRecord {
     pub reason: String,
 }
 
-/// A token of an [`ImportSet`].
-#[derive(Debug, Clone)]
-pub struct ImportToken {
-    pub name: PrincipalName,
-    pub digest: TokenDigest,
-    pub created_at: DateTime<Utc>,
-}
-
 /// Records checked as the API checks what it stores, and the only thing
 /// [`Store::import`](super::Store::import) takes: task ids are UUIDv7, every
 /// timestamp is whole microseconds in years 0000-9999, versions fit both
 /// backends, `updated_at` is not before `created_at` (field values are
-/// domain types, valid by construction), and no task id, token name or token
-/// digest appears twice.
+/// domain types, valid by construction), no task id or token digest appears
+/// twice, and no principal has two current tokens of one name.
 #[derive(Debug, Clone, Default)]
 pub struct ImportSet {
-    pub(crate) tokens: Vec<ImportToken>,
+    pub(crate) tokens: Vec<TokenInfo>,
     pub(crate) tasks: Vec<(PrincipalName, Task)>,
     /// Tasks per owner, for the quota counters.
     pub(crate) counts: BTreeMap<PrincipalName, u64>,
@@ -118,8 +105,8 @@ impl ImportSet {
     pub fn validate(records: Vec<Record>) -> Result<Self, InvalidRecord> {
         let mut set = Self::default();
         let mut ids = HashSet::new();
-        let mut names = HashSet::new();
         let mut digests = HashSet::new();
+        let mut current = HashSet::new();
         for (i, r) in records.into_iter().enumerate() {
             let bad = |reason: String| InvalidRecord {
                 record: i + 1,
@@ -134,24 +121,29 @@ impl ImportSet {
                     *set.counts.entry(owner.clone()).or_default() += 1;
                     set.tasks.push((owner, task));
                 }
-                Record::Token {
-                    name,
-                    digest,
-                    created_at,
-                } => {
-                    let created_at = rfc3339::check_stored(created_at)
+                Record::Token(mut t) => {
+                    t.created_at = rfc3339::check_stored(t.created_at)
                         .map_err(|e| bad(format!("created_at: {e}")))?;
-                    if !names.insert(name.clone()) {
-                        return Err(bad(format!("a second token for `{name}`")));
+                    for (what, v) in [
+                        ("expires_at", &mut t.expires_at),
+                        ("last_used_at", &mut t.last_used_at),
+                        ("replaced_at", &mut t.replaced_at),
+                    ] {
+                        if let Some(at) = v {
+                            *at = rfc3339::check_stored(*at)
+                                .map_err(|e| bad(format!("{what}: {e}")))?;
+                        }
                     }
-                    if !digests.insert(digest) {
+                    if !digests.insert(t.digest) {
                         return Err(bad("a second token with the same digest".into()));
                     }
-                    set.tokens.push(ImportToken {
-                        name,
-                        digest,
-                        created_at,
-                    });
+                    if t.is_current() && !current.insert((t.principal.clone(), t.name.clone())) {
+                        return Err(bad(format!(
+                            "a second current token `{}` for `{}`",
+                            t.name, t.principal
+                        )));
+                    }
+                    set.tokens.push(t);
                 }
             }
         }
@@ -169,11 +161,7 @@ impl ImportSet {
 
     /// The set as records.
     pub fn records(&self) -> impl Iterator<Item = Record> + '_ {
-        let tokens = self.tokens.iter().map(|t| Record::Token {
-            name: t.name.clone(),
-            digest: t.digest,
-            created_at: t.created_at,
-        });
+        let tokens = self.tokens.iter().cloned().map(Record::Token);
         let tasks = self.tasks.iter().map(|(owner, task)| Record::Task {
             owner: owner.clone(),
             task: task.clone(),

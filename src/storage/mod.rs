@@ -20,6 +20,7 @@ mod import;
 pub mod postgres;
 pub mod redb;
 mod rules;
+mod tokens;
 
 use std::time::Duration;
 
@@ -28,14 +29,19 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{
     ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskFields, TaskId, TokenDigest,
+    TokenName,
 };
 
 pub use self::clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use self::error::{Cause, Chain, StorageError, StoreResult};
-pub use self::import::{Export, ImportSet, ImportToken, InvalidRecord, Record, Unreadable};
+pub use self::import::{Export, ImportSet, InvalidRecord, Record, Unreadable};
 pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
 pub use self::rules::{idempotency_cutoff, idempotency_fresh};
+pub use self::tokens::{
+    DEFAULT_ROTATION_GRACE, NewToken, PickError, TOKEN_USE_INTERVAL, TokenInfo, TokenUses,
+    pick_token, retire, token_admits,
+};
 
 /// How long an idempotency key remembers its request.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -86,14 +92,6 @@ impl Created {
     }
 }
 
-/// A token as listed: never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    /// The principal the token authenticates.
-    pub name: PrincipalName,
-    pub created_at: DateTime<Utc>,
-}
-
 /// The storage contract. Every method is durable when it returns `Ok`: an
 /// acknowledged write survives a crash. Tasks are always scoped by `owner`; a
 /// task of another owner behaves exactly as an absent one.
@@ -122,26 +120,74 @@ pub trait Store: Send + Sync + 'static {
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
 
-    /// Registers a token digest for principal `name`; `AlreadyExists` if the name has one.
-    async fn create_token(
-        &self,
-        name: &PrincipalName,
-        digest: TokenDigest,
-    ) -> StoreResult<TokenInfo>;
-    /// Every readable stored token, in any order (a backend's part of
-    /// [`Store::list_tokens`]).
+    /// Stores a token; `AlreadyExists` if the principal has a current token
+    /// of that name (or the digest is taken).
+    async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo>;
+    /// Every readable stored token, in any order, with last-use times as
+    /// written (a backend's part of [`Store::list_tokens`]).
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>>;
-    /// Every readable stored token, by principal name in byte order whatever
-    /// a backend's collation. Backends do not override it.
+    /// Every readable stored token, by principal, name (byte order whatever a
+    /// backend's collation) and creation, with the last uses noted in memory
+    /// but not yet written. Backends do not override it.
     async fn list_tokens(&self) -> StoreResult<Vec<TokenInfo>> {
         let mut tokens = self.tokens().await?;
-        tokens.sort_unstable_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        self.token_uses().overlay(&mut tokens);
+        tokens.sort_unstable_by(|a, b| {
+            (a.principal.as_str(), a.name.as_str(), a.created_at).cmp(&(
+                b.principal.as_str(),
+                b.name.as_str(),
+                b.created_at,
+            ))
+        });
         Ok(tokens)
     }
-    /// Removes the principal's token; `NotFound` if there is none.
-    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()>;
-    /// The principal whose token has this digest.
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>>;
+    /// Removes every token of `principal` named `name` (the current one and
+    /// any a rotation replaced) and returns how many; `NotFound` if none.
+    async fn revoke_token(&self, principal: &PrincipalName, name: &TokenName) -> StoreResult<u64>;
+    /// In one transaction: marks the current token `new.name` of
+    /// `new.principal` replaced, valid until [`retire`]`(its expiry, now,
+    /// grace)`, and stores `new` as the current one. `NotFound` if there is
+    /// no current token of that name.
+    async fn rotate_token(&self, new: NewToken, grace: Duration) -> StoreResult<TokenInfo>;
+    /// The stored token with this digest, whether or not it admits requests.
+    async fn token(&self, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>>;
+    /// Writes last-use times (only later than the stored ones, only for
+    /// tokens that still exist), in one transaction.
+    async fn write_token_uses(&self, uses: Vec<(TokenDigest, DateTime<Utc>)>) -> StoreResult<()>;
+    /// The last uses noted in memory (see [`TokenUses`]).
+    fn token_uses(&self) -> &TokenUses;
+    /// Starts writing the noted last uses without waiting for it.
+    fn spawn_token_use_write(&self);
+    /// The store's clock (dates tokens and decides their expiry).
+    fn clock(&self) -> &dyn Clock;
+    /// The principal whose token has this digest if the token admits a
+    /// request now ([`token_admits`]): an expired token is as unknown. Notes
+    /// the use. Backends do not override it.
+    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
+        let Some(token) = self.token(digest).await? else {
+            return Ok(None);
+        };
+        let now = self.clock().now();
+        if !token_admits(&token, now) {
+            return Ok(None);
+        }
+        if self.token_uses().note(*digest, now) {
+            self.spawn_token_use_write();
+        }
+        Ok(Some(token.principal))
+    }
+    /// Writes the noted last uses now (also done by `close`).
+    async fn flush_token_uses(&self) -> StoreResult<()> {
+        let uses = self.token_uses().take();
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let r = self.write_token_uses(uses.clone()).await;
+        if r.is_err() {
+            self.token_uses().restore(uses);
+        }
+        r
+    }
 
     /// Every readable record, read from one consistent snapshot while writes
     /// go on, and the records that could not be read (see [`Export`]).

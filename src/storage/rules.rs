@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{IDEMPOTENCY_TTL, Idempotency, Record, StorageError, StoreResult, TokenInfo};
+use super::{IDEMPOTENCY_TTL, Idempotency, StorageError, StoreResult};
 use crate::domain::{Precondition, Task};
 
 /// Whether an idempotency record made at `created_at` still answers for its
@@ -88,25 +88,6 @@ pub(crate) fn check_quota(held: u64, max: u64) -> StoreResult<()> {
 }
 
 /// An import's check of its target: it must hold no tasks and no tokens.
-/// The tokens a store lists, from its token records: a corrupt record (already
-/// reported where it was read) is left out, any other error ends the listing.
-/// `Store::list_tokens` puts them in order.
-pub(crate) fn token_infos(
-    records: impl IntoIterator<Item = StoreResult<Record>>,
-) -> StoreResult<Vec<TokenInfo>> {
-    let mut out = Vec::new();
-    for r in records {
-        match r {
-            Ok(Record::Token {
-                name, created_at, ..
-            }) => out.push(TokenInfo { name, created_at }),
-            Ok(Record::Task { .. }) | Err(StorageError::Corrupt { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
 pub(crate) fn check_import_target(occupied: bool) -> StoreResult<()> {
     if occupied {
         Err(StorageError::AlreadyExists(

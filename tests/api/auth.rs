@@ -38,7 +38,10 @@ async fn v1_needs_a_valid_bearer_token() {
 async fn revoked_tokens_stop_working() {
     let app = spawn_app().await;
     assert_eq!(app.list(&app.bob, "").await.status(), 200);
-    app.store.revoke_token(&p("bob")).await.unwrap();
+    app.store
+        .revoke_token(&p("bob"), &devops_api::domain::TokenName::default_name())
+        .await
+        .unwrap();
     problem(app.list(&app.bob, "").await, 401).await;
 }
 
@@ -228,7 +231,10 @@ async fn a_stored_token_for_a_tokens_file_principal_is_refused() {
     let t = app.create_ok(&app.alice, json!({"title": "alice's"})).await;
     let second = devops_api::auth::generate_token();
     app.store
-        .create_token(&p("alice"), devops_api::auth::digest(&second))
+        .create_token(devops_api::storage::NewToken::default_for(
+            p("alice"),
+            devops_api::auth::digest(&second),
+        ))
         .await
         .unwrap();
     problem(app.list(&second, "").await, 401).await;

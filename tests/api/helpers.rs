@@ -53,7 +53,10 @@ pub async fn spawn_app_with(config: ApiConfig) -> TestApp {
     let alice = auth::generate_token();
     let bob = auth::generate_token();
     store
-        .create_token(&p("bob"), auth::digest(&bob))
+        .create_token(devops_api::storage::NewToken::default_for(
+            p("bob"),
+            auth::digest(&bob),
+        ))
         .await
         .expect("token");
     let tokens = StaticTokens::parse(&format!("alice:{alice}\n")).expect("tokens");

@@ -18,6 +18,10 @@ use devops_api::storage::{
     Clock, Created, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_TTL, Idempotency, ImportSet, ManualClock,
     NewTask, Record, StorageError, Store,
 };
+// The token cases and their helpers: `tokens.rs`.
+pub mod tokens;
+use devops_api::domain::TokenName;
+use devops_api::storage::{NewToken, TokenInfo};
 use serde_json::json;
 
 pub struct Fixture {
@@ -517,30 +521,38 @@ pub async fn quota_limits_creates(store: Arc<dyn Store>) {
 pub async fn tokens_lifecycle(store: Arc<dyn Store>) {
     let s = store.as_ref();
     assert!(s.list_tokens().await.unwrap().is_empty());
-    let info = s.create_token(&p("ci"), [7; 32]).await.unwrap();
-    assert_eq!(info.name, "ci");
+    let info = s
+        .create_token(NewToken::default_for(p("ci"), [7; 32]))
+        .await
+        .unwrap();
+    assert_eq!(info.principal, "ci");
     assert_eq!(s.principal(&[7; 32]).await.unwrap().as_deref(), Some("ci"));
     assert_eq!(s.principal(&[8; 32]).await.unwrap(), None);
     assert!(matches!(
-        s.create_token(&p("ci"), [9; 32]).await,
+        s.create_token(NewToken::default_for(p("ci"), [9; 32]))
+            .await,
         Err(StorageError::AlreadyExists(_))
     ));
-    s.create_token(&p("admin"), [1; 32]).await.unwrap();
+    s.create_token(NewToken::default_for(p("admin"), [1; 32]))
+        .await
+        .unwrap();
     let names: Vec<_> = s
         .list_tokens()
         .await
         .unwrap()
         .into_iter()
-        .map(|t| t.name)
+        .map(|t| t.principal)
         .collect();
     assert_eq!(names, ["admin", "ci"]);
-    s.revoke_token(&p("ci")).await.unwrap();
+    s.revoke_token(&p("ci"), &TokenName::default_name())
+        .await
+        .unwrap();
     assert_eq!(s.principal(&[7; 32]).await.unwrap(), None);
     assert!(matches!(
-        s.revoke_token(&p("ci")).await,
+        s.revoke_token(&p("ci"), &TokenName::default_name()).await,
         Err(StorageError::NotFound)
     ));
-    s.create_token(&p("ci"), [9; 32])
+    s.create_token(NewToken::default_for(p("ci"), [9; 32]))
         .await
         .expect("a revoked name can get a new token");
 }
@@ -562,7 +574,9 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     )
     .await
     .unwrap();
-    s.create_token(&p("alice"), [3; 32]).await.unwrap();
+    s.create_token(NewToken::default_for(p("alice"), [3; 32]))
+        .await
+        .unwrap();
     let export = s.export().await.unwrap();
     assert!(export.unreadable.is_empty());
     let records = export.records;
@@ -574,7 +588,9 @@ pub async fn export_import_round_trip(store: Arc<dyn Store>) {
     s.delete_task(&p("bob"), b.id, Precondition::Any)
         .await
         .unwrap();
-    s.revoke_token(&p("alice")).await.unwrap();
+    s.revoke_token(&p("alice"), &TokenName::default_name())
+        .await
+        .unwrap();
     let set = ImportSet::validate(records.clone()).unwrap();
     assert_eq!(s.import(set).await.unwrap(), 3);
     let mut again = s.export().await.unwrap().records;
@@ -604,11 +620,10 @@ pub async fn import_refuses_non_empty_store(store: Arc<dyn Store>) {
     create(s, "alice", json!({"title": "a"})).await;
     let before = s.export().await.unwrap().records;
     let mut records = before.clone();
-    records.push(Record::Token {
-        name: p("bob"),
-        digest: [4u8; 32],
-        created_at: domain::now(),
-    });
+    records.push(Record::Token(TokenInfo::new(
+        &NewToken::default_for(p("bob"), [4u8; 32]),
+        domain::now(),
+    )));
     let set = ImportSet::validate(records).unwrap();
     assert!(matches!(
         s.import(set).await,
@@ -632,18 +647,19 @@ pub async fn a_replacing_import_replaces_everything_at_once(store: Arc<dyn Store
         request_digest: [1; 32],
     });
     let old = s.create_task(&p("alice"), keyed).await.unwrap();
-    s.create_token(&p("alice"), [3; 32]).await.unwrap();
+    s.create_token(NewToken::default_for(p("alice"), [3; 32]))
+        .await
+        .unwrap();
     let new = Task::create(fields(json!({"title": "new"})));
     let records = vec![
         Record::Task {
             owner: p("bob"),
             task: new.clone(),
         },
-        Record::Token {
-            name: p("bob"),
-            digest: [4u8; 32],
-            created_at: domain::now(),
-        },
+        Record::Token(TokenInfo::new(
+            &NewToken::default_for(p("bob"), [4u8; 32]),
+            domain::now(),
+        )),
     ];
     let set = ImportSet::validate(records.clone()).unwrap().replacing();
     assert_eq!(s.import(set).await.unwrap(), 2);
@@ -880,7 +896,10 @@ pub async fn timestamps_come_from_the_store_clock(store: Arc<dyn Store>, clock: 
         .await
         .unwrap();
     assert_eq!(u.updated_at, clock.now());
-    let token = s.create_token(&p("ci"), [1; 32]).await.unwrap();
+    let token = s
+        .create_token(NewToken::default_for(p("ci"), [1; 32]))
+        .await
+        .unwrap();
     assert_eq!(token.created_at, clock.now());
 }
 
@@ -989,14 +1008,16 @@ pub async fn preconditions_admit_any_version_they_list(store: Arc<dyn Store>) {
 pub async fn tokens_are_listed_in_byte_order_of_names(store: Arc<dyn Store>) {
     let s = store.as_ref();
     for (i, name) in ["a_b", "Z9", "a", "B", "a.b", "a-b"].iter().enumerate() {
-        s.create_token(&p(name), [i as u8; 32]).await.unwrap();
+        s.create_token(NewToken::default_for(p(name), [i as u8; 32]))
+            .await
+            .unwrap();
     }
     let names: Vec<_> = s
         .list_tokens()
         .await
         .unwrap()
         .into_iter()
-        .map(|t| t.name)
+        .map(|t| t.principal)
         .collect();
     assert_eq!(names, ["B", "Z9", "a", "a-b", "a.b", "a_b"]);
 }

@@ -167,11 +167,15 @@ async fn seed(data: &Path, owners: usize, per_owner: usize) -> Arc<dyn Store> {
             });
         }
     }
-    records.push(Record::Token {
-        name: p("alice"),
+    records.push(Record::Token(devops_api::storage::TokenInfo {
+        principal: p("alice"),
+        name: devops_api::domain::TokenName::default_name(),
         digest: [5u8; 32],
         created_at: devops_api::domain::now(),
-    });
+        expires_at: None,
+        last_used_at: None,
+        replaced_at: None,
+    }));
     store
         .import(devops_api::storage::ImportSet::validate(records).unwrap())
         .await
@@ -311,8 +315,12 @@ fn crafted_backup(path: &Path, lines: &[String]) {
 fn token_line(name: &str, digest: u8) -> String {
     serde_json::to_string(&Line::Token {
         name: name.into(),
+        token_name: None,
         digest: hex::encode([digest; 32]),
         created_at: devops_api::domain::now(),
+        expires_at: None,
+        last_used_at: None,
+        replaced_at: None,
     })
     .unwrap()
 }

@@ -204,3 +204,130 @@ fn completions_and_man_pages_come_from_the_command_line_definition() {
     let create = std::fs::read_to_string(pages.join("devops-api-token-create.1")).unwrap();
     assert!(create.contains("data\\-dir"), "{create}");
 }
+
+/// The status and body of `GET /v1/tasks` with `token`.
+async fn list_with(server: &crate::helpers::Server, token: &str) -> (u16, String) {
+    let r = crate::helpers::get(&crate::helpers::client(), server.url("/v1/tasks"), token).await;
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// `token ARGS` on `data`: (success, stdout, stderr).
+fn token_cli(data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let mut all = vec!["token"];
+    all.extend_from_slice(args);
+    let out = run(&all, data, &[]);
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The listed line of `principal`'s token `name` (the first, when rotated).
+fn listed<'a>(list: &'a str, principal: &str, name: &str) -> Vec<&'a str> {
+    list.lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .find(|c| c[0] == principal && c[1] == name)
+        .unwrap_or_else(|| panic!("`{principal}` `{name}` not listed: {list}"))
+}
+
+/// Every token command works while a server holds the file in the default
+/// exclusive mode (through its control socket): several named tokens,
+/// expiry, rotation with its grace, last use, revoke by name; and the last
+/// uses are on disk once the server has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_managed_while_an_exclusive_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = crate::helpers::Server::start(
+        &data,
+        &[("DB_SHARING", "exclusive"), ("DRAIN_SECONDS", "0")],
+    );
+
+    let (ok, ci, err) = token_cli(&data, &["create", "bob", "--name", "ci"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("control socket"),
+        "went through the server: {err}"
+    );
+    let ci = ci.trim().to_owned();
+    let (ok, laptop, err) = token_cli(&data, &["create", "bob", "--name", "laptop"]);
+    assert!(ok, "{err}");
+    let laptop = laptop.trim().to_owned();
+    let (ok, short, err) = token_cli(
+        &data,
+        &["create", "bob", "--name", "short", "--expires-in", "2s"],
+    );
+    assert!(ok && err.contains("expires"), "{err}");
+    let short = short.trim().to_owned();
+    let (ok, _, err) = token_cli(&data, &["create", "bob", "--name", "ci"]);
+    assert!(
+        !ok && err.contains("already has a token named `ci`"),
+        "{err}"
+    );
+
+    for t in [&ci, &laptop, &short] {
+        assert_eq!(list_with(&server, t).await.0, 200);
+    }
+    let unknown = list_with(&server, "dapi_not_a_token_at_all_0123456789abcdef").await;
+    assert_eq!(unknown.0, 401);
+
+    let (ok, rotated, err) = token_cli(&data, &["rotate", "bob", "ci", "--grace", "2s"]);
+    assert!(ok && err.contains("the old one stays valid until"), "{err}");
+    let rotated = rotated.trim().to_owned();
+    assert_ne!(rotated, ci);
+    assert_eq!(
+        list_with(&server, &ci).await.0,
+        200,
+        "old token within its grace"
+    );
+    assert_eq!(list_with(&server, &rotated).await.0, 200);
+
+    let (ok, list, err) = token_cli(&data, &["list"]);
+    assert!(ok, "{err}");
+    assert!(!list.contains("dapi_"), "never the tokens: {list}");
+    let used = listed(&list, "bob", "laptop");
+    assert_eq!(used.len(), 6, "{list}");
+    assert_ne!(used[3], "never", "last use shown: {list}");
+    assert_eq!((used[4], used[5]), ("never", "active"));
+    assert_eq!(
+        list.lines().filter(|l| l.starts_with("bob\tci\t")).count(),
+        2
+    );
+    assert!(list.contains("\trotated\n"), "{list}");
+
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    assert_eq!(
+        list_with(&server, &short).await,
+        unknown,
+        "expired: as unknown"
+    );
+    assert_eq!(
+        list_with(&server, &ci).await,
+        unknown,
+        "the grace has ended"
+    );
+    assert_eq!(list_with(&server, &rotated).await.0, 200);
+    let (_, list, _) = token_cli(&data, &["list"]);
+    assert_eq!(listed(&list, "bob", "short")[5], "expired", "{list}");
+
+    let (ok, _, err) = token_cli(&data, &["revoke", "bob"]);
+    assert!(
+        !ok && err.contains("`bob` has 3 tokens (`ci`, `laptop`, `short`); name the one to revoke"),
+        "{err}"
+    );
+    let (ok, _, err) = token_cli(&data, &["revoke", "bob", "laptop"]);
+    assert!(ok, "{err}");
+    assert_eq!(list_with(&server, &laptop).await, unknown);
+    assert_eq!(list_with(&server, &rotated).await.0, 200);
+    let (ok, _, err) = token_cli(&data, &["revoke", "bob", "laptop"]);
+    assert!(!ok && err.contains("no token named `laptop`"), "{err}");
+
+    // A graceful stop writes the noted uses: the file shows them.
+    server.signal("TERM");
+    assert!(server.wait(std::time::Duration::from_secs(30)).success());
+    assert!(!data.join("control.sock").exists());
+    let (ok, list, err) = token_cli(&data, &["list"]);
+    assert!(ok && !err.contains("control socket"), "{err}");
+    assert_ne!(listed(&list, "bob", "ci")[3], "never", "{list}");
+    let (ok, _, err) = token_cli(&data, &["revoke", "bob", "short"]);
+    assert!(ok, "offline too: {err}");
+    let (ok, _, err) = token_cli(&data, &["revoke", "bob"]);
+    assert!(ok, "one name left (`ci`): {err}");
+}

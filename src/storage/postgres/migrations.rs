@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "idempotency_expiry",
         sql: include_str!("migrations/0002_idempotency_expiry.sql"),
     },
+    Migration {
+        version: 3,
+        name: "named_tokens",
+        sql: include_str!("migrations/0003_named_tokens.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

@@ -33,14 +33,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
+    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TokenInfo, TokenUses,
+    idempotency_cutoff,
 };
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{
+    Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
+};
 
 pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
 use self::rows::to_i64;
@@ -133,6 +137,8 @@ pub struct PostgresStore {
     pub(super) clock: Arc<dyn Clock>,
     /// The background sweep of expired idempotency keys, stopped by `close`.
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Token uses noted by authentication, written in the background.
+    token_uses: Arc<TokenUses>,
 }
 
 impl PostgresStore {
@@ -167,6 +173,7 @@ impl PostgresStore {
             pool,
             clock: config.clock.clone(),
             sweeper: Mutex::new(Some(sweeper)),
+            token_uses: Arc::new(TokenUses::default()),
         })
     }
 
@@ -301,24 +308,51 @@ impl Store for PostgresStore {
         ops::count_tasks(self).await
     }
 
-    async fn create_token(
-        &self,
-        name: &PrincipalName,
-        digest: TokenDigest,
-    ) -> StoreResult<TokenInfo> {
-        ops::create_token(self, name, digest).await
+    async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo> {
+        ops::create_token(self, new).await
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
         ops::tokens(self).await
     }
 
-    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {
-        ops::revoke_token(self, name).await
+    async fn revoke_token(&self, principal: &PrincipalName, name: &TokenName) -> StoreResult<u64> {
+        ops::revoke_token(self, principal, name).await
     }
 
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
-        ops::principal(self, digest).await
+    async fn rotate_token(&self, new: NewToken, grace: Duration) -> StoreResult<TokenInfo> {
+        ops::rotate_token(self, new, grace).await
+    }
+
+    async fn token(&self, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
+        ops::token(self, digest).await
+    }
+
+    async fn write_token_uses(&self, uses: Vec<(TokenDigest, DateTime<Utc>)>) -> StoreResult<()> {
+        ops::write_token_uses(&self.pool, &uses).await
+    }
+
+    fn token_uses(&self) -> &TokenUses {
+        &self.token_uses
+    }
+
+    /// Writes on a task of its own; a failed write puts the uses back.
+    fn spawn_token_use_write(&self) {
+        let uses = self.token_uses.take();
+        if uses.is_empty() {
+            return;
+        }
+        let (pool, back) = (self.pool.clone(), self.token_uses.clone());
+        tokio::spawn(async move {
+            if let Err(e) = ops::write_token_uses(&pool, &uses).await {
+                tracing::warn!(error = %Chain(&e), "writing token last-use times failed; retrying with the next");
+                back.restore(uses);
+            }
+        });
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
     }
 
     async fn export(&self) -> StoreResult<Export> {
@@ -348,6 +382,9 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        if let Err(e) = self.flush_token_uses().await {
+            tracing::warn!(error = %Chain(&e), "could not write token last-use times at close");
+        }
         if let Some(sweeper) = self.sweeper.lock().ok().and_then(|mut s| s.take()) {
             sweeper.abort();
         }

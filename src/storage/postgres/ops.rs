@@ -9,16 +9,21 @@ use tokio_postgres::types::{Json, Type};
 use uuid::Uuid;
 
 use super::PostgresStore;
-use super::rows::{TaskColumns, key_record, task_from_row, task_record, to_i64, token_record};
+use super::rows::{
+    TOKEN_COLUMNS, TaskColumns, key_record, task_from_row, task_record, to_i64, token_row,
+};
 use super::sql::{TASK_COLUMNS, list_sql, refs};
 use crate::domain::{
-    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
+    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
 };
 use crate::storage::codec::TaskRecordV1;
 use crate::storage::rules::{self, KeyUse};
+use crate::storage::tokens::token_infos;
 use crate::storage::{
-    Created, Export, ImportSet, NewTask, Page, Record, StorageError, StoreResult, TokenInfo,
+    Created, Export, ImportSet, NewTask, NewToken, Page, Record, StorageError, StoreResult,
+    TokenInfo,
 };
+use chrono::{DateTime, Utc};
 
 pub(super) async fn create_task(
     store: &PostgresStore,
@@ -248,64 +253,140 @@ pub(super) async fn count_tasks(store: &PostgresStore) -> StoreResult<u64> {
     Ok(u64::try_from(n).unwrap_or_default())
 }
 
-pub(super) async fn create_token(
-    store: &PostgresStore,
-    name: &PrincipalName,
-    digest: TokenDigest,
-) -> StoreResult<TokenInfo> {
-    let client = store.conn().await?;
-    let created_at = store.clock.now();
-    let stmt = client
-        .prepare_cached("INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)")
-        .await?;
-    match client
-        .execute(&stmt, &[&digest.as_slice(), &name.as_str(), &created_at])
-        .await
-    {
-        Ok(_) => Ok(TokenInfo {
-            name: name.clone(),
-            created_at,
-        }),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            Err(StorageError::AlreadyExists(format!("a token for `{name}`")))
-        }
-        Err(e) => Err(e.into()),
+/// `AlreadyExists` for a unique violation (a current token of that name, or
+/// the digest), else the error.
+fn token_conflict(e: tokio_postgres::Error, new: &NewToken) -> StorageError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StorageError::AlreadyExists(format!("a token `{}` for `{}`", new.name, new.principal))
+    } else {
+        e.into()
     }
+}
+
+const INSERT_TOKEN: &str = "INSERT INTO tokens (digest, name, token_name, created_at, expires_at, last_used_at, replaced_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+pub(super) async fn create_token(store: &PostgresStore, new: NewToken) -> StoreResult<TokenInfo> {
+    let client = store.conn().await?;
+    let info = TokenInfo::new(&new, store.clock.now());
+    let stmt = client.prepare_cached(INSERT_TOKEN).await?;
+    let digest = info.digest.as_slice();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &digest,
+        &info.principal.as_str(),
+        &info.name.as_str(),
+        &info.created_at,
+        &info.expires_at,
+        &info.last_used_at,
+        &info.replaced_at,
+    ];
+    client
+        .execute(&stmt, &params)
+        .await
+        .map_err(|e| token_conflict(e, &new))?;
+    Ok(info)
+}
+
+pub(super) async fn rotate_token(
+    store: &PostgresStore,
+    new: NewToken,
+    grace: std::time::Duration,
+) -> StoreResult<TokenInfo> {
+    let mut client = store.conn().await?;
+    let now = store.clock.now();
+    let txn = client.transaction().await?;
+    let row = txn
+        .query_opt(
+            "SELECT digest, expires_at FROM tokens
+             WHERE name = $1 AND token_name = $2 AND replaced_at IS NULL FOR UPDATE",
+            &[&new.principal.as_str(), &new.name.as_str()],
+        )
+        .await?
+        .ok_or(StorageError::NotFound)?;
+    let old: Vec<u8> = row.get(0);
+    let expires_at: Option<DateTime<Utc>> = row.get(1);
+    txn.execute(
+        "UPDATE tokens SET replaced_at = $2, expires_at = $3 WHERE digest = $1",
+        &[&old, &now, &crate::storage::retire(expires_at, now, grace)],
+    )
+    .await?;
+    let info = TokenInfo::new(&new, now);
+    let digest = info.digest.as_slice();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &digest,
+        &info.principal.as_str(),
+        &info.name.as_str(),
+        &info.created_at,
+        &info.expires_at,
+        &info.last_used_at,
+        &info.replaced_at,
+    ];
+    txn.execute(INSERT_TOKEN, &params)
+        .await
+        .map_err(|e| token_conflict(e, &new))?;
+    txn.commit().await?;
+    Ok(info)
 }
 
 pub(super) async fn tokens(store: &PostgresStore) -> StoreResult<Vec<TokenInfo>> {
     let client = store.conn().await?;
     let stmt = client
-        .prepare_cached("SELECT digest, name, created_at FROM tokens")
+        .prepare_cached(&format!("SELECT {TOKEN_COLUMNS} FROM tokens"))
         .await?;
     let rows = client.query(&stmt, &[]).await?;
-    rules::token_infos(rows.iter().map(token_record))
+    token_infos(rows.iter().map(token_row))
 }
 
-pub(super) async fn revoke_token(store: &PostgresStore, name: &PrincipalName) -> StoreResult<()> {
+pub(super) async fn revoke_token(
+    store: &PostgresStore,
+    principal: &PrincipalName,
+    name: &TokenName,
+) -> StoreResult<u64> {
     let client = store.conn().await?;
     let stmt = client
-        .prepare_cached("DELETE FROM tokens WHERE name = $1")
+        .prepare_cached("DELETE FROM tokens WHERE name = $1 AND token_name = $2")
         .await?;
-    match client.execute(&stmt, &[&name.as_str()]).await? {
+    match client
+        .execute(&stmt, &[&principal.as_str(), &name.as_str()])
+        .await?
+    {
         0 => Err(StorageError::NotFound),
-        _ => Ok(()),
+        n => Ok(n),
     }
 }
 
-pub(super) async fn principal(
+pub(super) async fn token(
     store: &PostgresStore,
     digest: &TokenDigest,
-) -> StoreResult<Option<PrincipalName>> {
+) -> StoreResult<Option<TokenInfo>> {
     let client = store.conn().await?;
     let stmt = client
-        .prepare_cached("SELECT digest, name, created_at FROM tokens WHERE digest = $1")
+        .prepare_cached(&format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens WHERE digest = $1"
+        ))
         .await?;
     let row = client.query_opt(&stmt, &[&digest.as_slice()]).await?;
-    match row.map(|r| token_record(&r)).transpose()? {
-        Some(Record::Token { name, .. }) => Ok(Some(name)),
-        _ => Ok(None),
-    }
+    row.map(|r| token_row(&r)).transpose()
+}
+
+/// Writes last-use times later than the stored ones, in one statement.
+pub(super) async fn write_token_uses(
+    pool: &deadpool_postgres::Pool,
+    uses: &[(TokenDigest, DateTime<Utc>)],
+) -> StoreResult<()> {
+    let client = pool.get().await?;
+    let digests: Vec<&[u8]> = uses.iter().map(|(d, _)| d.as_slice()).collect();
+    let times: Vec<DateTime<Utc>> = uses.iter().map(|(_, t)| *t).collect();
+    let stmt = client
+        .prepare_cached(
+            "UPDATE tokens SET last_used_at = u.at
+             FROM unnest($1::bytea[], $2::timestamptz[]) AS u(digest, at)
+             WHERE tokens.digest = u.digest
+               AND (tokens.last_used_at IS NULL OR tokens.last_used_at < u.at)",
+        )
+        .await?;
+    client.execute(&stmt, &[&digests, &times]).await?;
+    Ok(())
 }
 
 pub(super) async fn export(store: &PostgresStore) -> StoreResult<Export> {
@@ -345,11 +426,17 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
         rules::check_import_target(occupied)?;
     }
     for t in &set.tokens {
-        txn.execute(
-            "INSERT INTO tokens (digest, name, created_at) VALUES ($1, $2, $3)",
-            &[&t.digest.as_slice(), &t.name.as_str(), &t.created_at],
-        )
-        .await?;
+        let digest = t.digest.as_slice();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &digest,
+            &t.principal.as_str(),
+            &t.name.as_str(),
+            &t.created_at,
+            &t.expires_at,
+            &t.last_used_at,
+            &t.replaced_at,
+        ];
+        txn.execute(INSERT_TOKEN, &params).await?;
     }
     let sink = txn
         .copy_in(
@@ -397,12 +484,12 @@ pub(super) async fn export_in(txn: &tokio_postgres::Transaction<'_>) -> StoreRes
     let mut out = Export::default();
     for r in txn
         .query(
-            "SELECT digest, name, created_at FROM tokens ORDER BY name",
+            &format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name, token_name, created_at"),
             &[],
         )
         .await?
     {
-        out.push(token_record(&r))?;
+        out.push(token_row(&r).map(Record::Token))?;
     }
     let rows = txn
         .query(

@@ -8,7 +8,8 @@ use tokio_postgres::types::Json;
 use uuid::Uuid;
 
 use super::corrupt;
-use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, rfc3339};
+use crate::domain::{PrincipalName, StoredTask, Task, TokenDigest, TokenName, rfc3339};
+use crate::storage::TokenInfo;
 use crate::storage::codec::TaskRecordV1;
 use crate::storage::rules::KeyRecord;
 use crate::storage::{Record, StoreResult};
@@ -81,8 +82,12 @@ pub(super) fn task_record(row: &Row) -> StoreResult<Record> {
     Ok(Record::Task { owner: name, task })
 }
 
-/// A row of `SELECT digest, name, created_at FROM tokens` as a record.
-pub(super) fn token_record(row: &Row) -> StoreResult<Record> {
+/// The columns of a token row, in the order [`token_row`] reads them.
+pub(super) const TOKEN_COLUMNS: &str =
+    "digest, name, token_name, created_at, expires_at, last_used_at, replaced_at";
+
+/// A row of `SELECT {TOKEN_COLUMNS} FROM tokens`.
+pub(super) fn token_row(row: &Row) -> StoreResult<TokenInfo> {
     let digest: Vec<u8> = row
         .try_get(0)
         .map_err(|e| corrupt("token", "tokens", e.to_string()))?;
@@ -90,13 +95,21 @@ pub(super) fn token_record(row: &Row) -> StoreResult<Record> {
     let bad = |e: String| corrupt("token", &key, e);
     let digest = TokenDigest::try_from(digest.as_slice())
         .map_err(|_| bad("the digest is not 32 bytes".into()))?;
-    let name: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
-    let name = PrincipalName::parse(&name).map_err(&bad)?;
-    let created_at: DateTime<Utc> = row.try_get(2).map_err(|e| bad(e.to_string()))?;
-    Ok(Record::Token {
-        name,
+    let principal: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
+    let name: String = row.try_get(2).map_err(|e| bad(e.to_string()))?;
+    let time = |i: usize| -> StoreResult<Option<DateTime<Utc>>> {
+        let t: Option<DateTime<Utc>> = row.try_get(i).map_err(|e| bad(e.to_string()))?;
+        t.map(|t| rfc3339::check_stored(t).map_err(&bad))
+            .transpose()
+    };
+    Ok(TokenInfo {
+        principal: PrincipalName::parse(&principal).map_err(&bad)?,
+        name: TokenName::parse(&name).map_err(&bad)?,
         digest,
-        created_at: rfc3339::check_stored(created_at).map_err(&bad)?,
+        created_at: time(3)?.ok_or_else(|| bad("no created_at".into()))?,
+        expires_at: time(4)?,
+        last_used_at: time(5)?,
+        replaced_at: time(6)?,
     })
 }
 

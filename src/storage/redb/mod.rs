@@ -55,9 +55,13 @@ use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
+    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TokenInfo, TokenUses,
+    idempotency_cutoff,
 };
-use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
+use crate::domain::{
+    Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
+};
+use chrono::{DateTime, Utc};
 
 /// How much a read may do; see `RedbStore::read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +148,8 @@ pub struct RedbStore {
     /// The database file and its directory, for the size gauges; `None` for
     /// a store on a backend other than a file.
     file: Option<PathBuf>,
+    /// Token uses noted by authentication, written in the background.
+    token_uses: Arc<TokenUses>,
 }
 
 /// Counts an open read transaction for as long as it lives.
@@ -241,6 +247,7 @@ impl RedbStore {
             reads_inline: config.sharing == DbSharing::Exclusive,
             readers: Arc::new(AtomicI64::new(0)),
             file: None,
+            token_uses: Arc::new(TokenUses::default()),
         })
     }
 
@@ -370,14 +377,9 @@ impl Store for RedbStore {
         self.read(ReadCost::Short, ops::count_tasks).await
     }
 
-    async fn create_token(
-        &self,
-        name: &PrincipalName,
-        digest: TokenDigest,
-    ) -> StoreResult<TokenInfo> {
-        let name = name.clone();
+    async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo> {
         let clock = self.shared.clock.clone();
-        self.write(move |txn| ops::create_token(txn, &name, digest, clock.now()))
+        self.write(move |txn| ops::create_token(txn, &new, clock.now()))
             .await
     }
 
@@ -385,15 +387,57 @@ impl Store for RedbStore {
         self.read(ReadCost::Long, ops::tokens).await
     }
 
-    async fn revoke_token(&self, name: &PrincipalName) -> StoreResult<()> {
-        let name = name.clone();
-        self.write(move |txn| ops::revoke_token(txn, &name)).await
+    async fn revoke_token(&self, principal: &PrincipalName, name: &TokenName) -> StoreResult<u64> {
+        let (principal, name) = (principal.clone(), name.clone());
+        self.write(move |txn| ops::revoke_token(txn, &principal, &name))
+            .await
     }
 
-    async fn principal(&self, digest: &TokenDigest) -> StoreResult<Option<PrincipalName>> {
-        let digest = *digest;
-        self.read(ReadCost::Short, move |txn| ops::principal(txn, &digest))
+    async fn rotate_token(&self, new: NewToken, grace: Duration) -> StoreResult<TokenInfo> {
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| ops::rotate_token(txn, &new, grace, clock.now()))
             .await
+    }
+
+    async fn token(&self, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
+        let digest = *digest;
+        self.read(ReadCost::Short, move |txn| ops::token(txn, &digest))
+            .await
+    }
+
+    async fn write_token_uses(&self, uses: Vec<(TokenDigest, DateTime<Utc>)>) -> StoreResult<()> {
+        self.write(move |txn| ops::write_token_uses(txn, &uses))
+            .await
+    }
+
+    fn token_uses(&self) -> &TokenUses {
+        &self.token_uses
+    }
+
+    /// Queues the write on the writer thread and does not wait for it; a
+    /// failed write puts the uses back for the next one.
+    fn spawn_token_use_write(&self) {
+        let uses = self.token_uses.take();
+        if uses.is_empty() {
+            return;
+        }
+        let back = self.token_uses.clone();
+        let kept = uses.clone();
+        let job = job(
+            move |txn| ops::write_token_uses(txn, &uses),
+            Poison::OnIoError,
+            move |r: StoreResult<()>| {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "writing token last-use times failed; retrying with the next");
+                    back.restore(kept);
+                }
+            },
+        );
+        let _ = self.jobs.send(Msg::Write(job));
+    }
+
+    fn clock(&self) -> &dyn Clock {
+        self.shared.clock.as_ref()
     }
 
     async fn export(&self) -> StoreResult<Export> {
@@ -460,6 +504,9 @@ impl Store for RedbStore {
     }
 
     async fn close(&self) {
+        if let Err(e) = self.flush_token_uses().await {
+            tracing::warn!(error = %e, "could not write token last-use times at close");
+        }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         let _ = self.jobs.send(Msg::Stop);
         if let Some(h) = handle {

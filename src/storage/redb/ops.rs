@@ -5,8 +5,6 @@
 //! Every write operation checks all its preconditions before it writes
 //! anything (see the module documentation of `storage::redb`).
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
@@ -14,17 +12,20 @@ use super::keys::{
     expiry_key, expiry_prefix, id_of_key, idem_key, idem_key_name, owner_prefix_bounds,
     split_task_key, task_key, task_key_name,
 };
-use super::tables::{COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS};
+use super::tables::{
+    COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS, token_name_key,
+};
 use crate::domain::{
-    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest,
+    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
 };
 use crate::storage::codec::{
-    TokenRecordV1, decode, decode_key_record, decode_task, encode, encode_key_record, encode_task,
+    decode_key_record, decode_task, decode_token, encode_key_record, encode_task, encode_token,
 };
 use crate::storage::rules::{self, KeyUse};
+use crate::storage::tokens::token_infos;
 use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
-    StoreResult, TokenInfo,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, NewToken, Page, Record,
+    StorageError, StoreResult, TokenInfo, retire,
 };
 
 pub(super) fn create_task(
@@ -193,59 +194,126 @@ pub(super) fn count_tasks(txn: &ReadTransaction) -> StoreResult<u64> {
 
 pub(super) fn create_token(
     txn: &WriteTransaction,
-    name: &PrincipalName,
-    digest: TokenDigest,
+    new: &NewToken,
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
     let mut names = txn.open_table(TOKEN_NAMES)?;
-    if names.get(name.as_str())?.is_some() {
-        return Err(StorageError::AlreadyExists(format!("a token for `{name}`")));
-    }
-    let rec = TokenRecordV1 {
-        name: Cow::Borrowed(name.as_str()),
-        created_at: now,
-    };
     let mut tokens = txn.open_table(TOKENS)?;
-    tokens.insert(digest.as_slice(), encode(&rec).as_slice())?;
-    names.insert(name.as_str(), digest.as_slice())?;
-    Ok(TokenInfo {
-        name: name.clone(),
-        created_at: rec.created_at,
-    })
+    let key = token_name_key(&new.principal, &new.name);
+    if names.get(key.as_slice())?.is_some() {
+        return Err(StorageError::AlreadyExists(format!(
+            "a token `{}` for `{}`",
+            new.name, new.principal
+        )));
+    }
+    if tokens.get(new.digest.as_slice())?.is_some() {
+        return Err(StorageError::AlreadyExists(
+            "a token with this digest".into(),
+        ));
+    }
+    let info = TokenInfo::new(new, now);
+    tokens.insert(new.digest.as_slice(), encode_token(&info).as_slice())?;
+    names.insert(key.as_slice(), new.digest.as_slice())?;
+    Ok(info)
+}
+
+pub(super) fn rotate_token(
+    txn: &WriteTransaction,
+    new: &NewToken,
+    grace: std::time::Duration,
+    now: DateTime<Utc>,
+) -> StoreResult<TokenInfo> {
+    let mut names = txn.open_table(TOKEN_NAMES)?;
+    let mut tokens = txn.open_table(TOKENS)?;
+    let key = token_name_key(&new.principal, &new.name);
+    let old_digest = names
+        .get(key.as_slice())?
+        .map(|v| v.value().to_vec())
+        .ok_or(StorageError::NotFound)?;
+    let bytes = tokens
+        .get(old_digest.as_slice())?
+        .map(|v| v.value().to_vec())
+        .ok_or(StorageError::NotFound)?;
+    if tokens.get(new.digest.as_slice())?.is_some() {
+        return Err(StorageError::AlreadyExists(
+            "a token with this digest".into(),
+        ));
+    }
+    let mut old = decode_token(token_key_name(&old_digest), &old_digest, &bytes)?;
+    old.expires_at = Some(retire(old.expires_at, now, grace));
+    old.replaced_at = Some(now);
+    let info = TokenInfo::new(new, now);
+    tokens.insert(old_digest.as_slice(), encode_token(&old).as_slice())?;
+    tokens.insert(new.digest.as_slice(), encode_token(&info).as_slice())?;
+    names.insert(key.as_slice(), new.digest.as_slice())?;
+    Ok(info)
 }
 
 pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
     let tokens = txn.open_table(TOKENS)?;
-    rules::token_infos(tokens.iter()?.map(|e| {
+    token_infos(tokens.iter()?.map(|e| {
         let (k, v) = e?;
-        token_of(k.value(), v.value())
+        decode_token(token_key_name(k.value()), k.value(), v.value())
     }))
 }
 
-pub(super) fn revoke_token(txn: &WriteTransaction, name: &PrincipalName) -> StoreResult<()> {
+/// Removes every token of `principal` named `name`: a scan, since tokens a
+/// rotation replaced are not indexed by name (tokens are few).
+pub(super) fn revoke_token(
+    txn: &WriteTransaction,
+    principal: &PrincipalName,
+    name: &TokenName,
+) -> StoreResult<u64> {
     let mut names = txn.open_table(TOKEN_NAMES)?;
-    let digest = names
-        .get(name.as_str())?
-        .map(|v| v.value().to_vec())
-        .ok_or(StorageError::NotFound)?;
     let mut tokens = txn.open_table(TOKENS)?;
-    tokens.remove(digest.as_slice())?;
-    names.remove(name.as_str())?;
-    Ok(())
+    let mut doomed = Vec::new();
+    for e in tokens.iter()? {
+        let (k, v) = e?;
+        if let Ok(t) = decode_token("", k.value(), v.value())
+            && t.principal == *principal
+            && t.name == *name
+        {
+            doomed.push(k.value().to_vec());
+        }
+    }
+    if doomed.is_empty() {
+        return Err(StorageError::NotFound);
+    }
+    for d in &doomed {
+        tokens.remove(d.as_slice())?;
+    }
+    names.remove(token_name_key(principal, name).as_slice())?;
+    Ok(doomed.len() as u64)
 }
 
-pub(super) fn principal(
-    txn: &ReadTransaction,
-    digest: &TokenDigest,
-) -> StoreResult<Option<PrincipalName>> {
+pub(super) fn token(txn: &ReadTransaction, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
     let tokens = txn.open_table(TOKENS)?;
     match tokens.get(digest.as_slice())? {
-        Some(v) => match token_of(digest, v.value())? {
-            Record::Token { name, .. } => Ok(Some(name)),
-            Record::Task { .. } => Ok(None),
-        },
+        Some(v) => decode_token(token_key_name(digest), digest, v.value()).map(Some),
         None => Ok(None),
     }
+}
+
+/// Writes last-use times later than the stored ones, for tokens that exist.
+pub(super) fn write_token_uses(
+    txn: &WriteTransaction,
+    uses: &[(TokenDigest, DateTime<Utc>)],
+) -> StoreResult<()> {
+    let mut tokens = txn.open_table(TOKENS)?;
+    for (digest, at) in uses {
+        let Some(bytes) = tokens.get(digest.as_slice())?.map(|v| v.value().to_vec()) else {
+            continue;
+        };
+        // An unreadable record stays as it is.
+        let Ok(mut t) = decode_token("", digest, &bytes) else {
+            continue;
+        };
+        if t.last_used_at.is_none_or(|l| l < *at) {
+            t.last_used_at = Some(*at);
+            tokens.insert(digest.as_slice(), encode_token(&t).as_slice())?;
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
@@ -272,12 +340,13 @@ pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64>
     let mut names = txn.open_table(TOKEN_NAMES)?;
     let mut counts = txn.open_table(COUNTS)?;
     for t in &set.tokens {
-        let rec = TokenRecordV1 {
-            name: Cow::Borrowed(t.name.as_str()),
-            created_at: t.created_at,
-        };
-        tokens.insert(t.digest.as_slice(), encode(&rec).as_slice())?;
-        names.insert(t.name.as_str(), t.digest.as_slice())?;
+        tokens.insert(t.digest.as_slice(), encode_token(t).as_slice())?;
+        if t.is_current() {
+            names.insert(
+                token_name_key(&t.principal, &t.name).as_slice(),
+                t.digest.as_slice(),
+            )?;
+        }
     }
     for (owner, task) in &set.tasks {
         tasks.insert(
@@ -348,29 +417,13 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     }
 }
 
-/// A token record and its key as a record; corrupt unless the digest and
-/// the name are valid.
-fn token_of(digest: &[u8], value: &[u8]) -> StoreResult<Record> {
-    let key = format!(
+/// How a token record is named in reports: table and hex digest.
+fn token_key_name(digest: &[u8]) -> String {
+    format!(
         "{}/{}",
         redb::TableHandle::name(&TOKENS),
         hex::encode(digest)
-    );
-    let rec: TokenRecordV1 = decode("token", &key, value)?;
-    let Ok(digest) = TokenDigest::try_from(digest) else {
-        return Err(StorageError::corrupt(
-            "token",
-            key,
-            "the digest is not 32 bytes",
-        ));
-    };
-    let name =
-        PrincipalName::parse(&rec.name).map_err(|e| StorageError::corrupt("token", &key, e))?;
-    Ok(Record::Token {
-        name,
-        digest,
-        created_at: rec.created_at,
-    })
+    )
 }
 
 /// A task record and its key as a record.
@@ -389,7 +442,7 @@ fn export_from(
     let mut out = Export::default();
     for e in tokens.iter()? {
         let (k, v) = e?;
-        out.push(token_of(k.value(), v.value()))?;
+        out.push(decode_token(token_key_name(k.value()), k.value(), v.value()).map(Record::Token))?;
     }
     for e in tasks.iter()? {
         let (k, v) = e?;
