@@ -4,12 +4,14 @@
 //!
 //! Rules that every backend needs live here, above them, and the backends only
 //! do I/O: what an idempotency key means ([`idempotency_fresh`] and
-//! `rules::use_key`), conditional writes, the quota, the order of tokens, the
+//! `rules::use_key`), conditional writes, the quota, the order of tokens and
+//! when a token admits a request, rotates or is used (`tokens`), the
 //! validation of restored records ([`ImportSet`]), the reporting of records
 //! that cannot be decoded ([`StorageError::corrupt`]), and the clock
 //! ([`Clock`]) that dates tasks and idempotency records.
 //!
-//! The parts: [`error`](StorageError), `rules`, `import` ([`Record`],
+//! The parts: [`error`](StorageError), `rules`, `tokens` ([`TokenInfo`],
+//! [`TokenUses`]), `import` ([`Record`],
 //! [`ImportSet`]), `clock`, `codec` (the versioned records of the embedded
 //! backend), and one module per backend: [`redb`] and [`postgres`].
 
