@@ -640,35 +640,146 @@ async fn an_unreadable_idempotency_record_frees_its_key() {
     store.close().await;
 }
 
-/// A file written by the release before named tokens (layout 1: one token
-/// per principal, `tokens_v1`), made by that release's binary with
-/// `restore tests/golden/backup_v1.jsonl` and `token create ci-bot`, opens:
-/// its tokens become the principals' tokens named `default`, the token
-/// still authenticates, its task is there, and layout 1 is gone.
-#[tokio::test]
-async fn a_file_from_before_named_tokens_is_migrated_on_open() {
-    use devops_api::domain::TokenName;
-    use devops_api::storage::NewToken;
-    const CI_BOT: &str = "dapi_9X8h0OjGS09AMEov8I9qXu92EVvQo63F-H5d-tG9sAg";
-    let dir = tempfile::tempdir().unwrap();
+/// What the release before named tokens does with the token tables, as its
+/// code did it (`storage::redb::ops` of that release), on a file this
+/// release also opens: the two share the file during a rolling update and
+/// after a rollback.
+mod previous_release {
+    use devops_api::storage::codec::{TokenRecordV1, decode, encode};
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+    use std::borrow::Cow;
+
+    pub const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens_v1");
+    pub const TOKEN_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("token_names_v1");
+
+    /// Its authentication: the principal of the token with this digest.
+    pub fn principal(db: &Database, digest: &[u8; 32]) -> Option<String> {
+        let txn = db.begin_read().unwrap();
+        let tokens = txn.open_table(TOKENS).unwrap();
+        let v = tokens.get(digest.as_slice()).unwrap()?;
+        let rec: TokenRecordV1 = decode("token", "k", v.value()).expect("a version-1 record");
+        Some(rec.name.into_owned())
+    }
+
+    /// Its `token create`: refused while the principal has a token.
+    pub fn create(db: &Database, principal: &str, digest: [u8; 32]) -> Result<(), ()> {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut names = txn.open_table(TOKEN_NAMES).unwrap();
+            if names.get(principal).unwrap().is_some() {
+                return Err(());
+            }
+            let rec = TokenRecordV1 {
+                name: Cow::Borrowed(principal),
+                created_at: chrono::Utc::now(),
+            };
+            let mut tokens = txn.open_table(TOKENS).unwrap();
+            tokens
+                .insert(digest.as_slice(), encode(&rec).as_slice())
+                .unwrap();
+            names.insert(principal, digest.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        Ok(())
+    }
+
+    /// Its `token revoke`: the principal's listed token; `None` if none.
+    pub fn revoke(db: &Database, principal: &str) -> Option<[u8; 32]> {
+        let txn = db.begin_write().unwrap();
+        let digest = {
+            let mut names = txn.open_table(TOKEN_NAMES).unwrap();
+            let digest: [u8; 32] = names.get(principal).unwrap()?.value().try_into().unwrap();
+            let mut tokens = txn.open_table(TOKENS).unwrap();
+            tokens.remove(digest.as_slice()).unwrap();
+            names.remove(principal).unwrap();
+            digest
+        };
+        txn.commit().unwrap();
+        Some(digest)
+    }
+
+    /// Every `(digest, record)` of a table.
+    pub fn entries<K: redb::Key + 'static>(
+        db: &Database,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Vec<(Vec<u8>, Vec<u8>)>
+    where
+        for<'a> K::SelfType<'a>: AsRef<[u8]>,
+    {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(table).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().as_ref().to_vec(), v.value().to_vec())
+            })
+            .collect()
+    }
+}
+
+/// A redb file of this release in `dir`, used the way the other release
+/// uses it in between: the store is closed, `f` runs on the file, and the
+/// store opens again.
+async fn as_previous_release<T>(
+    store: RedbStore,
+    cfg: &RedbConfig,
+    f: impl FnOnce(&redb::Database) -> T,
+) -> (RedbStore, T) {
+    store.close().await;
+    drop(store);
+    let db = redb::Database::open(cfg.db_path()).unwrap();
+    let out = f(&db);
+    drop(db);
+    (RedbStore::open(cfg).unwrap(), out)
+}
+
+const CI_BOT: &str = "dapi_9X8h0OjGS09AMEov8I9qXu92EVvQo63F-H5d-tG9sAg";
+
+fn golden_layout_v1(dir: &std::path::Path) -> RedbConfig {
     std::fs::copy(
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/golden/redb_layout_v1.redb"
         ),
-        dir.path().join(devops_api::storage::redb::DB_FILE),
+        dir.join(devops_api::storage::redb::DB_FILE),
     )
     .unwrap();
-    let cfg = RedbConfig::new(dir.path());
+    RedbConfig::new(dir)
+}
+
+/// A file written by the release before named tokens (one token per
+/// principal), made by that release's binary with `restore
+/// tests/golden/backup_v1.jsonl` and `token create ci-bot`, opens: its
+/// tokens are the principals' tokens named `default` and still
+/// authenticate, and the tables that release reads are still there, holding
+/// every record they held, plus the tokens made since, in its format.
+#[tokio::test]
+async fn a_file_from_before_named_tokens_keeps_the_previous_layout() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::NewToken;
+    use previous_release::{TOKEN_NAMES, TOKENS, entries};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = golden_layout_v1(dir.path());
+    let before = redb::Database::open(cfg.db_path()).unwrap();
+    let (tokens_before, names_before) = (entries(&before, TOKENS), entries(&before, TOKEN_NAMES));
+    drop(before);
+    assert_eq!((tokens_before.len(), names_before.len()), (2, 2));
+
     let store = RedbStore::open(&cfg).unwrap();
-    let tokens = store.list_tokens().await.unwrap();
-    let names: Vec<_> = tokens
-        .iter()
-        .map(|t| (t.principal.as_str(), t.name.as_str(), t.expires_at))
+    let listed: Vec<_> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.principal.to_string(), t.name.to_string(), t.expires_at))
         .collect();
     assert_eq!(
-        names,
-        [("alice", "default", None), ("ci-bot", "default", None)]
+        listed,
+        [
+            ("alice".into(), "default".into(), None),
+            ("ci-bot".into(), "default".into(), None)
+        ]
     );
     let ci = devops_api::auth::digest(CI_BOT);
     assert_eq!(
@@ -676,7 +787,6 @@ async fn a_file_from_before_named_tokens_is_migrated_on_open() {
         Some("ci-bot")
     );
     assert_eq!(store.count_tasks().await.unwrap(), 1);
-    // The name index was built: the name is taken, and a second name is free.
     assert!(matches!(
         store
             .create_token(NewToken::default_for(p("ci-bot"), [1; 32]))
@@ -690,27 +800,269 @@ async fn a_file_from_before_named_tokens_is_migrated_on_open() {
         })
         .await
         .unwrap();
-    store.close().await;
-    drop(store);
-    // Opening again finds layout 2 only and changes nothing.
-    let store = RedbStore::open(&cfg).unwrap();
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        let tokens = entries(db, TOKENS);
+        for e in &tokens_before {
+            assert!(tokens.contains(e), "a record of the previous release went");
+        }
+        assert_eq!(tokens.len(), 3);
+        assert_eq!(
+            entries(db, TOKEN_NAMES),
+            names_before,
+            "each principal still names its `default` token"
+        );
+        assert_eq!(
+            previous_release::principal(db, &[1; 32]).as_deref(),
+            Some("ci-bot"),
+            "a named token authenticates in the previous release too"
+        );
+        assert_eq!(
+            previous_release::principal(db, &ci).as_deref(),
+            Some("ci-bot")
+        );
+    })
+    .await;
     assert_eq!(store.list_tokens().await.unwrap().len(), 3);
     store.close().await;
-    drop(store);
-    use redb::{ReadableDatabase, TableHandle};
-    let db = redb::Database::open(cfg.db_path()).unwrap();
-    let tables: Vec<String> = db
-        .begin_read()
-        .unwrap()
-        .list_tables()
-        .unwrap()
-        .map(|t| t.name().to_owned())
-        .collect();
-    assert!(tables.iter().any(|t| t == "tokens_v2"), "{tables:?}");
-    assert!(
-        !tables
-            .iter()
-            .any(|t| t.ends_with("tokens_v1") || t == "token_names_v1"),
-        "{tables:?}"
+}
+
+/// Writes of the previous release on a file of this release are honoured:
+/// a token it creates authenticates here (as `default`, or `default-…` when
+/// that name is taken); one it revokes is refused here; its `create` is
+/// refused for a principal with tokens, and its `revoke` deletes one real
+/// token at a time.
+#[tokio::test]
+async fn tokens_the_previous_release_creates_or_revokes_count_here() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::NewToken;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let named = |p_: &str, n: &str, d: u8| NewToken {
+        name: TokenName::parse(n).unwrap(),
+        ..NewToken::default_for(p(p_), [d; 32])
+    };
+    store
+        .create_token(named("alice", "laptop", 1))
+        .await
+        .unwrap();
+    store.create_token(named("alice", "ci", 2)).await.unwrap();
+    store
+        .create_token(named("bob", "default", 3))
+        .await
+        .unwrap();
+
+    // The previous release: alice has tokens (refused), carol is new, bob
+    // loses his token, then makes another one.
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        assert!(previous_release::create(db, "alice", [9; 32]).is_err());
+        previous_release::create(db, "carol", [4; 32]).unwrap();
+        assert_eq!(previous_release::revoke(db, "bob"), Some([3; 32]));
+        previous_release::create(db, "bob", [5; 32]).unwrap();
+        // alice's listed token is her oldest current one: revoked there.
+        assert_eq!(previous_release::revoke(db, "alice"), Some([1; 32]));
+    })
+    .await;
+    let who = |d: u8| {
+        let store = &store;
+        async move { store.principal(&[d; 32]).await.unwrap() }
+    };
+    assert_eq!(who(4).await.as_deref(), Some("carol"), "created there");
+    assert_eq!(who(5).await.as_deref(), Some("bob"), "created there");
+    assert_eq!(who(3).await, None, "revoked there");
+    assert_eq!(who(1).await, None, "revoked there");
+    assert_eq!(who(2).await.as_deref(), Some("alice"));
+    let listed = |tokens: Vec<devops_api::storage::TokenInfo>| {
+        tokens
+            .into_iter()
+            .map(|t| (t.principal.to_string(), t.name.to_string(), t.digest[0]))
+            .collect::<Vec<_>>()
+    };
+    let own = |v: &[(&str, &str, u8)]| {
+        v.iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), *c))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(store.list_tokens().await.unwrap()),
+        own(&[
+            ("alice", "ci", 2),
+            ("bob", "default", 5),
+            ("carol", "default", 4)
+        ])
     );
+    // A second token of the previous release for a principal that already
+    // has `default` (its listing entry went with a revoke) gets a name of
+    // its own, kept once this release wrote its metadata.
+    store
+        .create_token(named("carol", "laptop", 6))
+        .await
+        .unwrap();
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        // carol's listed token is `default` (4).
+        assert_eq!(previous_release::revoke(db, "carol"), Some([4; 32]));
+        // Until this release writes tokens again (any token write, or the
+        // sweep), carol is not listed there: it may create one.
+        assert_eq!(previous_release::revoke(db, "carol"), None);
+        previous_release::create(db, "carol", [7; 32]).unwrap();
+    })
+    .await;
+    assert_eq!(
+        store.principal(&[6; 32]).await.unwrap().as_deref(),
+        Some("carol")
+    );
+    assert_eq!(
+        store.principal(&[7; 32]).await.unwrap().as_deref(),
+        Some("carol")
+    );
+    let carol = |tokens: Vec<devops_api::storage::TokenInfo>| {
+        listed(tokens)
+            .into_iter()
+            .filter(|t| t.0 == "carol")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        carol(store.list_tokens().await.unwrap()),
+        own(&[("carol", "default", 7), ("carol", "laptop", 6)])
+    );
+    // `default` taken by a token in its rotation's grace: the next token of
+    // the previous release gets `default-<digest prefix>`, and keeps it.
+    store
+        .rotate_token(
+            named("carol", "default", 9),
+            std::time::Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        assert_eq!(
+            previous_release::revoke(db, "carol"),
+            Some([9; 32]),
+            "the current `default`"
+        );
+        previous_release::create(db, "carol", [8; 32]).unwrap();
+    })
+    .await;
+    assert_eq!(store.principal(&[9; 32]).await.unwrap(), None);
+    assert_eq!(
+        store.principal(&[8; 32]).await.unwrap().as_deref(),
+        Some("carol")
+    );
+    assert_eq!(
+        store.principal(&[7; 32]).await.unwrap().as_deref(),
+        Some("carol"),
+        "grace"
+    );
+    let eight = own(&[("carol", "default-08080808", 8)]);
+    assert_eq!(
+        carol(store.list_tokens().await.unwrap()),
+        own(&[
+            ("carol", "default", 7),
+            ("carol", "default-08080808", 8),
+            ("carol", "laptop", 6)
+        ])
+    );
+    store.sweep_tokens().await.unwrap();
+    store
+        .create_token(named("carol", "default", 10))
+        .await
+        .unwrap();
+    assert!(
+        carol(store.list_tokens().await.unwrap()).contains(&eight[0]),
+        "the name stays once stored"
+    );
+    store.close().await;
+}
+
+/// Expiry and a rotation's grace, which the previous release does not
+/// know: the sweep takes the token out of the table that release reads, so
+/// it refuses the token too (also after a rollback, once the server
+/// stopped); this release still lists it as expired until it is revoked.
+#[tokio::test]
+async fn expired_and_rotated_out_tokens_leave_the_previous_releases_table() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::{Clock, NewToken};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let cfg = RedbConfig {
+        clock: clock.clone(),
+        ..RedbConfig::new(dir.path())
+    };
+    let store = RedbStore::open(&cfg).unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    store
+        .create_token(NewToken {
+            name: TokenName::parse("short").unwrap(),
+            expires_at: Some(clock.now() + chrono::Duration::hours(1)),
+            ..NewToken::default_for(p("alice"), [1; 32])
+        })
+        .await
+        .unwrap();
+    store
+        .create_token(NewToken::default_for(p("bob"), [2; 32]))
+        .await
+        .unwrap();
+    store
+        .rotate_token(NewToken::default_for(p("bob"), [3; 32]), hour * 2)
+        .await
+        .unwrap();
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        for (d, who) in [(1, "alice"), (2, "bob"), (3, "bob")] {
+            assert_eq!(
+                previous_release::principal(db, &[d; 32]).as_deref(),
+                Some(who)
+            );
+        }
+    })
+    .await;
+    clock.advance(hour);
+    assert_eq!(store.principal(&[1; 32]).await.unwrap(), None);
+    assert_eq!(store.sweep_tokens().await.unwrap(), 1);
+    clock.advance(hour);
+    assert_eq!(store.principal(&[2; 32]).await.unwrap(), None, "grace over");
+    // No sweep now: closing sweeps, so the previous release after a
+    // rollback refuses it as well.
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        assert_eq!(previous_release::principal(db, &[1; 32]), None);
+        assert_eq!(previous_release::principal(db, &[2; 32]), None);
+        assert_eq!(
+            previous_release::principal(db, &[3; 32]).as_deref(),
+            Some("bob")
+        );
+        // bob's listed token is the current one.
+        let names = previous_release::entries(db, previous_release::TOKEN_NAMES);
+        assert_eq!(names, vec![(b"bob".to_vec(), vec![3; 32])]);
+    })
+    .await;
+    let states: Vec<_> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.principal.to_string(), t.digest[0], t.expires_at.is_some()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("alice".to_string(), 1, true),
+            ("bob".to_string(), 2, true),
+            ("bob".to_string(), 3, false)
+        ],
+        "expired tokens stay listed"
+    );
+    assert!(
+        store.token(&[1; 32]).await.unwrap().is_some(),
+        "still stored, as expired"
+    );
+    assert_eq!(
+        store
+            .revoke_token(&p("alice"), &TokenName::parse("short").unwrap())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.token(&[1; 32]).await.unwrap().is_none());
+    store.close().await;
 }

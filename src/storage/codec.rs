@@ -191,16 +191,43 @@ pub(crate) fn decode_key_record(
     })
 }
 
-/// The redb record of a token, version 1 (its key is the token's digest):
-/// one token per principal, from before tokens had names. Only read (a file
-/// from then is migrated on open); it decodes as the token named
-/// [`TokenName::DEFAULT`].
+/// The redb record of a token, version 1 (its key is the token's digest),
+/// the record of the `tokens_v1` table, which every release reads: the
+/// release before named tokens authenticates with it alone, so every token
+/// is written in this format too (see `storage::redb::tokens`). On its own
+/// it decodes as the token named [`TokenName::DEFAULT`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TokenRecordV1<'a> {
     /// The principal.
     pub name: Cow<'a, str>,
     #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
+}
+
+/// The version-1 record of `t` (its principal and creation only).
+pub fn encode_token_v1(t: &TokenInfo) -> Vec<u8> {
+    encode(&TokenRecordV1 {
+        name: Cow::Borrowed(t.principal.as_str()),
+        created_at: t.created_at,
+    })
+}
+
+/// A record of the `tokens_v1` table: version 1 only (what the release
+/// before named tokens reads), as the token named [`TokenName::DEFAULT`].
+pub fn decode_token_v1(
+    key: impl std::fmt::Display,
+    digest: &[u8],
+    bytes: &[u8],
+) -> Result<TokenInfo, StorageError> {
+    match bytes.first() {
+        Some(&FORMAT_V1) => decode_token(key, digest, bytes),
+        Some(v) => Err(StorageError::corrupt(
+            "token",
+            key,
+            format!("unknown format version {v}"),
+        )),
+        None => Err(StorageError::corrupt("token", key, "empty record")),
+    }
 }
 
 /// The first byte of a token record of version 2.
@@ -486,6 +513,16 @@ mod tests {
             (v1.expires_at, v1.last_used_at, v1.replaced_at),
             (None, None, None)
         );
+        // Every token, named or not, is also written as exactly this record
+        // (what the release before named tokens reads), and nothing else.
+        let named = golden_token();
+        let named = TokenInfo {
+            created_at: task.created_at,
+            ..named
+        };
+        assert_eq!(encode_token_v1(&named), GOLDEN_TOKEN);
+        assert_eq!(decode_token_v1("k", &[0xcd; 32], GOLDEN_TOKEN).unwrap(), v1);
+        assert!(decode_token_v1("k", &[0xcd; 32], GOLDEN_TOKEN_V2).is_err());
         let v2 = golden_token();
         assert_eq!(
             encode_token(&v2),

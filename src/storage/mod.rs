@@ -41,8 +41,8 @@ pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::redb::{DbSharing, RedbConfig, RedbStore};
 pub use self::rules::{idempotency_cutoff, idempotency_fresh};
 pub use self::tokens::{
-    DEFAULT_ROTATION_GRACE, NewToken, PickError, TOKEN_USE_INTERVAL, TokenInfo, TokenUses,
-    pick_token, retire, token_admits,
+    DEFAULT_ROTATION_GRACE, NewToken, PickError, TOKEN_SWEEP_INTERVAL, TOKEN_USE_INTERVAL,
+    TokenInfo, TokenUses, pick_token, retire, token_admits,
 };
 
 /// How long an idempotency key remembers its request.

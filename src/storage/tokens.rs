@@ -22,6 +22,12 @@ use crate::domain::{PrincipalName, TokenDigest, TokenName};
 /// the uses noted in memory, so they are exact.
 pub const TOKEN_USE_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How often a store whose file an earlier release may share takes expired
+/// tokens out of the table that release reads (`storage::redb`'s token
+/// sweep): that release knows no expiry and admits an expired token until
+/// then.
+pub const TOKEN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long a token replaced by `token rotate` stays valid by default.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 

@@ -24,13 +24,19 @@
 //! Opening recovers the file to its last durable commit, which holds every
 //! acknowledged write.
 //!
+//! Tokens are stored so that the release before named tokens can share the
+//! file during a rolling update or after a rollback (see [`tokens`]); the
+//! writer takes expired tokens out of that release's table every
+//! [`super::TOKEN_SWEEP_INTERVAL`] and at a graceful stop.
+//!
 //! Idempotency records are deleted 24 hours after they were made (a sweep by
 //! the writer, through an index by time), not when their task is deleted: a
 //! retry within the window must replay the original answer even after a
 //! delete, or a late retry would create the task again.
 //!
 //! The parts: [`writer`] (the group-commit writer thread and reopening),
-//! [`ops`] (each operation as a function of one transaction), [`tables`] and
+//! [`ops`] (each operation as a function of one transaction; [`tokens`] for
+//! the token operations), [`tables`] and
 //! [`keys`] (the file's tables and their key layouts), [`files`] (opening the
 //! file privately).
 
@@ -38,6 +44,7 @@ mod files;
 mod keys;
 mod ops;
 mod tables;
+mod tokens;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -55,8 +62,8 @@ use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TokenInfo, TokenUses,
-    idempotency_cutoff,
+    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TOKEN_SWEEP_INTERVAL,
+    TokenInfo, TokenUses, idempotency_cutoff,
 };
 use crate::domain::{
     Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
@@ -234,6 +241,7 @@ impl RedbStore {
             },
             ack_before_commit: config.ack_before_commit,
             next_sweep: Instant::now() + IDEMPOTENCY_SWEEP_INTERVAL,
+            next_token_sweep: Instant::now() + TOKEN_SWEEP_INTERVAL,
             last_reopen: None,
         };
         let writer = std::thread::Builder::new()
@@ -305,6 +313,16 @@ impl RedbStore {
             let _ = self.jobs.send(Msg::Check);
         }
         result
+    }
+
+    /// Takes expired tokens out of the table an earlier release reads, and
+    /// brings the token tables in line with what such a release changed
+    /// (see `tokens`); the writer also does it every
+    /// [`super::TOKEN_SWEEP_INTERVAL`]. Returns how many tokens it changed.
+    pub async fn sweep_tokens(&self) -> StoreResult<u64> {
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| tokens::sweep_tokens(txn, clock.now()))
+            .await
     }
 
     /// Checks every page and checksum of the file; needs exclusive access, so
@@ -379,34 +397,39 @@ impl Store for RedbStore {
 
     async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo> {
         let clock = self.shared.clock.clone();
-        self.write(move |txn| ops::create_token(txn, &new, clock.now()))
+        self.write(move |txn| tokens::create_token(txn, &new, clock.now()))
             .await
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        self.read(ReadCost::Long, ops::tokens).await
+        let now = self.shared.clock.now();
+        self.read(ReadCost::Long, move |txn| tokens::tokens(txn, now))
+            .await
     }
 
     async fn revoke_token(&self, principal: &PrincipalName, name: &TokenName) -> StoreResult<u64> {
         let (principal, name) = (principal.clone(), name.clone());
-        self.write(move |txn| ops::revoke_token(txn, &principal, &name))
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| tokens::revoke_token(txn, &principal, &name, clock.now()))
             .await
     }
 
     async fn rotate_token(&self, new: NewToken, grace: Duration) -> StoreResult<TokenInfo> {
         let clock = self.shared.clock.clone();
-        self.write(move |txn| ops::rotate_token(txn, &new, grace, clock.now()))
+        self.write(move |txn| tokens::rotate_token(txn, &new, grace, clock.now()))
             .await
     }
 
     async fn token(&self, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
         let digest = *digest;
-        self.read(ReadCost::Short, move |txn| ops::token(txn, &digest))
+        let now = self.shared.clock.now();
+        self.read(ReadCost::Short, move |txn| tokens::token(txn, &digest, now))
             .await
     }
 
     async fn write_token_uses(&self, uses: Vec<(TokenDigest, DateTime<Utc>)>) -> StoreResult<()> {
-        self.write(move |txn| ops::write_token_uses(txn, &uses))
+        let clock = self.shared.clock.clone();
+        self.write(move |txn| tokens::write_token_uses(txn, &uses, clock.now()))
             .await
     }
 
@@ -423,8 +446,9 @@ impl Store for RedbStore {
         }
         let back = self.token_uses.clone();
         let kept = uses.clone();
+        let clock = self.shared.clock.clone();
         let job = job(
-            move |txn| ops::write_token_uses(txn, &uses),
+            move |txn| tokens::write_token_uses(txn, &uses, clock.now()),
             Poison::OnIoError,
             move |r: StoreResult<()>| {
                 if let Err(e) = r {
@@ -441,14 +465,19 @@ impl Store for RedbStore {
     }
 
     async fn export(&self) -> StoreResult<Export> {
-        self.read(ReadCost::Long, ops::export).await
+        let now = self.shared.clock.now();
+        self.read(ReadCost::Long, move |txn| ops::export(txn, now))
+            .await
     }
 
     async fn import(&self, set: ImportSet) -> StoreResult<u64> {
         // Verification happens after the writes: its failure must roll back
         // the whole batch.
-        self.write_with(Poison::OnAnyError, move |txn| ops::import(txn, set))
-            .await
+        let clock = self.shared.clock.clone();
+        self.write_with(Poison::OnAnyError, move |txn| {
+            ops::import(txn, set, clock.now())
+        })
+        .await
     }
 
     async fn sweep_expired(&self) -> StoreResult<u64> {
@@ -506,6 +535,11 @@ impl Store for RedbStore {
     async fn close(&self) {
         if let Err(e) = self.flush_token_uses().await {
             tracing::warn!(error = %e, "could not write token last-use times at close");
+        }
+        // So that an earlier release left alone on the file (a rollback)
+        // refuses every token expired by now.
+        if let Err(e) = self.sweep_tokens().await {
+            tracing::warn!(error = %e, "token sweep at close failed");
         }
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         let _ = self.jobs.send(Msg::Stop);

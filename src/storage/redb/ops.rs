@@ -13,19 +13,15 @@ use super::keys::{
     split_task_key, task_key, task_key_name,
 };
 use super::tables::{
-    COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_NAMES, TOKENS, token_name_key,
+    COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_META, TOKEN_NAMES_V1, TOKENS_V1,
 };
-use crate::domain::{
-    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
-};
-use crate::storage::codec::{
-    decode_key_record, decode_task, decode_token, encode_key_record, encode_task, encode_token,
-};
+use super::tokens;
+use crate::domain::{ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId};
+use crate::storage::codec::{decode_key_record, decode_task, encode_key_record, encode_task};
 use crate::storage::rules::{self, KeyUse};
-use crate::storage::tokens::token_infos;
 use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, NewToken, Page, Record,
-    StorageError, StoreResult, TokenInfo, retire,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
+    StoreResult,
 };
 
 pub(super) fn create_task(
@@ -192,162 +188,38 @@ pub(super) fn count_tasks(txn: &ReadTransaction) -> StoreResult<u64> {
     Ok(txn.open_table(TASKS)?.len()?)
 }
 
-pub(super) fn create_token(
-    txn: &WriteTransaction,
-    new: &NewToken,
-    now: DateTime<Utc>,
-) -> StoreResult<TokenInfo> {
-    let mut names = txn.open_table(TOKEN_NAMES)?;
-    let mut tokens = txn.open_table(TOKENS)?;
-    let key = token_name_key(&new.principal, &new.name);
-    if names.get(key.as_slice())?.is_some() {
-        return Err(StorageError::AlreadyExists(format!(
-            "a token `{}` for `{}`",
-            new.name, new.principal
-        )));
-    }
-    if tokens.get(new.digest.as_slice())?.is_some() {
-        return Err(StorageError::AlreadyExists(
-            "a token with this digest".into(),
-        ));
-    }
-    let info = TokenInfo::new(new, now);
-    tokens.insert(new.digest.as_slice(), encode_token(&info).as_slice())?;
-    names.insert(key.as_slice(), new.digest.as_slice())?;
-    Ok(info)
-}
-
-pub(super) fn rotate_token(
-    txn: &WriteTransaction,
-    new: &NewToken,
-    grace: std::time::Duration,
-    now: DateTime<Utc>,
-) -> StoreResult<TokenInfo> {
-    let mut names = txn.open_table(TOKEN_NAMES)?;
-    let mut tokens = txn.open_table(TOKENS)?;
-    let key = token_name_key(&new.principal, &new.name);
-    let old_digest = names
-        .get(key.as_slice())?
-        .map(|v| v.value().to_vec())
-        .ok_or(StorageError::NotFound)?;
-    let bytes = tokens
-        .get(old_digest.as_slice())?
-        .map(|v| v.value().to_vec())
-        .ok_or(StorageError::NotFound)?;
-    if tokens.get(new.digest.as_slice())?.is_some() {
-        return Err(StorageError::AlreadyExists(
-            "a token with this digest".into(),
-        ));
-    }
-    let mut old = decode_token(token_key_name(&old_digest), &old_digest, &bytes)?;
-    old.expires_at = Some(retire(old.expires_at, now, grace));
-    old.replaced_at = Some(now);
-    let info = TokenInfo::new(new, now);
-    tokens.insert(old_digest.as_slice(), encode_token(&old).as_slice())?;
-    tokens.insert(new.digest.as_slice(), encode_token(&info).as_slice())?;
-    names.insert(key.as_slice(), new.digest.as_slice())?;
-    Ok(info)
-}
-
-pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
-    let tokens = txn.open_table(TOKENS)?;
-    token_infos(tokens.iter()?.map(|e| {
-        let (k, v) = e?;
-        decode_token(token_key_name(k.value()), k.value(), v.value())
-    }))
-}
-
-/// Removes every token of `principal` named `name`: a scan, since tokens a
-/// rotation replaced are not indexed by name (tokens are few).
-pub(super) fn revoke_token(
-    txn: &WriteTransaction,
-    principal: &PrincipalName,
-    name: &TokenName,
-) -> StoreResult<u64> {
-    let mut names = txn.open_table(TOKEN_NAMES)?;
-    let mut tokens = txn.open_table(TOKENS)?;
-    let mut doomed = Vec::new();
-    for e in tokens.iter()? {
-        let (k, v) = e?;
-        if let Ok(t) = decode_token("", k.value(), v.value())
-            && t.principal == *principal
-            && t.name == *name
-        {
-            doomed.push(k.value().to_vec());
-        }
-    }
-    if doomed.is_empty() {
-        return Err(StorageError::NotFound);
-    }
-    for d in &doomed {
-        tokens.remove(d.as_slice())?;
-    }
-    names.remove(token_name_key(principal, name).as_slice())?;
-    Ok(doomed.len() as u64)
-}
-
-pub(super) fn token(txn: &ReadTransaction, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
-    let tokens = txn.open_table(TOKENS)?;
-    match tokens.get(digest.as_slice())? {
-        Some(v) => decode_token(token_key_name(digest), digest, v.value()).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Writes last-use times later than the stored ones, for tokens that exist.
-pub(super) fn write_token_uses(
-    txn: &WriteTransaction,
-    uses: &[(TokenDigest, DateTime<Utc>)],
-) -> StoreResult<()> {
-    let mut tokens = txn.open_table(TOKENS)?;
-    for (digest, at) in uses {
-        let Some(bytes) = tokens.get(digest.as_slice())?.map(|v| v.value().to_vec()) else {
-            continue;
-        };
-        // An unreadable record stays as it is.
-        let Ok(mut t) = decode_token("", digest, &bytes) else {
-            continue;
-        };
-        if t.last_used_at.is_none_or(|l| l < *at) {
-            t.last_used_at = Some(*at);
-            tokens.insert(digest.as_slice(), encode_token(&t).as_slice())?;
-        }
-    }
-    Ok(())
-}
-
-pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
-    let tokens = txn.open_table(TOKENS)?;
+pub(super) fn export(txn: &ReadTransaction, now: DateTime<Utc>) -> StoreResult<Export> {
+    let v1 = txn.open_table(TOKENS_V1)?;
+    let meta = txn.open_table(TOKEN_META)?;
     let tasks = txn.open_table(TASKS)?;
-    export_from(&tokens, &tasks)
+    export_from(tokens::load(&v1, &meta, now)?, &tasks)
 }
 
 /// Writes `set` into empty tables, reads it back and verifies it; any error
 /// means the batch must be rolled back.
-pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64> {
+pub(super) fn import(
+    txn: &WriteTransaction,
+    set: ImportSet,
+    now: DateTime<Utc>,
+) -> StoreResult<u64> {
     let n = set.len() as u64;
     if set.replace {
         txn.delete_table(TASKS)?;
-        txn.delete_table(TOKENS)?;
-        txn.delete_table(TOKEN_NAMES)?;
+        txn.delete_table(TOKENS_V1)?;
+        txn.delete_table(TOKEN_NAMES_V1)?;
+        txn.delete_table(TOKEN_META)?;
         txn.delete_table(COUNTS)?;
         txn.delete_table(IDEMPOTENCY)?;
         txn.delete_table(IDEMPOTENCY_EXPIRY)?;
     }
     let mut tasks = txn.open_table(TASKS)?;
-    let mut tokens = txn.open_table(TOKENS)?;
+    let mut tokens = tokens::Tables::open(txn)?;
     rules::check_import_target(!tasks.is_empty()? || !tokens.is_empty()?)?;
-    let mut names = txn.open_table(TOKEN_NAMES)?;
     let mut counts = txn.open_table(COUNTS)?;
     for t in &set.tokens {
-        tokens.insert(t.digest.as_slice(), encode_token(t).as_slice())?;
-        if t.is_current() {
-            names.insert(
-                token_name_key(&t.principal, &t.name).as_slice(),
-                t.digest.as_slice(),
-            )?;
-        }
+        tokens.insert(t)?;
     }
+    tokens.reconcile(now)?;
     for (owner, task) in &set.tasks {
         tasks.insert(
             task_key(owner, task.id).as_slice(),
@@ -357,7 +229,7 @@ pub(super) fn import(txn: &WriteTransaction, set: ImportSet) -> StoreResult<u64>
     for (owner, n) in &set.counts {
         counts.insert(owner.as_str(), *n)?;
     }
-    set.verify(export_from(&tokens, &tasks)?)?;
+    set.verify(export_from(tokens.load(now)?, &tasks)?)?;
     Ok(n)
 }
 
@@ -417,15 +289,6 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     }
 }
 
-/// How a token record is named in reports: table and hex digest.
-fn token_key_name(digest: &[u8]) -> String {
-    format!(
-        "{}/{}",
-        redb::TableHandle::name(&TOKENS),
-        hex::encode(digest)
-    )
-}
-
 /// A task record and its key as a record.
 fn task_of(key: &[u8], value: &[u8]) -> StoreResult<Record> {
     let name = task_key_name(key);
@@ -434,15 +297,17 @@ fn task_of(key: &[u8], value: &[u8]) -> StoreResult<Record> {
     Ok(Record::Task { owner, task })
 }
 
-/// Every record of the two tables; unreadable ones are listed, not fatal.
+/// Every token and task; unreadable ones are listed, not fatal.
 fn export_from(
-    tokens: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    tokens: tokens::Loaded,
     tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
 ) -> StoreResult<Export> {
     let mut out = Export::default();
-    for e in tokens.iter()? {
-        let (k, v) = e?;
-        out.push(decode_token(token_key_name(k.value()), k.value(), v.value()).map(Record::Token))?;
+    for t in tokens.entries {
+        out.push(Ok(Record::Token(t.info)))?;
+    }
+    for e in tokens.unreadable {
+        out.push(Err(e))?;
     }
     for e in tasks.iter()? {
         let (k, v) = e?;

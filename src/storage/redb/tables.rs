@@ -1,29 +1,34 @@
 //! The tables of the database file and their creation. Table names carry a
-//! layout version (`_v1`): a new layout is a new table, migrated on open.
+//! layout version (`_v1`): a new layout is a new table. Tables another
+//! release reads are never dropped or rewritten in a new format: during a
+//! rolling update or a rollback two releases share the file (`multi-writer`).
 
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
 use super::keys::{expiry_key, idem_key_name};
-use crate::domain::{DueAt, PrincipalName, TokenName};
+use crate::domain::DueAt;
 use crate::storage::StoreResult;
-use crate::storage::codec::{decode_key_record, decode_token};
+use crate::storage::codec::decode_key_record;
 
 /// Tasks by `owner 0x00 id(16 bytes, big-endian)`: one owner's tasks are
 /// contiguous and in creation order, so a page is one range scan.
 pub(super) const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks_v1");
 /// Number of tasks per owner, kept in the same transactions as `TASKS`.
 pub(super) const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("task_counts_v1");
-/// Token digest to token record (see `codec::decode_token`), several per principal.
-pub(super) const TOKENS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens_v2");
-/// `principal 0x00 token name` to the digest of the current token of that
-/// name: at most one current token per principal and name.
-pub(super) const TOKEN_NAMES: TableDefinition<&[u8], &[u8]> =
-    TableDefinition::new("token_names_v2");
-/// Layout 1 (one token per principal), migrated into `TOKENS` and
-/// `TOKEN_NAMES` on open and then deleted.
-const TOKENS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens_v1");
-const TOKEN_NAMES_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("token_names_v1");
+/// Token digest to the token's version-1 record (`codec::TokenRecordV1`:
+/// principal and creation). Every release reads it: a token is valid only
+/// while its digest is here. Shared with the release before named tokens,
+/// which reads and writes it as it always did (see `super::tokens`).
+pub(super) const TOKENS_V1: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokens_v1");
+/// Principal to the digest of one of its valid tokens: the release before
+/// named tokens refuses `token create` for a principal listed here and
+/// revokes the token named here (see `super::tokens::sync_names`).
+pub(super) const TOKEN_NAMES_V1: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("token_names_v1");
+/// Token digest to the token's metadata (`codec::TokenRecordV2`: name,
+/// expiry, last use, rotation), which only releases with named tokens read.
+pub(super) const TOKEN_META: TableDefinition<&[u8], &[u8]> = TableDefinition::new("token_meta_v2");
 /// `owner 0x00 key` to the request digest and the task it created.
 pub(super) const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("idempotency_v1");
@@ -43,9 +48,9 @@ pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> 
             .any(|t| t.name() == IDEMPOTENCY_EXPIRY.name());
         txn.open_table(TASKS)?;
         txn.open_table(COUNTS)?;
-        migrate_tokens_v1(&txn)?;
-        txn.open_table(TOKENS)?;
-        txn.open_table(TOKEN_NAMES)?;
+        txn.open_table(TOKENS_V1)?;
+        txn.open_table(TOKEN_NAMES_V1)?;
+        txn.open_table(TOKEN_META)?;
         let records = txn.open_table(IDEMPOTENCY)?;
         let mut index = txn.open_table(IDEMPOTENCY_EXPIRY)?;
         if !indexed {
@@ -67,44 +72,4 @@ pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> 
         }
     }
     Ok(txn.commit()?)
-}
-
-/// Moves the tokens of layout 1 into layout 2 in the opening transaction:
-/// each record is copied as it is (a version-1 record decodes as the token
-/// named `default`; an unreadable one stays reported as before), and the
-/// readable ones are indexed by principal and name.
-fn migrate_tokens_v1(txn: &redb::WriteTransaction) -> StoreResult<()> {
-    if !txn.list_tables()?.any(|t| t.name() == TOKENS_V1.name()) {
-        return Ok(());
-    }
-    let mut moved = 0usize;
-    {
-        let old = txn.open_table(TOKENS_V1)?;
-        let mut tokens = txn.open_table(TOKENS)?;
-        let mut names = txn.open_table(TOKEN_NAMES)?;
-        for e in old.iter()? {
-            let (k, v) = e?;
-            tokens.insert(k.value(), v.value())?;
-            if let Ok(t) = decode_token("tokens_v1", k.value(), v.value()) {
-                names.insert(token_name_key(&t.principal, &t.name).as_slice(), k.value())?;
-            }
-            moved += 1;
-        }
-    }
-    txn.delete_table(TOKENS_V1)?;
-    txn.delete_table(TOKEN_NAMES_V1)?;
-    tracing::info!(
-        tokens = moved,
-        "migrated stored tokens to the named-token layout"
-    );
-    Ok(())
-}
-
-/// The key of `TOKEN_NAMES`: `principal 0x00 name` (neither contains 0x00).
-pub(super) fn token_name_key(principal: &PrincipalName, name: &TokenName) -> Vec<u8> {
-    let mut k = Vec::with_capacity(principal.len() + name.as_str().len() + 1);
-    k.extend_from_slice(principal.as_bytes());
-    k.push(0);
-    k.extend_from_slice(name.as_str().as_bytes());
-    k
 }

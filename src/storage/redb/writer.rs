@@ -11,10 +11,11 @@ use redb::{Database, WriteTransaction};
 
 use super::ops::sweep_chunk;
 use super::tables::init_tables;
+use super::tokens::sweep_tokens;
 use super::{READY_HOLD_OFF, REOPEN_RETRY};
 use crate::storage::{
     Chain, Clock, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, StorageError, StoreResult,
-    idempotency_cutoff,
+    TOKEN_SWEEP_INTERVAL, idempotency_cutoff,
 };
 
 /// How long a reopen waits for reads in flight on the old database.
@@ -117,6 +118,8 @@ pub(super) struct Writer {
     pub(super) max_batch: usize,
     pub(super) ack_before_commit: bool,
     pub(super) next_sweep: Instant,
+    /// When the token sweep runs next (see `super::tokens`).
+    pub(super) next_token_sweep: Instant,
     pub(super) last_reopen: Option<Instant>,
 }
 
@@ -128,7 +131,9 @@ impl Writer {
             let wait = if self.db.is_none() {
                 REOPEN_RETRY
             } else {
-                self.next_sweep.saturating_duration_since(Instant::now())
+                self.next_sweep
+                    .min(self.next_token_sweep)
+                    .saturating_duration_since(Instant::now())
             };
             match rx.recv_timeout(wait) {
                 Ok(Msg::Write(job)) => batch.push(job),
@@ -160,7 +165,7 @@ impl Writer {
             if check {
                 self.check();
             }
-            if Instant::now() >= self.next_sweep {
+            if Instant::now() >= self.next_sweep.min(self.next_token_sweep) {
                 self.upkeep();
             }
         }
@@ -176,11 +181,29 @@ impl Writer {
         self.commit_batch(&mut batch);
     }
 
-    /// On a timer: reopen a broken database, or sweep one chunk of expired
-    /// idempotency records (and come back at once while there are more).
+    /// On a timer: reopen a broken database, or run the sweeps that are due:
+    /// the token sweep, and one chunk of expired idempotency records (and
+    /// come back at once while there are more).
     fn upkeep(&mut self) {
         if self.db.is_none() {
             self.reopen();
+            return;
+        }
+        if Instant::now() >= self.next_token_sweep {
+            let clock = self.shared.clock.clone();
+            let mut batch = vec![job(
+                move |txn| sweep_tokens(txn, clock.now()),
+                Poison::OnIoError,
+                |r| match r {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(tokens = n, "expired or revoked tokens swept"),
+                    Err(e) => tracing::warn!(error = %e, "token sweep failed"),
+                },
+            )];
+            self.commit_batch(&mut batch);
+            self.next_token_sweep = Instant::now() + TOKEN_SWEEP_INTERVAL;
+        }
+        if Instant::now() < self.next_sweep || self.db.is_none() {
             return;
         }
         let cutoff = idempotency_cutoff(self.shared.clock.now());
