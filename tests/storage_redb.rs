@@ -1066,3 +1066,264 @@ async fn expired_and_rotated_out_tokens_leave_the_previous_releases_table() {
     assert!(store.token(&[1; 32]).await.unwrap().is_none());
     store.close().await;
 }
+
+/// The model of the token operations of both releases on one file.
+mod token_model {
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    pub enum Op {
+        /// This release: principal, name (never `default`), expiry in minutes.
+        Create(u8, u8, Option<u16>),
+        /// This release: principal, name, grace in minutes.
+        Rotate(u8, u8, u16),
+        Revoke(u8, u8),
+        /// The previous release (the store closed meanwhile).
+        OldCreate(u8),
+        OldRevoke(u8),
+        Advance(u16),
+        Sweep,
+    }
+
+    pub fn op() -> impl Strategy<Value = Op> {
+        let p = 0u8..3;
+        let n = 0u8..2;
+        prop_oneof![
+            3 => (p.clone(), n.clone(), proptest::option::of(1u16..180)).prop_map(|(p, n, e)| Op::Create(p, n, e)),
+            2 => (p.clone(), n.clone(), 0u16..120).prop_map(|(p, n, g)| Op::Rotate(p, n, g)),
+            1 => (p.clone(), n).prop_map(|(p, n)| Op::Revoke(p, n)),
+            2 => p.clone().prop_map(Op::OldCreate),
+            2 => p.prop_map(Op::OldRevoke),
+            2 => (1u16..120).prop_map(Op::Advance),
+            1 => Just(Op::Sweep),
+        ]
+    }
+}
+
+/// Any interleaving of both releases' token operations on one file: this
+/// release admits exactly the tokens that are neither revoked (by either
+/// release) nor past their expiry or rotation grace, the previous release
+/// admits the same set once this release closed the file (it swept), and
+/// `token_names_v1` only names valid tokens of their principal.
+#[test]
+fn both_releases_agree_on_which_tokens_are_valid() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::{Clock, NewToken};
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use token_model::Op;
+
+    #[derive(Debug)]
+    struct Model {
+        principal: String,
+        name: Option<u8>,
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+        replaced: bool,
+        revoked: bool,
+    }
+    impl Model {
+        fn valid(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+            !self.revoked && self.expires.is_none_or(|e| now < e)
+        }
+    }
+
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    });
+    let ops = proptest::collection::vec(token_model::op(), 1..24);
+    runner
+        .run(&ops, |ops| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let clock = ManualClock::new();
+                let cfg = RedbConfig {
+                    clock: clock.clone(),
+                    ..RedbConfig::new(dir.path())
+                };
+                let mut store = RedbStore::open(&cfg).unwrap();
+                let mut model: HashMap<[u8; 32], Model> = HashMap::new();
+                let mut next = 0u8;
+                let principal = |i: u8| ["alice", "bob", "carol"][i as usize].to_string();
+                let name = |i: u8| TokenName::parse(["ci", "laptop"][i as usize]).unwrap();
+                let mut fresh = || {
+                    next += 1;
+                    [next; 32]
+                };
+                for op in ops {
+                    let now = clock.now();
+                    match op {
+                        Op::Create(p_, n, exp) => {
+                            let d = fresh();
+                            let expires =
+                                exp.map(|m| now + chrono::Duration::minutes(i64::from(m)));
+                            let taken = model.values().any(|m| {
+                                m.principal == principal(p_)
+                                    && m.name == Some(n)
+                                    && !m.replaced
+                                    && !m.revoked
+                            });
+                            let r = store
+                                .create_token(NewToken {
+                                    name: name(n),
+                                    expires_at: expires,
+                                    ..NewToken::default_for(p(&principal(p_)), d)
+                                })
+                                .await;
+                            assert_eq!(r.is_err(), taken, "create {r:?}");
+                            if r.is_ok() {
+                                model.insert(
+                                    d,
+                                    Model {
+                                        principal: principal(p_),
+                                        name: Some(n),
+                                        expires,
+                                        replaced: false,
+                                        revoked: false,
+                                    },
+                                );
+                            }
+                        }
+                        Op::Rotate(p_, n, grace) => {
+                            let d = fresh();
+                            let grace = std::time::Duration::from_secs(60 * u64::from(grace));
+                            let r = store
+                                .rotate_token(
+                                    NewToken {
+                                        name: name(n),
+                                        ..NewToken::default_for(p(&principal(p_)), d)
+                                    },
+                                    grace,
+                                )
+                                .await;
+                            let current = model.values_mut().find(|m| {
+                                m.principal == principal(p_)
+                                    && m.name == Some(n)
+                                    && !m.replaced
+                                    && !m.revoked
+                            });
+                            assert_eq!(r.is_ok(), current.is_some(), "rotate {r:?}");
+                            if let Some(m) = current {
+                                let end = devops_api::storage::retire(m.expires, now, grace);
+                                m.expires = Some(end);
+                                m.replaced = true;
+                                model.insert(
+                                    d,
+                                    Model {
+                                        principal: principal(p_),
+                                        name: Some(n),
+                                        expires: None,
+                                        replaced: false,
+                                        revoked: false,
+                                    },
+                                );
+                            }
+                        }
+                        Op::Revoke(p_, n) => {
+                            let r = store.revoke_token(&p(&principal(p_)), &name(n)).await;
+                            let mut count = 0;
+                            for m in model.values_mut() {
+                                if m.principal == principal(p_) && m.name == Some(n) && !m.revoked {
+                                    m.revoked = true;
+                                    count += 1;
+                                }
+                            }
+                            if count == 0 {
+                                assert!(r.is_err(), "revoke {r:?}");
+                            } else {
+                                assert_eq!(r.unwrap(), count);
+                            }
+                        }
+                        Op::OldCreate(p_) => {
+                            let d = fresh();
+                            let (s, r) = as_previous_release(store, &cfg, |db| {
+                                previous_release::create(db, &principal(p_), d)
+                            })
+                            .await;
+                            store = s;
+                            if r.is_ok() {
+                                model.insert(
+                                    d,
+                                    Model {
+                                        principal: principal(p_),
+                                        name: None,
+                                        expires: None,
+                                        replaced: false,
+                                        revoked: false,
+                                    },
+                                );
+                            } else {
+                                assert!(
+                                    model
+                                        .values()
+                                        .any(|m| m.principal == principal(p_) && m.valid(now)),
+                                    "the previous release refused a principal without tokens"
+                                );
+                            }
+                        }
+                        Op::OldRevoke(p_) => {
+                            let (s, r) = as_previous_release(store, &cfg, |db| {
+                                previous_release::revoke(db, &principal(p_))
+                            })
+                            .await;
+                            store = s;
+                            if let Some(d) = r {
+                                let m = model.get_mut(&d).expect("a real token");
+                                assert_eq!(m.principal, principal(p_));
+                                assert!(m.valid(now), "it revoked a valid token");
+                                m.revoked = true;
+                            }
+                        }
+                        Op::Advance(m) => {
+                            clock.advance(std::time::Duration::from_secs(60 * u64::from(m)))
+                        }
+                        Op::Sweep => {
+                            store.sweep_tokens().await.unwrap();
+                        }
+                    }
+                    let now = clock.now();
+                    for (d, m) in &model {
+                        let who = store.principal(d).await.unwrap();
+                        let want = m.valid(now).then(|| m.principal.clone());
+                        assert_eq!(who.as_deref(), want.as_deref(), "this release, {d:?} {m:?}");
+                    }
+                }
+                let now = clock.now();
+                let (s, ()) = as_previous_release(store, &cfg, |db| {
+                    for (d, m) in &model {
+                        let want = m.valid(now).then(|| m.principal.clone());
+                        assert_eq!(
+                            previous_release::principal(db, d),
+                            want,
+                            "previous release, {m:?}"
+                        );
+                    }
+                    for (p_, d) in previous_release::entries(db, previous_release::TOKEN_NAMES) {
+                        let d: [u8; 32] = d.try_into().unwrap();
+                        let m = &model[&d];
+                        assert!(
+                            m.valid(now) && m.principal.as_bytes() == p_.as_slice(),
+                            "{m:?}"
+                        );
+                    }
+                    for (i, _) in ["alice", "bob", "carol"].iter().enumerate() {
+                        let has = model
+                            .values()
+                            .any(|m| m.principal == principal(i as u8) && m.valid(now));
+                        let listed = previous_release::entries(db, previous_release::TOKEN_NAMES)
+                            .iter()
+                            .any(|(k, _)| k.as_slice() == principal(i as u8).as_bytes());
+                        assert_eq!(has, listed, "token_names_v1 lists principals with tokens");
+                    }
+                })
+                .await;
+                s.close().await;
+            });
+            Ok(())
+        })
+        .unwrap();
+}
