@@ -376,7 +376,7 @@ async fn crafted_backups_are_refused_and_change_nothing() {
         (
             "two tokens for alice",
             vec![token_line("alice", 1), token_line("alice", 2)],
-            "a second token for `alice`",
+            "a second current token `default` for `alice`",
         ),
         (
             "two names with one digest",

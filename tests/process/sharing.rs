@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{ALICE, Server, client, create, get, run};
+use crate::helpers::{ALICE, Server, client, create, get, run, serve_refused};
 
 const MULTI: (&str, &str) = ("DB_SHARING", "multi-writer");
 
@@ -109,7 +109,9 @@ fn exclusive_mode_refuses_a_second_process_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let _a = Server::start(&data, &[]);
-    let out = run(&["token", "list"], &data, &[]);
+    // A second server (token commands would use the first one's control
+    // socket instead of opening the file).
+    let out = serve_refused(&data, &[], Duration::from_secs(30));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
