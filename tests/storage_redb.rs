@@ -638,3 +638,121 @@ async fn an_unreadable_idempotency_record_frees_its_key() {
     );
     store.close().await;
 }
+
+/// A file written by the release before the filter index (a golden copy,
+/// `tests/golden/redb_file_v1.redb`: tasks of two owners with every filter
+/// field, updates, deletes, an idempotency record and a token) is indexed
+/// when first opened: every filter lists what a scan of its records says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_the_filter_index_is_indexed_on_open() {
+    use devops_api::domain::{ListQuery, Order, Priority, Status};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/redb_file_v1.redb"
+        ),
+        dir.path().join(devops_api::storage::redb::DB_FILE),
+    )
+    .unwrap();
+    let store = RedbStore::open(&RedbConfig::new(dir.path())).unwrap();
+    let check = store.check_indexes().await.unwrap();
+    assert!(check.is_consistent(), "{check:?}");
+    for owner in ["alice", "bob"] {
+        // Unfiltered pages read the records themselves.
+        let all = store
+            .list_tasks(
+                &p(owner),
+                &ListQuery {
+                    limit: 100,
+                    ..ListQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .items;
+        assert!(all.len() > 5, "the golden file holds {owner}'s tasks");
+        let mut queries = Vec::new();
+        for tag in ["ops", "rare", "release", "db", "ui"] {
+            queries.push(ListQuery {
+                tag: Some(tag.into()),
+                ..ListQuery::default()
+            });
+        }
+        for status in Status::ALL {
+            queries.push(ListQuery {
+                status: Some(status),
+                ..ListQuery::default()
+            });
+        }
+        for priority in Priority::ALL {
+            queries.push(ListQuery {
+                priority: Some(priority),
+                tag: Some("rare".into()),
+                ..ListQuery::default()
+            });
+        }
+        for day in ["2030-01-05", "2030-01-20", "2029-07-01"] {
+            queries.push(ListQuery {
+                due_before: Some(format!("{day}T00:00:00Z").parse().unwrap()),
+                ..ListQuery::default()
+            });
+        }
+        let mut some_match = false;
+        for q in queries {
+            for order in Order::ALL {
+                let q = ListQuery {
+                    limit: 100,
+                    order,
+                    ..q.clone()
+                };
+                let got = store.list_tasks(&p(owner), &q).await.unwrap().items;
+                let mut want: Vec<_> = all.iter().filter(|t| q.matches(t)).cloned().collect();
+                if order == Order::Desc {
+                    want.reverse();
+                }
+                some_match |= !want.is_empty();
+                assert_eq!(got, want, "{owner}: {q:?}");
+            }
+        }
+        assert!(some_match);
+    }
+    store.close().await;
+}
+
+/// The index check finds an index that disagrees with its records: an
+/// entry missing, and an entry for no task.
+#[tokio::test]
+async fn the_index_check_finds_disagreements() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let t = contract::create(
+        &store,
+        "alice",
+        serde_json::json!({"title": "x", "tags": ["ops"], "status": "done"}),
+    )
+    .await;
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    store.close().await;
+    drop(store);
+    {
+        let db = redb::Database::open(cfg.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("task_index_v1");
+            let mut index = txn.open_table(def).unwrap();
+            let mut tag_key = b"alice\0tops\0".to_vec();
+            tag_key.extend_from_slice(&t.id.as_u128().to_be_bytes());
+            assert!(index.remove(tag_key.as_slice()).unwrap().is_some());
+            let mut stray = b"alice\0trare\0".to_vec();
+            stray.extend_from_slice(&devops_api::domain::TaskId::new().as_u128().to_be_bytes());
+            index.insert(stray.as_slice(), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = RedbStore::open(&cfg).unwrap();
+    let check = store.check_indexes().await.unwrap();
+    assert_eq!(check.disagreements, 2, "{check:?}");
+    store.close().await;
+}

@@ -11,12 +11,13 @@
 //!
 //! The parts: [`error`](StorageError), `rules`, `import` ([`Record`],
 //! [`ImportSet`]), `clock`, `codec` (the versioned records of the embedded
-//! backend), and one module per backend: [`redb`] and [`postgres`].
+//! backend), [`plan`] (how a filtered page is found, with its scan budget), and one module per backend: [`redb`] and [`postgres`].
 
 mod clock;
 pub mod codec;
 mod error;
 mod import;
+pub mod plan;
 pub mod postgres;
 pub mod redb;
 mod rules;
@@ -52,6 +53,20 @@ pub const IDEMPOTENCY_SWEEP_CHUNK: usize = 1_000;
 pub struct Page {
     pub items: Vec<Task>,
     pub next: Option<TaskId>,
+}
+
+/// What [`Store::check_indexes`] found: how many index entries disagree with
+/// the task records, and descriptions of the first of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexCheck {
+    pub disagreements: u64,
+    pub examples: Vec<String>,
+}
+
+impl IndexCheck {
+    pub fn is_consistent(&self) -> bool {
+        self.disagreements == 0
+    }
 }
 
 /// An `Idempotency-Key` with a digest of the request it came with.
@@ -121,6 +136,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
+    /// Compares the list filters' indexes with the task records, in one
+    /// snapshot: every readable task has exactly its index entries and every
+    /// entry belongs to such a task. Reads everything: for tests and checks.
+    async fn check_indexes(&self) -> StoreResult<IndexCheck>;
 
     /// Registers a token digest for principal `name`; `AlreadyExists` if the name has one.
     async fn create_token(

@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "idempotency_expiry",
         sql: include_str!("migrations/0002_idempotency_expiry.sql"),
     },
+    Migration {
+        version: 3,
+        name: "filter_indexes",
+        sql: include_str!("migrations/0003_filter_indexes.sql"),
+    },
 ];
 
 /// The schema version this binary needs.

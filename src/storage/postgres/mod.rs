@@ -38,13 +38,14 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
+    IndexCheck, ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo,
+    idempotency_cutoff,
 };
 use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
 pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
 use self::rows::to_i64;
-pub use self::sql::list_sql;
+pub use self::sql::{Params, budget_end_sql, due_ids_sql, ids_page_sql, list_sql};
 #[derive(Clone)]
 pub struct PostgresConfig {
     /// `postgres://user:password@host:5432/database` or `host=… dbname=…`,
@@ -299,6 +300,10 @@ impl Store for PostgresStore {
 
     async fn count_tasks(&self) -> StoreResult<u64> {
         ops::count_tasks(self).await
+    }
+
+    async fn check_indexes(&self) -> StoreResult<IndexCheck> {
+        ops::check_indexes(self).await
     }
 
     async fn create_token(

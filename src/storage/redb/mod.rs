@@ -55,7 +55,8 @@ use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
     Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo, idempotency_cutoff,
+    IndexCheck, ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo,
+    idempotency_cutoff,
 };
 use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
 
@@ -326,17 +327,12 @@ impl Store for RedbStore {
     async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page> {
         let owner = owner.clone();
         let query = query.clone();
-        // Unfiltered, a page reads at most `limit + 1` records; a filter may
-        // scan all of the owner's tasks to fill one.
-        let unfiltered = query.status.is_none()
-            && query.priority.is_none()
-            && query.tag.is_none()
-            && query.due_before.is_none()
-            && query.q.is_none();
-        let cost = if unfiltered {
-            ReadCost::Short
-        } else {
+        // Unfiltered, a page reads at most `limit + 1` records; a filtered
+        // page may examine up to its scan budget of candidates.
+        let cost = if query.is_filtered() {
             ReadCost::Long
+        } else {
+            ReadCost::Short
         };
         self.read(cost, move |txn| ops::list_tasks(txn, &owner, &query))
             .await
@@ -368,6 +364,14 @@ impl Store for RedbStore {
 
     async fn count_tasks(&self) -> StoreResult<u64> {
         self.read(ReadCost::Short, ops::count_tasks).await
+    }
+
+    async fn check_indexes(&self) -> StoreResult<IndexCheck> {
+        let (disagreements, examples) = self.read(ReadCost::Long, ops::check_indexes).await?;
+        Ok(IndexCheck {
+            disagreements,
+            examples,
+        })
     }
 
     async fn create_token(
