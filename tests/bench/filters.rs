@@ -50,13 +50,13 @@ fn cases() -> Vec<(&'static str, ListQuery)> {
 /// Task `i` of `n`: 10 tasks (spread over the range) are `done`, tagged
 /// `rare`, due in 2019 and titled `needle`; half are tagged `common`.
 fn task(i: usize, n: usize) -> StoredTask {
-    let rare = i % (n / 10).max(1) == 0;
+    let rare = i.is_multiple_of((n / 10).max(1));
     let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
         .unwrap()
         .to_utc()
         + chrono::Duration::milliseconds(i as i64);
     let mut tags = Vec::new();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         tags.push("common".to_owned());
     }
     if rare {

@@ -1100,7 +1100,7 @@ fn model_body(r: &mut Rng, partial: bool) -> serde_json::Value {
     } else {
         json!(r.pick(&MODEL_DUES))
     };
-    if !(due.is_null() && !partial) {
+    if !due.is_null() || partial {
         set(r, "due_at", due);
     }
     serde_json::Value::Object(body)

@@ -250,7 +250,7 @@ fn due_candidates(
     let lo = index_prefix(owner, BY_DUE, &[]);
     // Due dates are whole microseconds: due < before exactly when due is
     // below `before` rounded up to a microsecond.
-    let sub_micro = before.timestamp_subsec_nanos() % 1_000 != 0;
+    let sub_micro = !before.timestamp_subsec_nanos().is_multiple_of(1_000);
     let micros = before
         .timestamp_micros()
         .saturating_add(i64::from(sub_micro));
