@@ -43,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod index_cmd;
 pub mod jsonlog;
 pub mod lifecycle;
 pub mod metrics_catalog;

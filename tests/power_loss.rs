@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devops_api::domain::{Precondition, PrincipalName, TaskId, parse_create, parse_merge_patch};
-use devops_api::storage::{NewTask, RedbConfig, RedbStore, StorageError, Store};
+use devops_api::storage::{IndexUpkeep, NewTask, RedbConfig, RedbStore, StorageError, Store};
 use redb::backends::InMemoryBackend;
 use redb::{Builder, StorageBackend};
 
@@ -366,7 +366,11 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
         "seed {seed}: the file needed repair after a clean reopen"
     );
     drop(db);
-    let store = RedbStore::open_with_backend(&RedbConfig::new("unused-by-backend"), fresh)
+    // Without the repair after opening, which would hide a disagreement the
+    // power loss left.
+    let mut reopen = RedbConfig::new("unused-by-backend");
+    reopen.index_upkeep = IndexUpkeep::Off;
+    let store = RedbStore::open_with_backend(&reopen, fresh)
         .unwrap_or_else(|e| panic!("seed {seed}: the store does not open: {e}"));
     rt.block_on(async {
         for h in &histories {

@@ -154,6 +154,11 @@ async fn answer(stream: UnixStream, store: &dyn Store) -> io::Result<Option<(u64
     BufReader::new(read.take(64))
         .read_line(&mut command)
         .await?;
+    if let Some(reply) = crate::index_cmd::answer(command.trim(), store).await {
+        write.write_all(&reply).await?;
+        write.shutdown().await?;
+        return Ok(None);
+    }
     if command.trim() != BACKUP {
         write
             .write_all(format!("error: unknown command `{}`\n", command.trim()).as_bytes())

@@ -38,7 +38,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    IndexCheck, ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo,
+    IndexCheck, IndexRepair, ListQuery, NewTask, Page, StorageError, Store, StoreResult, TokenInfo,
     idempotency_cutoff,
 };
 use crate::domain::{Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest};
@@ -304,6 +304,19 @@ impl Store for PostgresStore {
 
     async fn check_indexes(&self) -> StoreResult<IndexCheck> {
         ops::check_indexes(self).await
+    }
+
+    async fn repair_indexes(&self) -> StoreResult<IndexRepair> {
+        let done = ops::repair_indexes(self).await?;
+        metrics::counter!("store_index_repaired_entries_total").increment(done.repaired());
+        if done.repaired() > 0 {
+            tracing::warn!(
+                added = done.added,
+                removed = done.removed,
+                "task_tags repaired"
+            );
+        }
+        Ok(done)
     }
 
     async fn create_token(

@@ -18,8 +18,8 @@ use crate::storage::codec::TaskRecordV1;
 use crate::storage::plan;
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
-    Created, Export, ImportSet, IndexCheck, NewTask, Page, Record, StorageError, StoreResult,
-    TokenInfo,
+    Created, Export, ImportSet, IndexCheck, IndexRepair, NewTask, Page, Record, StorageError,
+    StoreResult, TokenInfo,
 };
 
 pub(super) async fn create_task(
@@ -518,4 +518,32 @@ pub(super) async fn check_indexes(store: &PostgresStore) -> StoreResult<IndexChe
             .push(format!("task_tags {owner}/{tag}/{id}: {what}"));
     }
     Ok(check)
+}
+
+/// Makes `task_tags` agree with the tags of `tasks`: only needed if a writer
+/// bypassed the triggers (disabled them, or wrote with
+/// `session_replication_role = replica`), since the triggers of migration
+/// 0003 keep it for every writer, also an earlier release's. Two statements
+/// that touch only the rows that disagree.
+pub(super) async fn repair_indexes(store: &PostgresStore) -> StoreResult<IndexRepair> {
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    let added = txn
+        .execute(
+            "INSERT INTO task_tags (owner, tag, id)
+             SELECT DISTINCT owner, t, id FROM tasks, unnest(tags) AS t
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    let removed = txn
+        .execute(
+            "DELETE FROM task_tags g WHERE NOT EXISTS (
+                 SELECT 1 FROM tasks t WHERE t.id = g.id AND t.owner = g.owner AND g.tag = ANY(t.tags))",
+            &[],
+        )
+        .await?;
+    txn.commit().await?;
+    Ok(IndexRepair { added, removed })
 }

@@ -6,6 +6,7 @@
 //! anything (see the module documentation of `storage::redb`).
 
 use std::borrow::Cow;
+use std::ops::Bound;
 
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -27,8 +28,8 @@ use crate::storage::codec::{
 use crate::storage::plan::{self, Driver, PageBuilder};
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
-    StoreResult, TokenInfo,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, INDEX_REPAIR_CHUNK, ImportSet, NewTask, Page, Record,
+    StorageError, StoreResult, TokenInfo,
 };
 
 pub(super) fn create_task(
@@ -580,16 +581,7 @@ pub(super) fn check_indexes(txn: &ReadTransaction) -> StoreResult<(u64, Vec<Stri
     for e in index.iter()? {
         let (k, _) = e?;
         let key = k.value();
-        let owner = index_key_owner(key).and_then(|o| PrincipalName::parse(o).ok());
-        let task = match (&owner, key.len() >= 16) {
-            (Some(owner), true) => read_candidate(&tasks, owner, id_of_key(key))?,
-            _ => None,
-        };
-        let agrees = match (&owner, &task) {
-            (Some(owner), Some(task)) => index_keys(owner, task).iter().any(|k| k == key),
-            _ => false,
-        };
-        if !agrees {
+        if !entry_agrees(&tasks, key)? {
             report(format!(
                 "index entry 0x{}: no readable task has it",
                 hex::encode(key)
@@ -597,4 +589,132 @@ pub(super) fn check_indexes(txn: &ReadTransaction) -> StoreResult<(u64, Vec<Stri
         }
     }
     Ok((count, found))
+}
+
+/// Part of the task index repair (`RedbStore::repair_indexes`): up to
+/// [`INDEX_REPAIR_CHUNK`] task records after the key `after` (from the start
+/// when `None`). Returns the keys of the readable tasks among them that lack
+/// one of their index entries, and the last key read (`None` at the end).
+pub(super) fn tasks_lacking_entries(
+    txn: &ReadTransaction,
+    after: Option<&[u8]>,
+) -> StoreResult<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    let range = tasks.range::<&[u8]>((
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    ))?;
+    let (mut lacking, mut last, mut read) = (Vec::new(), None, 0);
+    for e in range {
+        let (k, v) = e?;
+        let key = k.value();
+        if let Some((owner, task)) = readable_task(key, v.value())? {
+            for entry in index_keys(&owner, &task) {
+                if index.get(entry.as_slice())?.is_none() {
+                    lacking.push(key.to_vec());
+                    break;
+                }
+            }
+        }
+        read += 1;
+        if read == INDEX_REPAIR_CHUNK {
+            last = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok((lacking, last))
+}
+
+/// Writes the missing index entries of the tasks at `keys`, as their records
+/// are in this transaction (a record changed or deleted since it was read
+/// gets what it has now). Returns how many entries were added.
+pub(super) fn add_missing_entries(txn: &WriteTransaction, keys: &[Vec<u8>]) -> StoreResult<u64> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    let mut added = 0;
+    for key in keys {
+        let Some(v) = tasks.get(key.as_slice())? else {
+            continue;
+        };
+        let Some((owner, task)) = readable_task(key, v.value())? else {
+            continue;
+        };
+        for entry in index_keys(&owner, &task) {
+            if index.insert(entry.as_slice(), ())?.is_none() {
+                added += 1;
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// Part of the task index repair: up to [`INDEX_REPAIR_CHUNK`] index entries
+/// after `after`. Returns those that no readable task has (stray), and the
+/// last entry read (`None` at the end).
+pub(super) fn stray_entries(
+    txn: &ReadTransaction,
+    after: Option<&[u8]>,
+) -> StoreResult<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    let range = index.range::<&[u8]>((
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    ))?;
+    let (mut stray, mut last, mut read) = (Vec::new(), None, 0);
+    for e in range {
+        let (k, _) = e?;
+        let key = k.value();
+        if !entry_agrees(&tasks, key)? {
+            stray.push(key.to_vec());
+        }
+        read += 1;
+        if read == INDEX_REPAIR_CHUNK {
+            last = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok((stray, last))
+}
+
+/// Removes those of `entries` that no readable task has in this transaction.
+/// Returns how many were removed.
+pub(super) fn remove_stray_entries(
+    txn: &WriteTransaction,
+    entries: &[Vec<u8>],
+) -> StoreResult<u64> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    let mut removed = 0;
+    for key in entries {
+        if !entry_agrees(&tasks, key)? && index.remove(key.as_slice())?.is_some() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The owner and task of a task record, `None` if unreadable (such a record
+/// has no index entries).
+fn readable_task(key: &[u8], value: &[u8]) -> StoreResult<Option<(PrincipalName, Task)>> {
+    let Ok((owner, id)) = split_task_key(key) else {
+        return Ok(None);
+    };
+    Ok(readable(decode_task(task_key_name(key), id, value))?.map(|t| (owner, t)))
+}
+
+/// Whether the index entry `key` belongs to a readable task that has it.
+fn entry_agrees(
+    tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> StoreResult<bool> {
+    let owner = index_key_owner(key).and_then(|o| PrincipalName::parse(o).ok());
+    let (Some(owner), true) = (owner, key.len() >= 16) else {
+        return Ok(false);
+    };
+    Ok(match read_candidate(tasks, &owner, id_of_key(key))? {
+        Some(task) => index_keys(&owner, &task).iter().any(|k| k == key),
+        None => false,
+    })
 }
