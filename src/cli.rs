@@ -150,7 +150,13 @@ pub async fn open_store(
     group_commit: bool,
     create: Create,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    open_backend(&Backend::from_args(storage, group_commit)?, storage, create).await
+    let mut backend = Backend::from_args(storage, group_commit)?;
+    if let Backend::Redb(cfg) = &mut backend {
+        // A subcommand runs briefly: no background index repair (`serve`
+        // runs it; `index check --repair` does it on request).
+        cfg.index_upkeep = crate::storage::IndexUpkeep::Off;
+    }
+    open_backend(&backend, storage, create).await
 }
 
 async fn open_backend(
