@@ -1329,3 +1329,107 @@ async fn pg_tls_modes_encrypt_and_verify_as_libpq_does() {
     .expect("a wrong CA is refused");
     refused(err, "store with a wrong CA");
 }
+
+/// PostgreSQL keeps its filter indexes for every writer: the indexes on
+/// `tasks` are PostgreSQL's own, and `task_tags` is written by triggers. So
+/// the statements of the release before migration 0003 (which knows no
+/// `task_tags`: the INSERT, UPDATE and DELETE of its `ops.rs`), run while
+/// this release serves the same database, leave every filter right. A
+/// writer that bypasses the triggers (`session_replication_role = replica`)
+/// is what `check_indexes` finds and `repair_indexes` fixes.
+#[tokio::test]
+async fn pg_an_old_release_s_writes_keep_the_tag_index() {
+    let db = TestDb::create().await;
+    let store = PostgresStore::connect(&db.config()).await.unwrap();
+    let kept = contract::create(&store, "alice", json!({"title": "kept", "tags": ["ops"]})).await;
+    let c = db.client().await;
+    let insert = "INSERT INTO tasks (owner, id, title, title_lower, description, status, priority,
+                                     due_at, tags, created_at, updated_at, version)
+                  VALUES ($1, $2, $3, lower($3), NULL, $4, 'normal', NULL, $5, now(), now(), 1)";
+    let (fresh, moved) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let tags = |t: &[&str]| t.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    c.execute(
+        insert,
+        &[
+            &"alice",
+            &fresh,
+            &"fresh",
+            &"done",
+            &tags(&["fresh", "ops"]),
+        ],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        insert,
+        &[&"alice", &moved, &"moved", &"todo", &tags(&["ops"])],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE tasks SET title = $3, title_lower = lower($3), description = NULL, status = 'done',
+             priority = 'high', due_at = NULL, tags = $4, updated_at = now(), version = version + 1
+         WHERE owner = $1 AND id = $2",
+        &[&"alice", &moved, &"moved", &tags(&["moved"])],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "DELETE FROM tasks WHERE owner = $1 AND id = $2",
+        &[&"alice", &kept.id.as_uuid()],
+    )
+    .await
+    .unwrap();
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    let ids = |q: ListQuery| {
+        let store = &store;
+        async move {
+            let q = ListQuery { limit: 100, ..q };
+            let page = store.list_tasks(&p("alice"), &q).await.unwrap();
+            page.items
+                .iter()
+                .map(|t| t.id.as_uuid())
+                .collect::<Vec<_>>()
+        }
+    };
+    let tag = |t: &str| ListQuery {
+        tag: Some(t.into()),
+        order: Order::Asc,
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(tag("ops")).await, vec![fresh]);
+    assert_eq!(ids(tag("fresh")).await, vec![fresh]);
+    assert_eq!(ids(tag("moved")).await, vec![moved]);
+    let done = ListQuery {
+        status: Some(Status::Done),
+        order: Order::Asc,
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(done).await, vec![fresh, moved]);
+    let high = ListQuery {
+        priority: Some(Priority::High),
+        ..ListQuery::default()
+    };
+    assert_eq!(ids(high).await, vec![moved]);
+
+    // Bypassing the triggers is what makes task_tags disagree.
+    c.batch_execute("SET session_replication_role = replica")
+        .await
+        .unwrap();
+    c.execute(
+        "UPDATE tasks SET tags = $2 WHERE id = $1",
+        &[&fresh, &tags(&["other"])],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("SET session_replication_role = origin")
+        .await
+        .unwrap();
+    let check = store.check_indexes().await.unwrap();
+    assert_eq!(check.disagreements, 3, "{check:?}");
+    let done = store.repair_indexes().await.unwrap();
+    assert_eq!((done.added, done.removed), (1, 2));
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    assert_eq!(ids(tag("other")).await, vec![fresh]);
+    store.close().await;
+}
