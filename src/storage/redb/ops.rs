@@ -591,6 +591,10 @@ pub(super) fn check_indexes(txn: &ReadTransaction) -> StoreResult<(u64, Vec<Stri
     Ok((count, found))
 }
 
+/// What one step of the index repair found: the keys to fix, and the last
+/// key it read (`None` when it reached the end).
+pub(super) type Found = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
 /// Part of the task index repair (`RedbStore::repair_indexes`): up to
 /// [`INDEX_REPAIR_CHUNK`] task records after the key `after` (from the start
 /// when `None`). Returns the keys of the readable tasks among them that lack
@@ -598,7 +602,7 @@ pub(super) fn check_indexes(txn: &ReadTransaction) -> StoreResult<(u64, Vec<Stri
 pub(super) fn tasks_lacking_entries(
     txn: &ReadTransaction,
     after: Option<&[u8]>,
-) -> StoreResult<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+) -> StoreResult<Found> {
     let tasks = txn.open_table(TASKS)?;
     let index = txn.open_table(TASK_INDEX)?;
     let range = tasks.range::<&[u8]>((
@@ -652,10 +656,7 @@ pub(super) fn add_missing_entries(txn: &WriteTransaction, keys: &[Vec<u8>]) -> S
 /// Part of the task index repair: up to [`INDEX_REPAIR_CHUNK`] index entries
 /// after `after`. Returns those that no readable task has (stray), and the
 /// last entry read (`None` at the end).
-pub(super) fn stray_entries(
-    txn: &ReadTransaction,
-    after: Option<&[u8]>,
-) -> StoreResult<(Vec<Vec<u8>>, Option<Vec<u8>>)> {
+pub(super) fn stray_entries(txn: &ReadTransaction, after: Option<&[u8]>) -> StoreResult<Found> {
     let tasks = txn.open_table(TASKS)?;
     let index = txn.open_table(TASK_INDEX)?;
     let range = index.range::<&[u8]>((
