@@ -523,12 +523,20 @@ pub(super) async fn check_indexes(store: &PostgresStore) -> StoreResult<IndexChe
 /// Makes `task_tags` agree with the tags of `tasks`: only needed if a writer
 /// bypassed the triggers (disabled them, or wrote with
 /// `session_replication_role = replica`), since the triggers of migration
-/// 0003 keep it for every writer, also an earlier release's. Two statements
-/// that touch only the rows that disagree.
+/// 0003 keep it for every writer, also an earlier release's. First a check
+/// in one snapshot, which takes no lock; only if it finds disagreements, two
+/// statements that touch only the rows that disagree, under a SHARE lock on
+/// `tasks` (writes wait until the repair commits): without it a write
+/// committed between the two statements' snapshots could have an entry of
+/// its old tags put back.
 pub(super) async fn repair_indexes(store: &PostgresStore) -> StoreResult<IndexRepair> {
+    if check_indexes(store).await?.is_consistent() {
+        return Ok(IndexRepair::default());
+    }
     let mut client = store.conn().await?;
     let txn = client.transaction().await?;
-    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0; LOCK TABLE tasks IN SHARE MODE")
+        .await?;
     let added = txn
         .execute(
             "INSERT INTO task_tags (owner, tag, id)
