@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use crate::app::{Application, Settings};
 use crate::auth::{self, StaticTokens};
 use crate::config::{
-    Cli, Command, DatabaseArgs, HealthcheckArgs, MigrateArgs, ServeArgs, StorageArgs, TokenAction,
-    TokenArgs,
+    Cli, Command, DatabaseArgs, HealthcheckArgs, IndexAction, IndexArgs, MigrateArgs, ServeArgs,
+    StorageArgs, TokenAction, TokenArgs,
 };
 use crate::domain::PrincipalName;
 use crate::http::{self, ApiConfig, TrustedProxies};
@@ -31,6 +31,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Token(args)) => runtime().and_then(|rt| rt.block_on(token(args))),
         Some(Command::Backup(args)) => {
             return match runtime().and_then(|rt| rt.block_on(backup(args))) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Index(args)) => {
+            return match runtime().and_then(|rt| rt.block_on(index(args))) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -141,7 +150,13 @@ pub async fn open_store(
     group_commit: bool,
     create: Create,
 ) -> anyhow::Result<Arc<dyn Store>> {
-    open_backend(&Backend::from_args(storage, group_commit)?, storage, create).await
+    let mut backend = Backend::from_args(storage, group_commit)?;
+    if let Backend::Redb(cfg) = &mut backend {
+        // A subcommand runs briefly: no background index repair (`serve`
+        // runs it; `index check --repair` does it on request).
+        cfg.index_upkeep = crate::storage::IndexUpkeep::Off;
+    }
+    open_backend(&backend, storage, create).await
 }
 
 async fn open_backend(
@@ -657,6 +672,66 @@ async fn backup(args: crate::config::BackupArgs) -> anyhow::Result<ExitCode> {
         done.unreadable.len()
     );
     Ok(ExitCode::from(EXIT_INCOMPLETE))
+}
+
+/// Exit status of `devops-api index check` (without `--repair`) when the
+/// indexes disagree with the records.
+pub const EXIT_INDEX_DISAGREES: u8 = 4;
+
+/// `devops-api index check [--repair]`: through the control socket when a
+/// server answers on it, else on the store opened here.
+async fn index(args: IndexArgs) -> anyhow::Result<ExitCode> {
+    use crate::index_cmd::{IndexReply, execute, request};
+    let IndexAction::Check { repair } = args.action;
+    #[cfg(unix)]
+    let online = if args.storage.database.url()?.is_none()
+        && let Some(stream) = crate::control::connect(&args.storage.data_dir).await
+    {
+        eprintln!(
+            "a server runs on {}: asking it through its control socket",
+            args.storage.data_dir.display()
+        );
+        Some(request(stream, repair).await?)
+    } else {
+        None
+    };
+    #[cfg(not(unix))]
+    let online = None;
+    let reply = match online {
+        Some(reply) => reply,
+        None => {
+            let store = open_store(&args.storage, true, Create::Refused).await?;
+            let reply = execute(store.as_ref(), repair).await;
+            store.close().await;
+            reply
+        }
+    };
+    match reply {
+        IndexReply::Checked {
+            disagreements: 0, ..
+        } => {
+            println!("the indexes agree with the task records");
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexReply::Checked {
+            disagreements,
+            examples,
+        } => {
+            for e in &examples {
+                println!("{e}");
+            }
+            println!(
+                "{disagreements} index entries disagree with the task records; \
+                 `devops-api index check --repair` fixes them"
+            );
+            Ok(ExitCode::from(EXIT_INDEX_DISAGREES))
+        }
+        IndexReply::Repaired { added, removed } => {
+            println!("index repaired: {added} entries added, {removed} removed");
+            Ok(ExitCode::SUCCESS)
+        }
+        IndexReply::Error { message } => anyhow::bail!("{message}"),
+    }
 }
 
 /// `devops-api restore`: the file is read and validated before any store is

@@ -65,6 +65,21 @@ pub enum Command {
         (error); 3 the backup was written and verified but lacks the unreadable records listed."
     )]
     Backup(BackupArgs),
+    /// Check the list filters' indexes against the task records; repair them with --repair.
+    #[command(
+        long_about = "Check the list filters' indexes against the task records, and with \
+        --repair make them agree. A process of an earlier release that shares the redb file \
+        (multi-writer: a rolling update, a rollback) writes tasks without index entries, so \
+        filtered lists miss those tasks until a repair; servers repair by themselves after \
+        opening and, in multi-writer mode, every 5 minutes. The deploy script runs \
+        `index check --repair` once a rollout has converged.\n\n\
+        When a server answers on the control socket of the data directory \
+        (DATA_DIR/control.sock, any --db-sharing mode) it does the work; otherwise the file \
+        (or PostgreSQL) is opened directly.\n\n\
+        Exit status: 0 the indexes agree (or were repaired); 1 error; 4 check only, and \
+        they disagree."
+    )]
+    Index(IndexArgs),
     /// Load a backup file into an empty data directory (or empty database) and verify it.
     #[command(
         long_about = "Load a backup file into an empty data directory (or empty \
@@ -307,6 +322,24 @@ pub struct HealthcheckArgs {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3.0)]
     pub timeout: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    pub action: IndexAction,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IndexAction {
+    /// Compare the indexes with the records (one snapshot); with --repair, fix what disagrees.
+    Check {
+        /// Make the indexes agree with the records, in short transactions, while writes go on.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -156,6 +156,10 @@ async fn answer(stream: UnixStream, store: &dyn Store) -> io::Result<()> {
     if line == BACKUP {
         return crate::backup::online::answer(write, store).await;
     }
+    if let Some(reply) = crate::index_cmd::answer(line, store).await {
+        write.write_all(&reply).await?;
+        return write.shutdown().await;
+    }
     let reply = match line.strip_prefix(TOKEN) {
         Some(json) => match serde_json::from_str::<TokenRequest>(json) {
             Ok(req) => {

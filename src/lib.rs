@@ -46,6 +46,7 @@ pub mod config;
 pub mod control;
 pub mod domain;
 pub mod http;
+pub mod index_cmd;
 pub mod jsonlog;
 pub mod lifecycle;
 pub mod metrics_catalog;

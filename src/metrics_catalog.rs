@@ -126,6 +126,16 @@ pub fn describe() {
         "Always 1; the labels carry the version and git commit of the running binary."
     );
     describe_counter!(
+        "store_index_verifications_total",
+        "Verifications of the task index against the task records (after open, periodic in \
+         multi-writer mode, on request), by outcome (ok, error)."
+    );
+    describe_counter!(
+        "store_index_repaired_entries_total",
+        "Task index entries repaired (added or removed): tasks written without their entries, \
+         by a process of an earlier release sharing the file."
+    );
+    describe_counter!(
         "backups_total",
         "Online backups served through the control socket, by outcome (ok, error)."
     );
@@ -137,6 +147,7 @@ pub fn register_zeroes() {
         "http_connection_limit_reached_total",
         "http_accept_errors_total",
         "store_fatal_errors_total",
+        "store_index_repaired_entries_total",
     ] {
         metrics::counter!(name).absolute(0);
     }
@@ -148,6 +159,7 @@ pub fn register_zeroes() {
     }
     for outcome in ["ok", "error"] {
         metrics::counter!("backups_total", "outcome" => outcome).increment(0);
+        metrics::counter!("store_index_verifications_total", "outcome" => outcome).increment(0);
     }
     metrics::gauge!(SERVER_DRAINING).set(0.0);
 }

@@ -4,7 +4,8 @@
 //! runs, an arbitrary subset of them survives, as a disk that reorders its
 //! cache would leave it), and from then on every write and sync fails. The
 //! surviving bytes are reopened with a normal backend, which must succeed and
-//! pass `check_integrity`, and every acknowledged write must be there.
+//! pass `check_integrity`, every acknowledged write must be there, and the
+//! list filters' index must agree with the task records.
 //!
 //! A negative control runs the same harness with the store answering callers
 //! before its commit (`ack_before_commit`) and must find losses, which shows
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use devops_api::domain::{Precondition, PrincipalName, TaskId, parse_create, parse_merge_patch};
-use devops_api::storage::{NewTask, RedbConfig, RedbStore, StorageError, Store};
+use devops_api::storage::{IndexUpkeep, NewTask, RedbConfig, RedbStore, StorageError, Store};
 use redb::backends::InMemoryBackend;
 use redb::{Builder, StorageBackend};
 
@@ -168,6 +169,27 @@ fn next(state: &mut u64) -> u64 {
 const WRITERS: usize = 6;
 const OPS_PER_WRITER: usize = 12;
 
+/// `body` with random indexed fields (status, priority, tags, due date), so
+/// that every write also writes index entries.
+fn indexed_fields(rng: &mut u64, mut body: serde_json::Value) -> serde_json::Value {
+    let r = next(rng);
+    body["status"] = ["todo", "in_progress", "done"][(r % 3) as usize].into();
+    body["priority"] = ["low", "normal", "high"][(r / 3 % 3) as usize].into();
+    body["tags"] = serde_json::json!(
+        ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| r >> (8 + i) & 1 == 1)
+            .map(|(_, t)| *t)
+            .collect::<Vec<_>>()
+    );
+    body["due_at"] = match r >> 16 & 3 {
+        0 => serde_json::Value::Null,
+        d => format!("2030-01-0{d}T00:00:00Z").into(),
+    };
+    body
+}
+
 /// What is compared of a task: its version and title (None: deleted).
 type State = Option<(u64, String)>;
 
@@ -200,9 +222,11 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
             for i in 0..OPS_PER_WRITER {
                 let r = next(&mut rng) % 10;
                 if live.is_empty() || r < 5 {
-                    let fields =
-                        parse_create(&serde_json::json!({ "title": format!("w{w} op{i}") }))
-                            .unwrap();
+                    let fields = parse_create(&indexed_fields(
+                        &mut rng,
+                        serde_json::json!({ "title": format!("w{w} op{i}") }),
+                    ))
+                    .unwrap();
                     let new = NewTask {
                         fields,
                         idempotency: None,
@@ -229,8 +253,11 @@ async fn workload(store: Arc<RedbStore>, seed: u64) -> Vec<History> {
                     let id = h.id.expect("created");
                     if r < 8 {
                         let title = format!("w{w} patch{i}");
-                        let change =
-                            parse_merge_patch(&serde_json::json!({ "title": title })).unwrap();
+                        let change = parse_merge_patch(&indexed_fields(
+                            &mut rng,
+                            serde_json::json!({ "title": title }),
+                        ))
+                        .unwrap();
                         h.states.push(Some((version + 1, title)));
                         match store
                             .update_task(&owner, id, change, Precondition::version(version))
@@ -339,7 +366,11 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
         "seed {seed}: the file needed repair after a clean reopen"
     );
     drop(db);
-    let store = RedbStore::open_with_backend(&RedbConfig::new("unused-by-backend"), fresh)
+    // Without the repair after opening, which would hide a disagreement the
+    // power loss left.
+    let mut reopen = RedbConfig::new("unused-by-backend");
+    reopen.index_upkeep = IndexUpkeep::Off;
+    let store = RedbStore::open_with_backend(&reopen, fresh)
         .unwrap_or_else(|e| panic!("seed {seed}: the store does not open: {e}"));
     rt.block_on(async {
         for h in &histories {
@@ -361,6 +392,11 @@ fn run(seed: u64, crash_after: u64, keep_subset: bool, ack_before_commit: bool) 
                 ));
             }
         }
+        let check = store.check_indexes().await.unwrap();
+        assert!(
+            check.is_consistent(),
+            "seed {seed}: the indexes disagree with the records after power loss: {check:?}"
+        );
         store.close().await;
     });
     outcome

@@ -6,9 +6,13 @@ mod roundtrip;
 
 use std::sync::Arc;
 
+use redb::ReadableTable;
+
 use contract::{Fixture, p};
 use devops_api::domain::Precondition;
-use devops_api::storage::{DbSharing, ManualClock, RedbConfig, RedbStore, StorageError, Store};
+use devops_api::storage::{
+    DbSharing, IndexUpkeep, ManualClock, RedbConfig, RedbStore, StorageError, Store,
+};
 
 fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -1326,4 +1330,403 @@ fn both_releases_agree_on_which_tokens_are_valid() {
             Ok(())
         })
         .unwrap();
+}
+
+/// A file written by the release before the filter index (a golden copy,
+/// `tests/golden/redb_file_v1.redb`: tasks of two owners with every filter
+/// field, updates, deletes, an idempotency record and a token) is indexed
+/// when first opened: every filter lists what a scan of its records says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_from_before_the_filter_index_is_indexed_on_open() {
+    use devops_api::domain::{ListQuery, Order, Priority, Status};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/golden/redb_file_v1.redb"
+        ),
+        dir.path().join(devops_api::storage::redb::DB_FILE),
+    )
+    .unwrap();
+    let store = RedbStore::open(&RedbConfig::new(dir.path())).unwrap();
+    let check = store.check_indexes().await.unwrap();
+    assert!(check.is_consistent(), "{check:?}");
+    for owner in ["alice", "bob"] {
+        // Unfiltered pages read the records themselves.
+        let all = store
+            .list_tasks(
+                &p(owner),
+                &ListQuery {
+                    limit: 100,
+                    ..ListQuery::default()
+                },
+            )
+            .await
+            .unwrap()
+            .items;
+        assert!(all.len() > 5, "the golden file holds {owner}'s tasks");
+        let mut queries = Vec::new();
+        for tag in ["ops", "rare", "release", "db", "ui"] {
+            queries.push(ListQuery {
+                tag: Some(tag.into()),
+                ..ListQuery::default()
+            });
+        }
+        for status in Status::ALL {
+            queries.push(ListQuery {
+                status: Some(status),
+                ..ListQuery::default()
+            });
+        }
+        for priority in Priority::ALL {
+            queries.push(ListQuery {
+                priority: Some(priority),
+                tag: Some("rare".into()),
+                ..ListQuery::default()
+            });
+        }
+        for day in ["2030-01-05", "2030-01-20", "2029-07-01"] {
+            queries.push(ListQuery {
+                due_before: Some(format!("{day}T00:00:00Z").parse().unwrap()),
+                ..ListQuery::default()
+            });
+        }
+        let mut some_match = false;
+        for q in queries {
+            for order in Order::ALL {
+                let q = ListQuery {
+                    limit: 100,
+                    order,
+                    ..q.clone()
+                };
+                let got = store.list_tasks(&p(owner), &q).await.unwrap().items;
+                let mut want: Vec<_> = all.iter().filter(|t| q.matches(t)).cloned().collect();
+                if order == Order::Desc {
+                    want.reverse();
+                }
+                some_match |= !want.is_empty();
+                assert_eq!(got, want, "{owner}: {q:?}");
+            }
+        }
+        assert!(some_match);
+    }
+    store.close().await;
+}
+
+/// The index check finds an index that disagrees with its records: an
+/// entry missing, and an entry for no task.
+#[tokio::test]
+async fn the_index_check_finds_disagreements() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = RedbConfig::new(dir.path());
+    let store = RedbStore::open(&cfg).unwrap();
+    let t = contract::create(
+        &store,
+        "alice",
+        serde_json::json!({"title": "x", "tags": ["ops"], "status": "done"}),
+    )
+    .await;
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    store.close().await;
+    drop(store);
+    {
+        let db = redb::Database::open(cfg.db_path()).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&[u8], ()> = redb::TableDefinition::new("task_index_v1");
+            let mut index = txn.open_table(def).unwrap();
+            let mut tag_key = b"alice\0tops\0".to_vec();
+            tag_key.extend_from_slice(&t.id.as_u128().to_be_bytes());
+            assert!(index.remove(tag_key.as_slice()).unwrap().is_some());
+            let mut stray = b"alice\0trare\0".to_vec();
+            stray.extend_from_slice(&devops_api::domain::TaskId::new().as_u128().to_be_bytes());
+            index.insert(stray.as_slice(), ()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut cfg = cfg;
+    cfg.index_upkeep = IndexUpkeep::Off;
+    let store = RedbStore::open(&cfg).unwrap();
+    let check = store.check_indexes().await.unwrap();
+    assert_eq!(check.disagreements, 2, "{check:?}");
+    // A repair fixes both, and only them.
+    let done = store.repair_indexes().await.unwrap();
+    assert_eq!((done.added, done.removed), (1, 1));
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    store.close().await;
+}
+
+/// A process of the release before the filter index, sharing the file in
+/// multi-writer mode (a rolling update, or a rollback and a new deploy):
+/// it writes tasks as that release did, records and counts without index
+/// entries. The same operations as `src/storage/redb/ops.rs` of that
+/// release, on the tables it knew.
+struct OldRelease {
+    db: redb::Database,
+}
+
+const COUNTS: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("task_counts_v1");
+
+impl OldRelease {
+    fn open(path: &std::path::Path) -> Self {
+        let mut b = redb::Builder::new();
+        b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+        Self {
+            db: b
+                .create(path)
+                .expect("the old release opens the shared file"),
+        }
+    }
+
+    fn put(&self, owner: &str, task: &devops_api::domain::Task, count_change: i64) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let mut tasks = txn.open_table(TASKS).unwrap();
+            tasks
+                .insert(
+                    raw_task_key(owner, task.id).as_slice(),
+                    devops_api::storage::codec::encode_task(task).as_slice(),
+                )
+                .unwrap();
+            let mut counts = txn.open_table(COUNTS).unwrap();
+            let n = counts.get(owner).unwrap().map_or(0, |v| v.value());
+            counts
+                .insert(owner, n.checked_add_signed(count_change).unwrap())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn create(&self, owner: &str, body: serde_json::Value) -> devops_api::domain::Task {
+        let task =
+            devops_api::domain::Task::create(devops_api::domain::parse_create(&body).unwrap());
+        self.put(owner, &task, 1);
+        task
+    }
+
+    fn replace(
+        &self,
+        owner: &str,
+        task: &devops_api::domain::Task,
+        body: serde_json::Value,
+    ) -> devops_api::domain::Task {
+        let fields = devops_api::domain::parse_create(&body).unwrap();
+        let updated = task.with_fields(fields, devops_api::domain::now());
+        self.put(owner, &updated, 0);
+        updated
+    }
+
+    fn delete(&self, owner: &str, task: &devops_api::domain::Task) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let mut tasks = txn.open_table(TASKS).unwrap();
+            assert!(
+                tasks
+                    .remove(raw_task_key(owner, task.id).as_slice())
+                    .unwrap()
+                    .is_some()
+            );
+            let mut counts = txn.open_table(COUNTS).unwrap();
+            let n = counts.get(owner).unwrap().map_or(0, |v| v.value());
+            counts.insert(owner, n - 1).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+}
+
+/// Every filter's first page (limit 100, both orders) against the model:
+/// the unfiltered listing filtered in memory. Returns the queries that
+/// disagree.
+async fn filters_disagreeing(store: &dyn Store, owner: &str) -> Vec<String> {
+    use devops_api::domain::{ListQuery, Order, Priority, Status};
+    let all = store
+        .list_tasks(
+            &p(owner),
+            &ListQuery {
+                limit: 100,
+                ..ListQuery::default()
+            },
+        )
+        .await
+        .unwrap()
+        .items;
+    let mut queries = Vec::new();
+    for tag in ["ops", "fresh", "moved", "gone"] {
+        queries.push(ListQuery {
+            tag: Some(tag.into()),
+            ..ListQuery::default()
+        });
+    }
+    for status in Status::ALL {
+        queries.push(ListQuery {
+            status: Some(status),
+            ..ListQuery::default()
+        });
+    }
+    for priority in Priority::ALL {
+        queries.push(ListQuery {
+            priority: Some(priority),
+            ..ListQuery::default()
+        });
+    }
+    queries.push(ListQuery {
+        due_before: Some("2031-01-01T00:00:00Z".parse().unwrap()),
+        ..ListQuery::default()
+    });
+    let mut wrong = Vec::new();
+    for q in queries {
+        for order in Order::ALL {
+            let q = ListQuery {
+                limit: 100,
+                order,
+                ..q.clone()
+            };
+            let got = store.list_tasks(&p(owner), &q).await.unwrap().items;
+            let mut want: Vec<_> = all.iter().filter(|t| q.matches(t)).cloned().collect();
+            if order == Order::Desc {
+                want.reverse();
+            }
+            // Whatever the index says, a page never holds a task that does
+            // not match (every candidate is checked against the filter).
+            assert!(got.iter().all(|t| q.matches(t)), "{q:?}: {got:?}");
+            if got != want {
+                wrong.push(format!("{q:?}: got {} want {}", got.len(), want.len()));
+            }
+        }
+    }
+    wrong
+}
+
+/// The old release's writes through a shared file while this release runs:
+/// creates, changes of status, priority, tags and due date, and deletes. Its
+/// tasks are missing from filtered lists until the index is repaired (the
+/// failure a rolling update causes), `check_indexes` reports exactly the
+/// entries involved, and one repair makes every filter list what the
+/// records say, with the counts of what it changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_written_by_the_release_before_the_index_are_listed_after_a_repair() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RedbConfig::new(dir.path());
+    cfg.sharing = DbSharing::MultiWriter;
+    cfg.index_upkeep = IndexUpkeep::Off;
+    let store = RedbStore::open(&cfg).unwrap();
+    let kept = contract::create(&store, "alice", json!({"title": "kept", "tags": ["ops"]})).await;
+    let moved = contract::create(
+        &store,
+        "alice",
+        json!({"title": "moved", "tags": ["ops"], "status": "todo", "priority": "low"}),
+    )
+    .await;
+    let gone = contract::create(
+        &store,
+        "alice",
+        json!({"title": "gone", "tags": ["gone"], "due_at": "2030-06-01T00:00:00Z"}),
+    )
+    .await;
+    assert!(filters_disagreeing(&store, "alice").await.is_empty());
+
+    let old = OldRelease::open(&cfg.db_path());
+    // 3 + 3 + 3 entries (status, priority, tags, due) this release would write.
+    old.create(
+        "alice",
+        json!({"title": "fresh 1", "tags": ["fresh"], "status": "done"}),
+    );
+    old.create(
+        "alice",
+        json!({"title": "fresh 2", "tags": ["fresh", "ops"], "priority": "high"}),
+    );
+    old.create(
+        "alice",
+        json!({"title": "fresh 3", "due_at": "2030-01-01T00:00:00Z", "tags": []}),
+    );
+    // ops -> moved, todo -> done, low -> high: 3 entries missing, 3 stray.
+    old.replace(
+        "alice",
+        &moved,
+        json!({"title": "moved", "tags": ["moved"], "status": "done", "priority": "high"}),
+    );
+    // 4 stray entries (status, priority, tag, due).
+    old.delete("alice", &gone);
+    drop(old);
+
+    let wrong = filters_disagreeing(&store, "alice").await;
+    assert!(
+        !wrong.is_empty(),
+        "the index went stale, so lists miss tasks"
+    );
+    let check = store.check_indexes().await.unwrap();
+    let (missing, stray) = (3 + 4 + 3 + 3, 3 + 4);
+    assert_eq!(check.disagreements, missing + stray, "{check:?}");
+
+    let done = store.repair_indexes().await.unwrap();
+    assert_eq!((done.added, done.removed), (missing, stray));
+    assert!(store.check_indexes().await.unwrap().is_consistent());
+    assert_eq!(
+        filters_disagreeing(&store, "alice").await,
+        Vec::<String>::new()
+    );
+    // A second repair finds nothing; the tasks this release wrote were never touched.
+    assert_eq!(store.repair_indexes().await.unwrap(), Default::default());
+    assert_eq!(store.get_task(&p("alice"), kept.id).await.unwrap(), kept);
+    store.close().await;
+}
+
+/// Without anyone asking: a store on a shared file verifies its index
+/// periodically (`IndexUpkeep::Every`, in production every
+/// `INDEX_VERIFY_INTERVAL` under multi-writer), so tasks an old release
+/// writes while it runs show up in filtered lists; and a file that an old
+/// release wrote alone (after a rollback) is repaired once opened, in both
+/// sharing modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_is_repaired_periodically_and_after_opening() {
+    use devops_api::domain::ListQuery;
+    use serde_json::json;
+    let fresh = ListQuery {
+        tag: Some("fresh".into()),
+        ..ListQuery::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RedbConfig::new(dir.path());
+    cfg.sharing = DbSharing::MultiWriter;
+    cfg.index_upkeep = IndexUpkeep::Every(std::time::Duration::from_millis(50));
+    let store = RedbStore::open(&cfg).unwrap();
+    let old = OldRelease::open(&cfg.db_path());
+    // Past the repair after opening: only a periodic one can find this task.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t = old.create(
+        "alice",
+        json!({"title": "while running", "tags": ["fresh"]}),
+    );
+    until(
+        "the periodic repair lists the old release's task",
+        async || store.list_tasks(&p("alice"), &fresh).await.unwrap().items == vec![t.clone()],
+    )
+    .await;
+    store.close().await;
+    drop(store);
+    drop(old);
+
+    // The old release alone (Swarm rolled back), then this one again: the
+    // repair after opening (`IndexUpkeep::Auto`) lists what it wrote.
+    let mut want = vec![t];
+    for sharing in [DbSharing::Exclusive, DbSharing::MultiWriter] {
+        let old = OldRelease::open(&cfg.db_path());
+        want.push(old.create(
+            "alice",
+            json!({"title": "after a rollback", "tags": ["fresh"]}),
+        ));
+        drop(old);
+        let mut cfg = RedbConfig::new(dir.path());
+        cfg.sharing = sharing;
+        let store = RedbStore::open(&cfg).unwrap();
+        until("the repair after opening lists them", async || {
+            let mut items = store.list_tasks(&p("alice"), &fresh).await.unwrap().items;
+            items.sort_by_key(|t| t.id.as_u128());
+            items == want
+        })
+        .await;
+        assert!(store.check_indexes().await.unwrap().is_consistent());
+        store.close().await;
+    }
 }

@@ -240,6 +240,40 @@ if [ "$ok" != true ]; then
 fi
 say "rollout ${state} in $((SECONDS - started)) s"
 
+# --- Repair the task index (redb) ------------------------------------------------------------------------
+# During a start-first rollout, tasks of the previous image shared the redb file (multi-writer); a release
+# from before the filter index writes tasks without index entries, so filtered lists miss them until the
+# index is repaired. Every task repairs by itself after opening and every 5 minutes; this ends the window
+# right after the rollout: once the old tasks have exited (they keep serving, and writing, while they drain),
+# one new task repairs the index through its control socket. Best effort: a failure is reported, never fatal
+# (the tasks' own repair still runs), and a task on another node than the manager cannot be reached here.
+old_tasks_running() { # tasks told to stop that have not exited yet
+  docker service ps --filter desired-state=shutdown --format '{{.CurrentState}}' "$svc" 2>/dev/null \
+    | awk '$1 == "Running" { n++ } END { print n + 0 }'
+}
+repair_index() {
+  local deadline=$((SECONDS + timeout)) cid out
+  while [ "$(old_tasks_running)" -gt 0 ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      say "warning: tasks of the previous image still run; the index repair may miss their last writes"
+      break
+    fi
+    sleep 2
+  done
+  cid=$(docker ps --filter "label=com.docker.swarm.service.name=${svc}" --filter status=running \
+    --format '{{.ID}}' 2>/dev/null | sed -n 1p) || cid=""
+  if [ -z "$cid" ]; then
+    say "warning: no task of ${svc} runs on ${DEPLOY_HOST}; the tasks repair the index themselves within 5 minutes"
+    return 0
+  fi
+  if out=$(docker exec "$cid" /bin/devops-api index check --repair 2>&1); then
+    say "task index: ${out##*$'\n'}"
+  else
+    say "warning: index repair in ${cid} failed (the tasks repair it themselves within 5 minutes): ${out##*$'\n'}"
+  fi
+}
+repair_index
+
 # --- Verify through the public entrypoint ----------------------------------------------------------------
 url=${VERIFY_URL:-https://api.${DOMAIN}}
 hostport=${url#https://}

@@ -137,6 +137,44 @@ else
   fail "deploy.sh of the image that already runs: exit $rc, $(grep -o 'FAILED: .*' "$tmp/out" | sed -n 1p)"
 fi
 
+# deploy.sh after a completed rollout: once the previous image's tasks have exited (one still drains on the
+# first look), it repairs the task index through a task on this node (`docker exec ... index check --repair`),
+# then verifies (nothing answers on port 1: exit 1 there). Stub: a rollout whose StartedAt changes.
+mkdir -p "$tmp/stub3"
+printf '#!/bin/sh\nexit 0\n' > "$tmp/stub3/ssh"
+cat > "$tmp/stub3/docker" <<STUB
+#!/bin/sh
+case "\$1 \$2" in
+  "info --format") echo true ;;
+  "stack deploy") touch $tmp/deployed3 ;;
+  "service inspect")
+    case "\$4" in
+      *UpdateStatus.StartedAt*) if [ -e $tmp/deployed3 ]; then echo 2026-01-02T00:00:00Z; else echo 2026-01-01T00:00:00Z; fi ;;
+      *UpdateStatus.State*) echo completed ;;
+      *ContainerSpec.Image*) if [ -e $tmp/deployed3 ]; then echo "$cur"; else echo "${cur%@*}-old"; fi ;;
+      *Replicas*) echo 3 ;;
+    esac ;;
+  "service ps")
+    if [ ! -e $tmp/drained3 ]; then touch $tmp/drained3; echo "Running 20 seconds ago"; echo "Shutdown 1 minute ago"; fi ;;
+  "ps --filter") echo c0ffee ;;
+  "exec c0ffee") shift 2; echo "exec \$*" >> $tmp/docker-calls3; echo "index repaired: 3 entries added, 0 removed" ;;
+  *) echo "docker stub: unexpected: \$*" >&2; exit 1 ;;
+esac
+STUB
+chmod +x "$tmp/stub3/ssh" "$tmp/stub3/docker"
+rm -f "$tmp/deployed3" "$tmp/drained3"
+: > "$tmp/docker-calls3"
+rc=0
+env -i PATH="$tmp/stub3:$PATH" HOME="$tmp" DOMAIN=example.test SMOKE_TOKEN=t DEPLOY_HOST=127.0.0.1 \
+  DEPLOY_SSH_KEY_FILE="$tmp/key" DEPLOY_KNOWN_HOSTS="$known" VERIFY_CONNECT=127.0.0.1:1 VERIFY_TIMEOUT=1 \
+  timeout 60 "$deploy_dir/deploy.sh" --image "$cur" --timeout 20 --compose "$deploy_dir/../../stack.yml" > "$tmp/out" 2>&1 || rc=$?
+if [ "$rc" = 1 ] && [ -e "$tmp/drained3" ] && [ "$(cat "$tmp/docker-calls3")" = "exec /bin/devops-api index check --repair" ] \
+  && grep -q 'task index: index repaired: 3 entries added' "$tmp/out" && grep -q 'did not answer 200' "$tmp/out"; then
+  ok "deploy.sh repairs the task index through a new task once the old tasks exited"
+else
+  fail "deploy.sh index repair: exit $rc, calls '$(paste -sd' ' "$tmp/docker-calls3")', $(grep -o 'deploy: .*' "$tmp/out" | paste -sd'|')"
+fi
+
 # rollback.sh, with stubs: deploy.sh records its arguments; skopeo answers as a registry that holds only
 # the images listed in $tmp/registry (one REF per line).
 mkdir -p "$tmp/rb" "$tmp/bin"

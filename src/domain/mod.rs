@@ -21,8 +21,8 @@ pub use input::{FieldError, TaskChange, parse_create, parse_merge_patch, parse_r
 pub use precondition::Precondition;
 pub use principal::{PRINCIPAL_NAME_MAX, PrincipalName, TokenDigest, TokenName};
 pub use query::{
-    CURSOR_PATTERN, DEFAULT_LIMIT, ListQuery, MAX_LIMIT, Order, Q_MAX_CHARS, decode_cursor,
-    encode_cursor,
+    CURSOR_PATTERN, DEFAULT_LIMIT, ListQuery, MAX_LIMIT, Order, Q_MAX_CHARS, SCAN_BUDGET,
+    decode_cursor, encode_cursor,
 };
 pub use stored::StoredTask;
 pub use task::{

@@ -27,6 +27,10 @@ pub const MAX_LIMIT: usize = 100;
 /// The longest `q`, in characters: no longer string can be in a title.
 pub const Q_MAX_CHARS: usize = Title::MAX_CHARS;
 
+/// The most candidate tasks one filtered page examines (see
+/// [`ListQuery::scan_budget`]).
+pub const SCAN_BUDGET: usize = 5_000;
+
 /// Sort order of a listing, by creation (task id).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Order {
@@ -66,6 +70,14 @@ pub struct ListQuery {
     pub order: Order,
     /// Keyset position: the listing continues after this id in `order`.
     pub after: Option<TaskId>,
+    /// The most candidates (index entries or records) the store examines for
+    /// this page. A filter that no index serves (`q`, or a combination
+    /// whose driving index is broad) can reject every candidate: when the
+    /// budget runs out first, the page holds the matches found so far (maybe
+    /// none) and `next` is the position reached, so the client continues
+    /// from there. Never below `limit + 1`. Not a client parameter:
+    /// [`SCAN_BUDGET`] but in tests.
+    pub scan_budget: usize,
 }
 
 impl Default for ListQuery {
@@ -80,6 +92,7 @@ impl Default for ListQuery {
             limit: DEFAULT_LIMIT,
             order: Order::Asc,
             after: None,
+            scan_budget: SCAN_BUDGET,
         }
     }
 }
@@ -145,6 +158,21 @@ impl ListQuery {
             }
         }
         if errs.is_empty() { Ok(q) } else { Err(errs) }
+    }
+
+    /// Whether any filter is set.
+    pub fn is_filtered(&self) -> bool {
+        self.status.is_some()
+            || self.priority.is_some()
+            || self.tag.is_some()
+            || self.due_before.is_some()
+            || self.q.is_some()
+    }
+
+    /// [`Self::scan_budget`] as the store applies it: at least one page and
+    /// the row that tells whether another follows.
+    pub fn budget(&self) -> usize {
+        self.scan_budget.max(self.limit + 1)
     }
 
     /// Whether `task` passes every filter.

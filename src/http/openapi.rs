@@ -109,7 +109,8 @@ impl ProblemResponses {
                     PROBLEM_JSON.to_owned(),
                     ContentBuilder::new()
                         .schema(Some(Ref::from_schema_name(Problem::name())))
-                        .build(),
+                        .build()
+                        .into(),
                 );
             }
         }

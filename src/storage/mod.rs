@@ -13,12 +13,13 @@
 //! The parts: [`error`](StorageError), `rules`, `tokens` ([`TokenInfo`],
 //! [`TokenUses`]), `import` ([`Record`],
 //! [`ImportSet`]), `clock`, `codec` (the versioned records of the embedded
-//! backend), and one module per backend: [`redb`] and [`postgres`].
+//! backend), [`plan`] (how a filtered page is found, with its scan budget), and one module per backend: [`redb`] and [`postgres`].
 
 mod clock;
 pub mod codec;
 mod error;
 mod import;
+pub mod plan;
 pub mod postgres;
 pub mod redb;
 mod rules;
@@ -38,7 +39,7 @@ pub use self::clock::{Clock, ManualClock, SystemClock, system_clock};
 pub use self::error::{Cause, Chain, StorageError, StoreResult};
 pub use self::import::{Export, ImportSet, InvalidRecord, Record, Unreadable};
 pub use self::postgres::{PostgresConfig, PostgresStore};
-pub use self::redb::{DbSharing, RedbConfig, RedbStore};
+pub use self::redb::{DbSharing, IndexUpkeep, RedbConfig, RedbStore};
 pub use self::rules::{idempotency_cutoff, idempotency_fresh};
 pub use self::tokens::{
     DEFAULT_ROTATION_GRACE, NewToken, PickError, TOKEN_SWEEP_INTERVAL, TOKEN_USE_INTERVAL,
@@ -55,11 +56,55 @@ pub const IDEMPOTENCY_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 /// becomes one long transaction.
 pub const IDEMPOTENCY_SWEEP_CHUNK: usize = 1_000;
 
+/// The most task records or index entries one step of an index repair
+/// reads, and so the most entries one repair commit changes: a repair of a
+/// large file is many short transactions, never one long one.
+pub const INDEX_REPAIR_CHUNK: usize = 1_000;
+
+/// How often a store whose file other processes write (`multi-writer`)
+/// verifies and repairs its task index. A process of an earlier release
+/// (during a rolling update, or after a rollback) writes tasks without index
+/// entries, and until a repair filtered lists miss those tasks; this bounds
+/// that window when nothing else repairs it (the deploy script repairs right
+/// after a rollout converges). A verification reads every task record and
+/// index entry once, in short read transactions on the blocking pool, and
+/// writes only what disagrees.
+pub const INDEX_VERIFY_INTERVAL: Duration = Duration::from_secs(300);
+
 /// One page of a listing; `next` is the keyset position of the following page.
 #[derive(Debug, Clone)]
 pub struct Page {
     pub items: Vec<Task>,
     pub next: Option<TaskId>,
+}
+
+/// What [`Store::check_indexes`] found: how many index entries disagree with
+/// the task records, and descriptions of the first of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexCheck {
+    pub disagreements: u64,
+    pub examples: Vec<String>,
+}
+
+impl IndexCheck {
+    pub fn is_consistent(&self) -> bool {
+        self.disagreements == 0
+    }
+}
+
+/// What [`Store::repair_indexes`] did: index entries written for tasks that
+/// lacked them, and entries removed that no task has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexRepair {
+    pub added: u64,
+    pub removed: u64,
+}
+
+impl IndexRepair {
+    /// Entries changed.
+    pub fn repaired(&self) -> u64 {
+        self.added + self.removed
+    }
 }
 
 /// An `Idempotency-Key` with a digest of the request it came with.
@@ -121,6 +166,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Tasks of every owner (for metrics and backups).
     async fn count_tasks(&self) -> StoreResult<u64>;
+    /// Compares the list filters' indexes with the task records, in one
+    /// snapshot: every readable task has exactly its index entries and every
+    /// entry belongs to such a task. Reads everything: for tests and checks.
+    async fn check_indexes(&self) -> StoreResult<IndexCheck>;
+    /// Makes the list filters' indexes agree with the task records, in short
+    /// transactions of at most [`INDEX_REPAIR_CHUNK`] records or entries
+    /// each, while writes go on: each change is decided in the transaction
+    /// that makes it, from the record as it is then. Everything written
+    /// before the call is covered when it returns. The redb store runs it
+    /// after opening and, when its file is shared, every
+    /// [`INDEX_VERIFY_INTERVAL`]; logs and counts what it repaired.
+    async fn repair_indexes(&self) -> StoreResult<IndexRepair>;
 
     /// Stores a token; `AlreadyExists` if the principal has a current token
     /// of that name (or the digest is taken).

@@ -131,6 +131,8 @@ async fn metrics_follow_prometheus_conventions() {
         "store_filesystem_avail_bytes",
         "store_fatal_errors_total",
         "store_corrupt_records_total",
+        "store_index_verifications_total",
+        "store_index_repaired_entries_total",
         "server_ready",
         "server_draining",
         "tasks_stored",

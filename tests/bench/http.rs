@@ -8,8 +8,15 @@
 //! phase at a time. In the same run it measures two baselines so the results
 //! are ratios: the framework ceiling (a minimal axum handler built here,
 //! served from its own runtime while the server idles) and the naive store
-//! (the same binary with `--group-commit false`). Prints one table and writes
-//! it as JSON (default `target/bench/http.json`).
+//! (the same binary with `--group-commit false`). Then the configuration the
+//! stack deploys: the static musl binary (when one is given or built), the
+//! file shared in `--db-sharing multi-writer` mode, and two processes serving
+//! one file at once (as during a start-first rolling update), and a second
+//! file with 1 000 000 tasks for start-up and peak memory at that size. Every
+//! phase also reports the server's CPU time per request (user + system µs /
+//! requests, from /proc): steadier than req/s on a shared machine, and the
+//! number to compare across runs. Prints the phases and the targets of issue
+//! 15 and writes both as JSON (default `target/bench/http.json`).
 //!
 //! Options (after `--`):
 //!   --quick              3 s phases instead of 10 s
@@ -18,6 +25,13 @@
 //!   --tasks N            tasks to seed (default 100000)
 //!   --out FILE           JSON output (default <target>/bench/http.json)
 //!   --binary FILE        server binary (default: the release binary cargo built)
+//!   --musl FILE          the static musl binary the image runs (default
+//!                        <target>/x86_64-unknown-linux-musl/release/devops-api
+//!                        when it exists; build it with `cargo build --release
+//!                        --target x86_64-unknown-linux-musl`, needs musl-tools);
+//!                        without one the musl rows say "not measured"
+//!   --big-tasks N        tasks in the second file for start-up and peak RSS
+//!                        (default 1000000; 0 skips it)
 //!   --perf               record a CPU profile of the server (`perf record`) during
 //!                        the GET id, list and POST phases into <target>/bench/;
 //!                        use an unstripped binary (see the README) with --binary
@@ -63,6 +77,10 @@ pub struct Options {
     pub perf: bool,
     pub pg: bool,
     pub pg_url: Option<String>,
+    pub musl: Option<PathBuf>,
+    /// Whether `musl` was given (`--musl`) rather than found in the target dir.
+    pub musl_given: bool,
+    pub big_tasks: usize,
 }
 
 fn parse_args() -> anyhow::Result<Options> {
@@ -77,6 +95,9 @@ fn parse_args() -> anyhow::Result<Options> {
         perf: false,
         pg: false,
         pg_url: std::env::var("TEST_DATABASE_URL").ok(),
+        musl: None,
+        musl_given: false,
+        big_tasks: 1_000_000,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,6 +113,11 @@ fn parse_args() -> anyhow::Result<Options> {
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
             "--out" => o.out = Some(value("--out")?.into()),
             "--binary" => o.binary = value("--binary")?.into(),
+            "--musl" => {
+                o.musl = Some(value("--musl")?.into());
+                o.musl_given = true;
+            }
+            "--big-tasks" => o.big_tasks = value("--big-tasks")?.parse()?,
             "--soak-minutes" => o.soak_minutes = value("--soak-minutes")?.parse()?,
             // What cargo passes to every bench target.
             "--bench" => {}
@@ -111,6 +137,13 @@ fn parse_args() -> anyhow::Result<Options> {
             _ => {} // a libtest-style filter: ignored
         }
     }
+    if o.musl.is_none() {
+        let built = target_dir()
+            .join("x86_64-unknown-linux-musl")
+            .join("release")
+            .join("devops-api");
+        o.musl = built.is_file().then_some(built);
+    }
     Ok(o)
 }
 
@@ -128,12 +161,41 @@ fn target_dir() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    let opts = parse_args()?;
+    let mut opts = parse_args()?;
     if !opts.binary.is_file() {
         bail!(
             "server binary {} not found: run `cargo build --release`",
             opts.binary.display()
         );
+    }
+    if let Some(m) = &opts.musl {
+        if !m.is_file() {
+            bail!("musl binary {} not found", m.display());
+        }
+        // A musl binary left from another commit would compare two builds
+        // of different code: both must say the same `--version` (commit and
+        // whether the tree was dirty).
+        let version = |b: &Path| -> anyhow::Result<String> {
+            let out = Command::new(b).arg("--version").output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let (glibc, musl) = (version(&opts.binary)?, version(m)?);
+        if glibc != musl && !opts.musl_given {
+            eprintln!(
+                "not measuring the musl binary found at {}: it is another build ({musl}) than \
+                 {} ({glibc}); rebuild it with `cargo build --release --target x86_64-unknown-linux-musl`",
+                m.display(),
+                opts.binary.display()
+            );
+            opts.musl = None;
+        } else if glibc != musl {
+            bail!(
+                "the musl binary {} is another build ({musl}) than {} ({glibc}): rebuild it with \
+                 `cargo build --release --target x86_64-unknown-linux-musl`",
+                m.display(),
+                opts.binary.display()
+            );
+        }
     }
     if !opts.soak && Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: `apt-get install -y wrk`");
@@ -295,6 +357,24 @@ fn commit_batches(addr: SocketAddr) -> Option<(f64, f64)> {
     Some((sum / count.max(1.0), count))
 }
 
+/// How a server under test is started.
+pub struct Launch<'a> {
+    pub group_commit: bool,
+    pub database_url: Option<&'a str>,
+    /// `--db-sharing`: `exclusive` (the default) or `multi-writer` (the stack's).
+    pub db_sharing: &'a str,
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Self {
+            group_commit: true,
+            database_url: None,
+            db_sharing: "exclusive",
+        }
+    }
+}
+
 /// The server under test.
 pub struct Server {
     pub child: Child,
@@ -320,11 +400,29 @@ impl Server {
         database_url: Option<&str>,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::launch(
+            binary,
+            fx,
+            &Launch {
+                group_commit,
+                database_url,
+                ..Launch::default()
+            },
+            log,
+        )
+    }
+
+    pub fn launch(
+        binary: &Path,
+        fx: &Fixture,
+        how: &Launch<'_>,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = std::fs::File::create(log)?;
         let started = Instant::now();
         let mut cmd = Command::new(binary);
-        match database_url {
+        match how.database_url {
             Some(url) => cmd.env("DATABASE_URL", url),
             None => cmd.env_remove("DATABASE_URL"),
         };
@@ -337,7 +435,9 @@ impl Server {
             .arg("--tokens-file")
             .arg(&fx.tokens_file)
             .arg("--group-commit")
-            .arg(group_commit.to_string())
+            .arg(how.group_commit.to_string())
+            .arg("--db-sharing")
+            .arg(how.db_sharing)
             .env("RATE_LIMIT", "0")
             .env("MAX_TASKS_PER_PRINCIPAL", "100000000")
             .env("LOG_FORMAT", "json")
@@ -427,6 +527,8 @@ struct Phase {
     errors: u64,
     /// The ceiling this phase is compared with (the ones measured around it).
     ceiling: Option<f64>,
+    /// The server's CPU time (user + system) per request, in µs.
+    cpu_us: Option<f64>,
 }
 
 impl Phase {
@@ -436,6 +538,7 @@ impl Phase {
             "p99_ms": round(self.p99_ms, 3), "p999_ms": round(self.p999_ms, 3),
             "requests": self.requests, "errors": self.errors,
             "ceiling_rps": self.ceiling.map(|c| round(c, 0)),
+            "server_cpu_us_per_request": self.cpu_us.map(|c| round(c, 1)),
         })
     }
 }
@@ -445,13 +548,32 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * m).round() / m
 }
 
-/// Runs wrk in `mode` against `addr` for `seconds`.
+/// CPU time (user + system) a process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its ')'
+    // start with field 3, so utime (14) and stime (15) are the 12th and 13th.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let utime: u64 = rest.nth(11)?.parse().ok()?;
+    let stime: u64 = rest.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second of /proc's CPU times: USER_HZ, 100 on every Linux
+/// architecture this runs on (the kernel's own HZ is hidden behind it).
+const TICKS_PER_S: f64 = 100.0;
+
+/// Server CPU µs per request between two `cpu_ticks` readings.
+fn cpu_us_per_request(before: u64, after: u64, requests: u64) -> Option<f64> {
+    (requests > 0).then(|| (after - before) as f64 / TICKS_PER_S * 1e6 / requests as f64)
+}
+
+/// Runs wrk in `mode` against `addr` for `seconds` over `conns` connections.
 fn wrk(
-    opts: &Options,
     fx: &Fixture,
     name: &str,
     mode: &str,
-    addr: SocketAddr,
+    (addr, conns): (SocketAddr, usize),
     seconds: u64,
 ) -> anyhow::Result<Phase> {
     let script = fx.work_dir.join("load.lua");
@@ -467,10 +589,10 @@ fn wrk(
         "get" | "patch" => &fx.ids_file,
         _ => &fx.tokens_only_file,
     };
-    let threads = opts.concurrency.clamp(1, 2);
+    let threads = conns.clamp(1, 2);
     let output = Command::new("wrk")
         .arg(format!("-t{threads}"))
-        .arg(format!("-c{}", opts.concurrency))
+        .arg(format!("-c{conns}"))
         .arg(format!("-d{seconds}s"))
         .arg("--timeout")
         .arg("10s")
@@ -501,32 +623,44 @@ fn wrk(
         requests: n("requests"),
         errors,
         ceiling: None,
+        cpu_us: None,
     })
 }
 
-/// Runs a phase after a short warm-up (connections open, caches warm).
+/// Runs a phase after a short warm-up (connections open, caches warm), with
+/// the CPU time of process `pid` (the server) per request.
 fn measured(
     opts: &Options,
     fx: &Fixture,
     name: &str,
     mode: &str,
     addr: SocketAddr,
+    pid: u32,
 ) -> anyhow::Result<Phase> {
-    measured_profiled(opts, fx, name, mode, addr, None)
+    measured_profiled(opts, fx, name, mode, addr, pid, false)
 }
 
+/// Like `measured`; with `profile` and `--perf`, records a CPU profile of `pid`.
 fn measured_profiled(
     opts: &Options,
     fx: &Fixture,
     name: &str,
     mode: &str,
     addr: SocketAddr,
-    profile_pid: Option<u32>,
+    pid: u32,
+    profile: bool,
 ) -> anyhow::Result<Phase> {
     if matches!(mode, "health" | "get" | "list") {
-        wrk(opts, fx, &format!("{name}-warmup"), mode, addr, 1)?;
+        wrk(
+            fx,
+            &format!("{name}-warmup"),
+            mode,
+            (addr, opts.concurrency),
+            1,
+        )?;
     }
-    let perf = match profile_pid.filter(|_| opts.perf) {
+    let profile_pid = (profile && opts.perf).then_some(pid);
+    let perf = match profile_pid {
         Some(pid) => {
             let dir = target_dir().join("bench");
             std::fs::create_dir_all(&dir)?;
@@ -547,7 +681,11 @@ fn measured_profiled(
         }
         None => None,
     };
-    let p = wrk(opts, fx, name, mode, addr, opts.duration)?;
+    let cpu_before = cpu_ticks(pid);
+    let mut p = wrk(fx, name, mode, (addr, opts.concurrency), opts.duration)?;
+    if let (Some(b), Some(a)) = (cpu_before, cpu_ticks(pid)) {
+        p.cpu_us = cpu_us_per_request(b, a, p.requests);
+    }
     if let Some((mut child, data)) = perf {
         child.wait()?;
         let report = Command::new("perf")
@@ -569,10 +707,75 @@ fn measured_profiled(
         std::fs::write(&txt, &report.stdout)?;
         eprintln!("  profile: {}", txt.display());
     }
+    log_phase(&p);
+    Ok(p)
+}
+
+fn log_phase(p: &Phase) {
     eprintln!(
-        "  {:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
-        p.name, p.rps, p.p50_ms, p.p99_ms, p.p999_ms, p.errors
+        "  {:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}  cpu {:.1} µs/req",
+        p.name,
+        p.rps,
+        p.p50_ms,
+        p.p99_ms,
+        p.p999_ms,
+        p.errors,
+        p.cpu_us.unwrap_or(f64::NAN)
     );
+}
+
+/// One phase against several servers sharing one file at once (as during a
+/// start-first rolling update): `opts.concurrency` connections split evenly,
+/// one wrk per server, started together. Requests and req/s are summed,
+/// latencies are the worst server's, CPU is all servers' per request.
+fn measured_shared(
+    opts: &Options,
+    fx: &Fixture,
+    name: &str,
+    mode: &str,
+    servers: &[&Server],
+) -> anyhow::Result<Phase> {
+    let conns = (opts.concurrency / servers.len()).max(1);
+    let run = |seconds: u64, tag: &str| -> anyhow::Result<Vec<Phase>> {
+        std::thread::scope(|scope| {
+            let runs: Vec<_> = servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let phase_name = format!("{name}{tag}-{i}");
+                    scope.spawn(move || wrk(fx, &phase_name, mode, (s.addr, conns), seconds))
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| r.join().expect("wrk thread"))
+                .collect()
+        })
+    };
+    if matches!(mode, "get" | "list") {
+        run(1, "-warmup")?;
+    }
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid()).collect();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_ticks(*p)).sum::<Option<u64>>();
+    let before = cpu(&pids);
+    let parts = run(opts.duration, "")?;
+    let after = cpu(&pids);
+    let worst = |f: fn(&Phase) -> f64| parts.iter().map(f).fold(0.0, f64::max);
+    let requests = parts.iter().map(|p| p.requests).sum();
+    let p = Phase {
+        name: name.to_owned(),
+        rps: parts.iter().map(|p| p.rps).sum(),
+        p50_ms: worst(|p| p.p50_ms),
+        p99_ms: worst(|p| p.p99_ms),
+        p999_ms: worst(|p| p.p999_ms),
+        requests,
+        errors: parts.iter().map(|p| p.errors).sum(),
+        ceiling: None,
+        cpu_us: match (before, after) {
+            (Some(b), Some(a)) => cpu_us_per_request(b, a, requests),
+            _ => None,
+        },
+    };
+    log_phase(&p);
     Ok(p)
 }
 
@@ -635,7 +838,8 @@ impl Drop for Ceiling {
 
 fn ceiling_phase(opts: &Options, fx: &Fixture, name: &str) -> anyhow::Result<Phase> {
     let ceiling = Ceiling::start()?;
-    let p = measured(opts, fx, name, "health", ceiling.addr)?;
+    // The ceiling runs on a runtime in this process: its CPU is ours.
+    let p = measured(opts, fx, name, "health", ceiling.addr, std::process::id())?;
     drop(ceiling);
     Ok(p)
 }
@@ -656,58 +860,128 @@ pub fn machine() -> Value {
     json!({ "cores": cores, "cpu": model, "loadavg_at_start": load.trim() })
 }
 
+/// Three cold starts of `binary` on `fx`'s file: the median time from exec to
+/// the first 200 from `/ready`, and every run.
+fn startups(
+    binary: &Path,
+    fx: &Fixture,
+    how: &Launch<'_>,
+    tag: &str,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let log = fx.work_dir.join(format!("startup{tag}-{i}.log"));
+        let s = Server::launch(binary, fx, how, &log)?;
+        runs.push(s.startup_ms);
+        s.stop()?;
+    }
+    runs.sort_by(f64::total_cmp);
+    eprintln!(
+        "start-up to ready{tag}: {runs:?} ms (median {:.1})",
+        runs[1]
+    );
+    Ok((runs[1], runs))
+}
+
+fn push_ceiling(opts: &Options, fx: &Fixture, ceilings: &mut Vec<Phase>) -> anyhow::Result<()> {
+    let name = format!("ceiling /health #{}", ceilings.len() + 1);
+    ceilings.push(ceiling_phase(opts, fx, &name)?);
+    Ok(())
+}
+
+/// A read phase compared with the ceilings around it: the last one in
+/// `ceilings` (measured before it) and one more measured right after it. On a
+/// shared 2-core machine the available CPU drifts within a run; bracketing
+/// keeps the drift out of the ratios. The server idles while the in-bench
+/// ceiling runs, and the other way round.
+fn bracketed(
+    opts: &Options,
+    fx: &Fixture,
+    ceilings: &mut Vec<Phase>,
+    (name, mode): (&str, &str),
+    server: &Server,
+    profile: bool,
+) -> anyhow::Result<Phase> {
+    let mut p = measured_profiled(opts, fx, name, mode, server.addr, server.pid(), profile)?;
+    push_ceiling(opts, fx, ceilings)?;
+    let n = ceilings.len();
+    p.ceiling = Some((ceilings[n - 2].rps + ceilings[n - 1].rps) / 2.0);
+    Ok(p)
+}
+
+/// One configuration against another, phase by phase: read phases by their
+/// ratios to their own ceilings (drift-free), write phases by req/s (they
+/// wait for the disk more than for the CPU), and CPU µs per request for both.
+fn compare(title: &str, pairs: &[(&Phase, &Phase)], ceiling_rps: f64) -> (Option<f64>, Value) {
+    println!();
+    println!("{title}:");
+    println!("| phase | base req/s | req/s | ratio | base cpu µs/req | cpu µs/req |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut worst: Option<f64> = None;
+    let mut rows = Vec::new();
+    for (base, other) in pairs {
+        let ratio = match (base.ceiling, other.ceiling) {
+            (Some(_), Some(_)) => vs_ceiling(other, ceiling_rps) / vs_ceiling(base, ceiling_rps),
+            _ => other.rps / base.rps,
+        };
+        worst = Some(worst.map_or(ratio, |w| w.min(ratio)));
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2}× | {:.1} | {:.1} |",
+            other.name,
+            base.rps,
+            other.rps,
+            ratio,
+            base.cpu_us.unwrap_or(f64::NAN),
+            other.cpu_us.unwrap_or(f64::NAN)
+        );
+        rows.push(json!({
+            "phase": other.name, "base": base.name, "ratio": round(ratio, 3),
+            "base_cpu_us": base.cpu_us.map(|c| round(c, 1)), "cpu_us": other.cpu_us.map(|c| round(c, 1)),
+        }));
+    }
+    (worst, json!({ "title": title, "rows": rows }))
+}
+
+fn vs_ceiling(p: &Phase, ceiling_rps: f64) -> f64 {
+    p.rps / p.ceiling.unwrap_or(ceiling_rps)
+}
+
 fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let machine = machine();
     eprintln!("machine: {machine}");
     let logs = &fx.work_dir;
+    let exclusive = Launch::default();
 
     // Start-up to ready with the seeded file: three cold process starts.
-    let mut startups = Vec::new();
-    for i in 0..3 {
-        let s = Server::start(
-            &opts.binary,
-            fx,
-            true,
-            &logs.join(format!("startup-{i}.log")),
-        )?;
-        startups.push(s.startup_ms);
-        s.stop()?;
-    }
-    startups.sort_by(f64::total_cmp);
-    let startup_ms = startups[1];
-    eprintln!("start-up to ready: {startups:?} ms (median {startup_ms:.1})");
+    let (startup_ms, startup_runs) = startups(&opts.binary, fx, &exclusive, "")?;
 
     // The read phases are bracketed by ceiling phases (C0 health C1 get C2
-    // list C3), each ratio taken against the mean of the two ceilings around
-    // it: on a shared 2-core machine the available CPU drifts within a run,
-    // and bracketing keeps the drift out of the ratios. The server idles while
-    // the in-bench ceiling runs, and the other way round.
-    let server = Server::start(&opts.binary, fx, true, &logs.join("server-group.log"))?;
+    // list C3), each ratio taken against the mean of the two around it.
+    let server = Server::launch(&opts.binary, fx, &exclusive, &logs.join("server-group.log"))?;
     let addr = server.addr;
-    let pid = Some(server.pid());
-    let mut ceilings = vec![ceiling_phase(opts, fx, "ceiling /health #1")?];
+    let mut ceilings = Vec::new();
+    push_ceiling(opts, fx, &mut ceilings)?;
     let mut reads = Vec::new();
-    for (name, mode) in [
+    for phase in [
         ("GET /health", "health"),
         ("GET /v1/tasks/{id}", "get"),
         ("GET /v1/tasks?limit=50", "list"),
     ] {
-        let mut p = measured_profiled(opts, fx, name, mode, addr, pid)?;
-        ceilings.push(ceiling_phase(
-            opts,
-            fx,
-            &format!("ceiling /health #{}", ceilings.len() + 1),
-        )?);
-        p.ceiling =
-            Some((ceilings[ceilings.len() - 2].rps + ceilings[ceilings.len() - 1].rps) / 2.0);
-        reads.push(p);
+        reads.push(bracketed(opts, fx, &mut ceilings, phase, &server, true)?);
     }
     eprintln!("server, group commit on:");
     // No write yet: the histogram does not exist yet.
     let before = commit_batches(addr).or(Some((0.0, 0.0)));
-    let post = measured_profiled(opts, fx, "POST /v1/tasks", "post", addr, pid)?;
+    let post = measured_profiled(opts, fx, "POST /v1/tasks", "post", addr, server.pid(), true)?;
     let after = commit_batches(addr);
-    let patch = measured(opts, fx, "PATCH /v1/tasks/{id}", "patch", addr)?;
+    let patch = measured(
+        opts,
+        fx,
+        "PATCH /v1/tasks/{id}",
+        "patch",
+        addr,
+        server.pid(),
+    )?;
     // Writes per commit during the POST phase.
     let post_batch = match (before, after) {
         (Some((m0, c0)), Some((m1, c1))) if c1 > c0 => Some((m1 * c1 - m0 * c0) / (c1 - c0)),
@@ -726,17 +1000,103 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     server.stop()?;
 
     eprintln!("server, group commit off (naive store):");
-    let naive = Server::start(&opts.binary, fx, false, &logs.join("server-naive.log"))?;
-    let post_naive = measured(opts, fx, "POST /v1/tasks (naive)", "post", naive.addr)?;
+    let naive = Server::launch(
+        &opts.binary,
+        fx,
+        &Launch {
+            group_commit: false,
+            ..Launch::default()
+        },
+        &logs.join("server-naive.log"),
+    )?;
+    let post_naive = measured(
+        opts,
+        fx,
+        "POST /v1/tasks (naive)",
+        "post",
+        naive.addr,
+        naive.pid(),
+    )?;
     let patch_naive = measured(
         opts,
         fx,
         "PATCH /v1/tasks/{id} (naive)",
         "patch",
         naive.addr,
+        naive.pid(),
     )?;
     let naive_peak_kib = proc_kib(naive.pid(), "VmHWM").unwrap_or(0);
     naive.stop()?;
+
+    // The static musl binary of the image, same phases as above.
+    let mut musl_phases = Vec::new();
+    if let Some(musl) = &opts.musl {
+        eprintln!("server, static musl binary {}:", musl.display());
+        let s = Server::launch(musl, fx, &exclusive, &logs.join("server-musl.log"))?;
+        push_ceiling(opts, fx, &mut ceilings)?;
+        for phase in [
+            ("GET /v1/tasks/{id} (musl)", "get"),
+            ("GET /v1/tasks?limit=50 (musl)", "list"),
+        ] {
+            musl_phases.push(bracketed(opts, fx, &mut ceilings, phase, &s, false)?);
+        }
+        musl_phases.push(measured(
+            opts,
+            fx,
+            "POST /v1/tasks (musl)",
+            "post",
+            s.addr,
+            s.pid(),
+        )?);
+        musl_phases.push(measured(
+            opts,
+            fx,
+            "PATCH /v1/tasks/{id} (musl)",
+            "patch",
+            s.addr,
+            s.pid(),
+        )?);
+        s.stop()?;
+    }
+
+    // The deployed configuration: the image's binary (musl when there is
+    // one), the file shared in multi-writer mode; then two processes serving
+    // the one file at once, as during a start-first rolling update.
+    let (deployed, deployed_label) = match &opts.musl {
+        Some(m) => (m.as_path(), "musl"),
+        None => (opts.binary.as_path(), "glibc"),
+    };
+    eprintln!("server, {deployed_label} binary, --db-sharing multi-writer:");
+    let mw = Launch {
+        db_sharing: "multi-writer",
+        ..Launch::default()
+    };
+    let first = Server::launch(deployed, fx, &mw, &logs.join("server-mw-0.log"))?;
+    push_ceiling(opts, fx, &mut ceilings)?;
+    let mut mw_phases = Vec::new();
+    for phase in [
+        ("GET /v1/tasks/{id} (multi-writer)", "get"),
+        ("GET /v1/tasks?limit=50 (multi-writer)", "list"),
+    ] {
+        mw_phases.push(bracketed(opts, fx, &mut ceilings, phase, &first, false)?);
+    }
+    mw_phases.push(measured(
+        opts,
+        fx,
+        "POST /v1/tasks (multi-writer)",
+        "post",
+        first.addr,
+        first.pid(),
+    )?);
+    let second = Server::launch(deployed, fx, &mw, &logs.join("server-mw-1.log"))?;
+    for (name, mode) in [
+        ("GET /v1/tasks/{id} (2 processes, one file)", "get"),
+        ("POST /v1/tasks (2 processes, one file)", "post"),
+    ] {
+        mw_phases.push(measured_shared(opts, fx, name, mode, &[&first, &second])?);
+    }
+    first.stop()?;
+    second.stop()?;
 
     // PostgreSQL (`--pg`): the same store phases against the same binary on a
     // database seeded with the same tasks, read phases bracketed by ceilings
@@ -745,46 +1105,19 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let mut pg_report = Value::Null;
     if opts.pg {
         let db = pg::prepare(opts.pg_url.as_deref(), fx.records.clone())?;
-        let mut startups = Vec::new();
-        for i in 0..3 {
-            let s = Server::start_on(
-                &opts.binary,
-                fx,
-                true,
-                Some(&db.url),
-                &logs.join(format!("startup-pg-{i}.log")),
-            )?;
-            startups.push(s.startup_ms);
-            s.stop()?;
-        }
-        startups.sort_by(f64::total_cmp);
-        eprintln!("PostgreSQL start-up to ready: {startups:?} ms");
-        let server = Server::start_on(
-            &opts.binary,
-            fx,
-            true,
-            Some(&db.url),
-            &logs.join("server-pg.log"),
-        )?;
+        let on_pg = Launch {
+            database_url: Some(&db.url),
+            ..Launch::default()
+        };
+        let (_, pg_startups) = startups(&opts.binary, fx, &on_pg, "-pg")?;
+        let server = Server::launch(&opts.binary, fx, &on_pg, &logs.join("server-pg.log"))?;
         eprintln!("server on PostgreSQL:");
-        ceilings.push(ceiling_phase(
-            opts,
-            fx,
-            &format!("ceiling /health #{}", ceilings.len() + 1),
-        )?);
-        for (name, mode) in [
+        push_ceiling(opts, fx, &mut ceilings)?;
+        for phase in [
             ("GET /v1/tasks/{id} (PostgreSQL)", "get"),
             ("GET /v1/tasks?limit=50 (PostgreSQL)", "list"),
         ] {
-            let mut p = measured(opts, fx, name, mode, server.addr)?;
-            ceilings.push(ceiling_phase(
-                opts,
-                fx,
-                &format!("ceiling /health #{}", ceilings.len() + 1),
-            )?);
-            p.ceiling =
-                Some((ceilings[ceilings.len() - 2].rps + ceilings[ceilings.len() - 1].rps) / 2.0);
-            pg_phases.push(p);
+            pg_phases.push(bracketed(opts, fx, &mut ceilings, phase, &server, false)?);
         }
         pg_phases.push(measured(
             opts,
@@ -792,6 +1125,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             "POST /v1/tasks (PostgreSQL)",
             "post",
             server.addr,
+            server.pid(),
         )?);
         pg_phases.push(measured(
             opts,
@@ -799,6 +1133,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             "PATCH /v1/tasks/{id} (PostgreSQL)",
             "patch",
             server.addr,
+            server.pid(),
         )?);
         let pg_peak = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
         server.stop()?;
@@ -807,99 +1142,96 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             "pool_size": 10,
             "own_cluster": opts.pg_url.is_none(),
             "seed_seconds": round(db.seed_seconds, 2),
-            "startup_ms": { "median": round(startups[1], 1), "runs": startups.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
+            "startup_ms": { "median": round(pg_startups[1], 1), "runs": pg_startups.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
             "peak_rss_mib": round(pg_peak as f64 / 1024.0, 1),
         });
         drop(db);
     }
 
+    // Start-up and peak memory with a big file (default 10^6 tasks), the
+    // same load phases on it.
+    let mut big_phases = Vec::new();
+    let mut big = None;
+    if opts.big_tasks > 0 {
+        let dir = fx.work_dir.join("big");
+        std::fs::create_dir_all(&dir)?;
+        let mut bfx = seed(&dir, opts.big_tasks)?;
+        bfx.records = Vec::new();
+        let (big_startup, big_runs) = startups(&opts.binary, &bfx, &exclusive, "-big")?;
+        let s = Server::launch(&opts.binary, &bfx, &exclusive, &dir.join("server-big.log"))?;
+        let label = opts.big_tasks;
+        for (name, mode) in [
+            (format!("GET /v1/tasks/{{id}} ({label} tasks)"), "get"),
+            (format!("GET /v1/tasks?limit=50 ({label} tasks)"), "list"),
+            (format!("POST /v1/tasks ({label} tasks)"), "post"),
+        ] {
+            big_phases.push(measured(opts, &bfx, &name, mode, s.addr, s.pid())?);
+        }
+        let peak = proc_kib(s.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+        s.stop()?;
+        big = Some(json!({
+            "tasks": opts.big_tasks, "seed_seconds": round(bfx.seed_seconds, 2),
+            "db_file_mib": round(bfx.file_bytes as f64 / 1048576.0, 1),
+            "startup_ms": { "median": round(big_startup, 1), "runs": big_runs.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
+            "peak_rss_mib": round(peak, 1),
+        }));
+    }
+
     let ceiling_rps = ceilings.iter().map(|c| c.rps).sum::<f64>() / ceilings.len() as f64;
-    let ratio = |p: &Phase| p.rps / p.ceiling.unwrap_or(ceiling_rps);
-    let (get_ratio, list_ratio) = (ratio(&reads[1]), ratio(&reads[2]));
+    let (get_ratio, list_ratio) = (
+        vs_ceiling(&reads[1], ceiling_rps),
+        vs_ceiling(&reads[2], ceiling_rps),
+    );
     let peak_mib = peak_kib as f64 / 1024.0;
-    let post_ratio = post.rps / post_naive.rps;
-    let targets = vec![
-        target(
-            "GET /v1/tasks/{id} vs ceiling",
-            get_ratio,
-            ">= 0.6",
-            get_ratio >= 0.6,
-        ),
-        target(
-            "GET /v1/tasks?limit=50 vs ceiling",
-            list_ratio,
-            ">= 0.25",
-            list_ratio >= 0.25,
-        ),
-        target(
-            "POST group vs naive",
-            post_ratio,
-            ">= 12",
-            post_ratio >= 12.0,
-        ),
-        target(
-            "POST group p99 ms (c=64)",
-            post.p99_ms,
-            "<= 25",
-            post.p99_ms <= 25.0,
-        ),
-        target("peak RSS MiB", peak_mib, "<= 64", peak_mib <= 64.0),
-        target(
-            "start-up to ready ms",
-            startup_ms,
-            "<= 200",
-            startup_ms <= 200.0,
-        ),
-    ];
+    let post_ratio = post.rps / ceiling_rps;
 
     let mut phases = ceilings;
-    phases.extend(reads);
-    phases.extend([post, patch, post_naive, patch_naive]);
-    // GET id, list, POST, PATCH on redb (group commit), beside PostgreSQL.
-    let redb_store_phases: Vec<Phase> = phases
-        .iter()
-        .filter(|p| !p.name.starts_with("ceiling"))
-        .skip(1)
-        .take(4)
-        .cloned()
-        .collect();
+    phases.extend(reads.iter().cloned());
+    phases.extend([post.clone(), patch.clone(), post_naive.clone(), patch_naive]);
+    phases.extend(musl_phases.iter().cloned());
+    phases.extend(mw_phases.iter().cloned());
     phases.extend(pg_phases.iter().cloned());
+    phases.extend(big_phases.iter().cloned());
     print_table(
         opts,
         fx,
         &machine,
         &phases,
         ceiling_rps,
-        &targets,
         peak_mib,
         startup_ms,
     );
     if let (Some(b), Some(c)) = (post_batch, post_commits_per_s) {
-        println!("POST with group commit: {b:.1} writes per commit, {c:.0} commits/s");
-    }
-    let mut store_comparison = Vec::new();
-    if !pg_phases.is_empty() {
-        println!();
         println!(
-            "| phase | redb req/s | PostgreSQL req/s | PostgreSQL / redb | redb p99 ms | PostgreSQL p99 ms |"
+            "POST with group commit: {b:.1} writes per commit, {c:.0} commits/s, {:.1}× the naive store",
+            post.rps / post_naive.rps
         );
-        println!("|---|---:|---:|---:|---:|---:|");
-        for (r, p) in redb_store_phases.iter().zip(&pg_phases) {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.2}× | {:.2} | {:.2} |",
-                r.name,
-                r.rps,
-                p.rps,
-                p.rps / r.rps,
-                r.p99_ms,
-                p.p99_ms
-            );
-            store_comparison.push(json!({
-                "phase": r.name, "redb_rps": round(r.rps, 0), "postgres_rps": round(p.rps, 0),
-                "postgres_vs_redb": round(p.rps / r.rps, 3),
-                "redb_p99_ms": round(r.p99_ms, 3), "postgres_p99_ms": round(p.p99_ms, 3),
-            }));
-        }
+    }
+
+    let mut comparisons = Vec::new();
+    let glibc = [&reads[1], &reads[2], &post, &patch];
+    let musl_worst = if musl_phases.is_empty() {
+        None
+    } else {
+        let pairs: Vec<_> = glibc.iter().copied().zip(&musl_phases).collect();
+        let (worst, table) = compare("static musl vs glibc (exclusive)", &pairs, ceiling_rps);
+        comparisons.push(table);
+        worst
+    };
+    let exclusive_reads: [&Phase; 2] = match musl_phases.as_slice() {
+        [g, l, ..] => [g, l],
+        _ => [&reads[1], &reads[2]],
+    };
+    let pairs: Vec<_> = exclusive_reads.into_iter().zip(&mw_phases[..2]).collect();
+    let (mw_worst, table) = compare(
+        &format!("multi-writer vs exclusive reads ({deployed_label} binary)"),
+        &pairs,
+        ceiling_rps,
+    );
+    comparisons.push(table);
+    if !pg_phases.is_empty() {
+        let pairs: Vec<_> = glibc.iter().copied().zip(&pg_phases).collect();
+        comparisons.push(compare("PostgreSQL vs redb", &pairs, ceiling_rps).1);
         println!();
         println!(
             "PostgreSQL: {} (pool 10, the default); start-up to ready {} ms; peak RSS {} MiB; seed {} s",
@@ -909,6 +1241,78 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             pg_report["seed_seconds"]
         );
     }
+    if let Some(b) = &big {
+        println!();
+        println!(
+            "{} tasks: start-up to ready {} ms (median of 3), peak RSS {} MiB, seed {} s, file {} MiB",
+            b["tasks"],
+            b["startup_ms"]["median"],
+            b["peak_rss_mib"],
+            b["seed_seconds"],
+            b["db_file_mib"]
+        );
+    }
+
+    let big_of = |key: &str| big.as_ref().and_then(|b| b[key].as_f64());
+    let (big_rss, big_startup) = (big_of("peak_rss_mib"), {
+        big.as_ref()
+            .and_then(|b| b["startup_ms"]["median"].as_f64())
+    });
+    let at = opts.big_tasks;
+    let targets = vec![
+        target(
+            "GET /v1/tasks/{id} vs ceiling",
+            Some(get_ratio),
+            ">= 0.70",
+            |v| v >= 0.70,
+        ),
+        target(
+            "GET /v1/tasks?limit=50 vs ceiling",
+            Some(list_ratio),
+            ">= 0.35",
+            |v| v >= 0.35,
+        ),
+        target(
+            "POST /v1/tasks (group commit) vs ceiling",
+            Some(post_ratio),
+            ">= 0.45",
+            |v| v >= 0.45,
+        ),
+        target(
+            "POST /v1/tasks p99 ms (c=64)",
+            Some(post.p99_ms),
+            "<= 10",
+            |v| v <= 10.0,
+        ),
+        target(
+            "selective filtered page, 10^6 vs 10^3 tasks",
+            None,
+            "<= 2 (the filters benchmark)",
+            |v| v <= 2.0,
+        ),
+        target("musl vs glibc, worst phase", musl_worst, ">= 0.90", |v| {
+            v >= 0.90
+        }),
+        target(
+            "multi-writer vs exclusive reads, worst",
+            mw_worst,
+            ">= 0.80",
+            |v| v >= 0.80,
+        ),
+        target(
+            &format!("peak RSS MiB at {at} tasks"),
+            big_rss,
+            "<= 64",
+            |v| v <= 64.0,
+        ),
+        target(
+            &format!("start-up to ready ms at {at} tasks"),
+            big_startup,
+            "<= 200",
+            |v| v <= 200.0,
+        ),
+    ];
+    print_targets(&targets);
 
     let report = json!({
         "machine": machine,
@@ -916,21 +1320,24 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             "concurrency": opts.concurrency, "phase_seconds": opts.duration, "tasks": opts.tasks,
             "principals": PRINCIPALS, "load_generator": "wrk -t2", "seed": "RedbStore::import, one transaction",
             "server_env": "RATE_LIMIT=0 LOG_FORMAT=json LOG_LEVEL=info, group commit on unless marked naive",
+            "binary": opts.binary, "musl_binary": opts.musl, "deployed_binary": deployed_label,
         },
         "seed_seconds": round(fx.seed_seconds, 2),
         "db_file_mib": round(fx.file_bytes as f64 / 1048576.0, 1),
-        "startup_ms": { "median": round(startup_ms, 1), "runs": startups.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
+        "startup_ms": { "median": round(startup_ms, 1), "runs": startup_runs.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
         "peak_rss_mib": round(peak_mib, 1),
         "rss_at_end_mib": round(rss_kib as f64 / 1024.0, 1),
         "open_fds_at_end": fds,
         "naive_peak_rss_mib": round(naive_peak_kib as f64 / 1024.0, 1),
         "post_writes_per_commit": post_batch.map(|b| round(b, 1)),
         "post_commits_per_s": post_commits_per_s.map(|c| round(c, 0)),
+        "post_group_vs_naive": round(post.rps / post_naive.rps, 2),
         "ceiling_rps": round(ceiling_rps, 0),
         "phases": phases.iter().map(Phase::to_json).collect::<Vec<_>>(),
+        "comparisons": comparisons,
+        "big": big,
         "targets": targets,
         "postgres": pg_report,
-        "redb_vs_postgres": store_comparison,
     });
     let out = opts
         .out
@@ -944,18 +1351,34 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn target(name: &str, value: f64, goal: &str, met: bool) -> Value {
-    json!({ "target": name, "value": round(value, 3), "goal": goal, "met": met })
+/// A target row; `value` None when this run did not measure it.
+fn target(name: &str, value: Option<f64>, goal: &str, met: impl Fn(f64) -> bool) -> Value {
+    json!({ "target": name, "value": value.map(|v| round(v, 3)), "goal": goal, "met": value.map(met) })
 }
 
-#[allow(clippy::too_many_arguments)]
+fn print_targets(targets: &[Value]) {
+    println!();
+    println!("| target | value | goal | met |");
+    println!("|---|---:|---|---|");
+    for t in targets {
+        let (value, met) = match t["met"].as_bool() {
+            None => ("not measured".to_owned(), "-"),
+            Some(m) => (t["value"].to_string(), if m { "yes" } else { "NO" }),
+        };
+        println!(
+            "| {} | {value} | {} | {met} |",
+            t["target"].as_str().unwrap_or(""),
+            t["goal"].as_str().unwrap_or(""),
+        );
+    }
+}
+
 fn print_table(
     opts: &Options,
     fx: &Fixture,
     machine: &Value,
     phases: &[Phase],
     ceiling_rps: f64,
-    targets: &[Value],
     peak_mib: f64,
     startup_ms: f64,
 ) {
@@ -970,43 +1393,30 @@ fn print_table(
         PRINCIPALS
     );
     println!();
-    println!("| phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs ceiling* |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | vs ceiling* | server cpu µs/req |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for p in phases {
         println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2}× |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.2}× | {:.1} |",
             p.name,
             p.rps,
             p.p50_ms,
             p.p99_ms,
             p.p999_ms,
             p.errors,
-            p.rps / p.ceiling.unwrap_or(ceiling_rps)
+            vs_ceiling(p, ceiling_rps),
+            p.cpu_us.unwrap_or(f64::NAN)
         );
     }
     println!();
     println!(
-        "* read phases: against the mean of the two ceiling phases around them; others: the mean of all ceiling phases ({ceiling_rps:.0} req/s)"
+        "* read phases: against the mean of the two ceiling phases around them; others: the mean of all ceiling phases ({ceiling_rps:.0} req/s); the ceilings' cpu is the bench process's"
     );
     println!(
         "peak RSS {peak_mib:.1} MiB; start-up to ready {startup_ms:.1} ms (median of 3); seed {:.1} s, file {:.1} MiB",
         fx.seed_seconds,
         fx.file_bytes as f64 / 1048576.0
     );
-    println!();
-    println!("| target | value | goal | met |");
-    println!("|---|---:|---|---|");
-    for t in targets {
-        println!(
-            "| {} | {} | {} | {} |",
-            t["target"].as_str().unwrap_or(""),
-            t["value"],
-            t["goal"].as_str().unwrap_or(""),
-            if t["met"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "NO"
-            }
-        );
-    }
 }

@@ -46,7 +46,9 @@ macro_rules! store_contract_tests {
             a_replacing_import_replaces_everything_at_once,
             concurrent_creates_are_all_durable_and_distinct, count_tasks_counts_everyone,
             a_replay_is_not_held_to_the_quota, a_quota_of_zero_refuses_every_create,
-            preconditions_admit_any_version_they_list, tokens_are_listed_in_byte_order_of_names);
+            preconditions_admit_any_version_they_list, tokens_are_listed_in_byte_order_of_names,
+            filtered_pages_agree_with_a_model, a_spent_scan_budget_returns_a_partial_page,
+            filtered_pagination_is_stable_under_writes);
         $crate::store_contract_tests!(@clock_cases $fixture;
             idempotency_keys_expire_after_their_window,
             sweep_deletes_only_expired_idempotency_records, sweep_works_through_a_backlog,
@@ -1058,4 +1060,335 @@ pub async fn a_record_from_a_clock_stepped_back_is_fresh(
             .unwrap(),
         Created::New(_)
     ));
+}
+
+/// A small deterministic generator, so that a failing case names its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+        from[self.below(from.len())]
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+const MODEL_TAGS: [&str; 4] = ["a", "b", "c", "rare"];
+const MODEL_DUES: [&str; 4] = [
+    "2030-01-01T00:00:00Z",
+    "2030-01-02T00:00:00Z",
+    "2030-01-02T00:00:00.000001Z",
+    "2031-06-01T12:00:00Z",
+];
+const MODEL_WORDS: [&str; 4] = ["alpha", "Beta", "gamma deploy", "DELTA"];
+
+/// Random filterable fields as a JSON body; `partial` leaves some out (a merge patch).
+fn model_body(r: &mut Rng, partial: bool) -> serde_json::Value {
+    let mut body = serde_json::Map::new();
+    let mut set = |r: &mut Rng, k: &str, v: serde_json::Value| {
+        if !partial || r.chance(50) {
+            body.insert(k.into(), v);
+        }
+    };
+    let title = format!("{} {}", r.pick(&MODEL_WORDS), r.below(1000));
+    set(r, "title", json!(title));
+    let status = r.pick(&domain::Status::ALL).as_str();
+    set(r, "status", json!(status));
+    let priority = r.pick(&domain::Priority::ALL).as_str();
+    set(r, "priority", json!(priority));
+    let tags: Vec<&str> = MODEL_TAGS
+        .iter()
+        .copied()
+        .filter(|t| r.chance(if *t == "rare" { 5 } else { 35 }))
+        .collect();
+    set(r, "tags", json!(tags));
+    let due = if r.chance(30) {
+        serde_json::Value::Null
+    } else {
+        json!(r.pick(&MODEL_DUES))
+    };
+    if !due.is_null() || partial {
+        set(r, "due_at", due);
+    }
+    serde_json::Value::Object(body)
+}
+
+/// One random write on `owner`'s tasks, applied to the store and to `model`.
+async fn model_write(
+    s: &dyn Store,
+    r: &mut Rng,
+    owner: &str,
+    model: &mut std::collections::BTreeMap<TaskId, Task>,
+) -> TaskId {
+    let existing: Vec<TaskId> = model.keys().copied().collect();
+    let roll = r.below(100);
+    if existing.is_empty() || roll < 55 {
+        let t = create(s, owner, model_body(r, false)).await;
+        model.insert(t.id, t.clone());
+        t.id
+    } else if roll < 85 {
+        let id = r.pick(&existing);
+        let change = domain::parse_merge_patch(&model_body(r, true)).expect("a valid patch");
+        let t = s
+            .update_task(&p(owner), id, change, Precondition::Any)
+            .await
+            .expect("update");
+        model.insert(id, t);
+        id
+    } else {
+        let id = r.pick(&existing);
+        s.delete_task(&p(owner), id, Precondition::Any)
+            .await
+            .expect("delete");
+        model.remove(&id);
+        id
+    }
+}
+
+/// A random query: any combination of filters, order, page size and budget.
+fn model_query(r: &mut Rng) -> ListQuery {
+    let mut q = ListQuery {
+        limit: 1 + r.below(7),
+        order: r.pick(&Order::ALL),
+        scan_budget: r.pick(&[2, 8, 40, domain::SCAN_BUDGET, domain::SCAN_BUDGET]),
+        ..ListQuery::default()
+    };
+    if r.chance(40) {
+        q.status = Some(r.pick(&domain::Status::ALL));
+    }
+    if r.chance(40) {
+        q.priority = Some(r.pick(&domain::Priority::ALL));
+    }
+    if r.chance(40) {
+        q.tag = Some(r.pick(&["a", "b", "c", "rare", "absent"]).to_owned());
+    }
+    if r.chance(35) {
+        q.due_before = Some(r.pick(&MODEL_DUES).parse().unwrap());
+    }
+    if r.chance(25) {
+        q.q = Some(r.pick(&["alpha", "deploy", "ta", "1", "zzz"]).to_owned());
+    }
+    q
+}
+
+/// Pages through `q`, checking each page; returns the ids listed.
+async fn model_pages(s: &dyn Store, owner: &str, mut q: ListQuery) -> Vec<TaskId> {
+    let mut ids: Vec<TaskId> = Vec::new();
+    for _ in 0..10_000 {
+        let page = s.list_tasks(&p(owner), &q).await.expect("list");
+        assert!(page.items.len() <= q.limit, "{q:?}");
+        for t in &page.items {
+            assert!(q.matches(t), "a listed task does not match {q:?}: {t:?}");
+        }
+        if q.scan_budget == domain::SCAN_BUDGET
+            && let Some(n) = page.next
+        {
+            // Within the budget, a page with a next page is full.
+            assert_eq!(page.items.len(), q.limit, "{q:?}");
+            assert_eq!(Some(n), page.items.last().map(|t| t.id), "{q:?}");
+        }
+        ids.extend(page.items.iter().map(|t| t.id));
+        match page.next {
+            Some(n) => {
+                // The position moves on in the page's order.
+                if let Some(a) = q.after {
+                    assert!(
+                        (q.order == Order::Asc && n > a) || (q.order == Order::Desc && n < a),
+                        "the cursor did not advance: {q:?}"
+                    );
+                }
+                q.after = Some(n);
+            }
+            None => return ids,
+        }
+    }
+    panic!("a listing did not end: {q:?}");
+}
+
+fn model_expect(model: &std::collections::BTreeMap<TaskId, Task>, q: &ListQuery) -> Vec<TaskId> {
+    let mut ids: Vec<TaskId> = model
+        .values()
+        .filter(|t| q.matches(t))
+        .map(|t| t.id)
+        .collect();
+    if q.order == Order::Desc {
+        ids.reverse();
+    }
+    ids
+}
+
+/// Every filter and combination, in both orders, with every page size and
+/// scan budget, against a naive filter over the same random tasks after
+/// random creates, updates and deletes; the indexes agree with the records.
+/// Index repairs run all along: on indexes kept by every write they find
+/// nothing to change, whatever writes happen between their reads and their
+/// writes.
+pub async fn filtered_pages_agree_with_a_model(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    for seed in 1..=2u64 {
+        let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let owner = format!("model{seed}");
+        let mut model = std::collections::BTreeMap::new();
+        let mut other = std::collections::BTreeMap::new();
+        let writing = std::sync::atomic::AtomicBool::new(true);
+        let writes = async {
+            for _ in 0..120 {
+                model_write(s, &mut r, &owner, &mut model).await;
+                if r.chance(10) {
+                    // Another owner's tasks never show up.
+                    model_write(s, &mut r, &format!("other{seed}"), &mut other).await;
+                }
+            }
+            writing.store(false, std::sync::atomic::Ordering::SeqCst);
+        };
+        let repairs = async {
+            let mut repaired = 0;
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                repaired += s.repair_indexes().await.expect("repair").repaired();
+                tokio::task::yield_now().await;
+            }
+            repaired
+        };
+        let ((), repaired) = tokio::join!(writes, repairs);
+        assert_eq!(
+            repaired, 0,
+            "seed {seed}: a repair changed a consistent index"
+        );
+        let check = s.check_indexes().await.expect("check indexes");
+        assert!(check.is_consistent(), "seed {seed}: {check:?}");
+        for i in 0..50 {
+            let q = model_query(&mut r);
+            let got = model_pages(s, &owner, q.clone()).await;
+            assert_eq!(
+                got,
+                model_expect(&model, &q),
+                "seed {seed}, query {i}: {q:?}"
+            );
+        }
+    }
+}
+
+/// A page whose budget runs out before it fills ends at the last candidate
+/// examined, with what it found; the listing goes on from there to the end.
+pub async fn a_spent_scan_budget_returns_a_partial_page(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut made = Vec::new();
+    for i in 0..10 {
+        let title = if i == 6 { "yes" } else { "no" };
+        made.push(create(s, "alice", json!({"title": title, "tags": ["t"]})).await);
+    }
+    for tag in [None, Some("t")] {
+        let q = ListQuery {
+            limit: 2,
+            q: Some("yes".into()),
+            tag: tag.map(Into::into),
+            scan_budget: 4,
+            ..ListQuery::default()
+        };
+        let page = s.list_tasks(&p("alice"), &q).await.unwrap();
+        assert!(page.items.is_empty());
+        assert_eq!(page.next, Some(made[3].id), "the 4th candidate");
+        let page = s
+            .list_tasks(
+                &p("alice"),
+                &ListQuery {
+                    after: page.next,
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![made[6].clone()]);
+        assert_eq!(page.next, Some(made[7].id));
+        let page = s
+            .list_tasks(
+                &p("alice"),
+                &ListQuery {
+                    after: page.next,
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(page.items.is_empty());
+        assert_eq!(page.next, None, "the candidates ran out within the budget");
+        // Descending, from the newest.
+        let page = s
+            .list_tasks(
+                &p("alice"),
+                &ListQuery {
+                    order: Order::Desc,
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![made[6].clone()]);
+        assert_eq!(page.next, Some(made[6].id));
+    }
+}
+
+/// Pages of a filtered listing while other requests write between them:
+/// no task is listed twice, and every task that matched and was left alone
+/// throughout is listed, on every driving index and budget.
+pub async fn filtered_pagination_is_stable_under_writes(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let mut r = Rng(0x5eed);
+    let mut model = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        model_write(s, &mut r, "alice", &mut model).await;
+    }
+    for i in 0..25 {
+        let mut q = model_query(&mut r);
+        let before = model.clone();
+        let mut touched = HashSet::new();
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            let page = s.list_tasks(&p("alice"), &q).await.expect("list");
+            for t in &page.items {
+                assert!(q.matches(t), "query {i}: {q:?}");
+            }
+            seen.extend(page.items.iter().map(|t| t.id));
+            for _ in 0..r.below(3) {
+                touched.insert(model_write(s, &mut r, "alice", &mut model).await);
+            }
+            match page.next {
+                Some(n) => q.after = Some(n),
+                None => break,
+            }
+        }
+        let unique: HashSet<_> = seen.iter().collect();
+        assert_eq!(
+            unique.len(),
+            seen.len(),
+            "query {i}: a task was listed twice"
+        );
+        let mut sorted = seen.clone();
+        sorted.sort();
+        if q.order == Order::Desc {
+            sorted.reverse();
+        }
+        assert_eq!(sorted, seen, "query {i}: out of order");
+        for t in before.values() {
+            if q.matches(t) && !touched.contains(&t.id) {
+                assert!(unique.contains(&t.id), "query {i}: {q:?} skipped {}", t.id);
+            }
+        }
+    }
+    let check = s.check_indexes().await.expect("check indexes");
+    assert!(check.is_consistent(), "{check:?}");
 }

@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod crash;
 mod disk_full;
+mod index;
 mod lifecycle;
 mod logs;
 mod sharing;

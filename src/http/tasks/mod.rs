@@ -220,6 +220,12 @@ async fn get_task(
 }
 
 /// List tasks, newest or oldest first, with filters and keyset pagination.
+///
+/// A filtered page (`status`, `priority`, `tag`, `due_before`, `q`) examines
+/// a bounded number of tasks, so it may hold fewer items than `limit`, even
+/// none, while `next_cursor` is present: the tasks up to that cursor were
+/// examined and nothing is skipped. Clients page until `next_cursor` is
+/// `null`; a short or empty page does not mean the end of the listing.
 #[utoipa::path(
     get, path = "/v1/tasks", tag = "tasks",
     params(ListParams),

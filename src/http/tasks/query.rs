@@ -71,7 +71,8 @@ impl IntoParams for ListParams {
             param(
                 "limit",
                 Some(format!(
-                    "Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT})."
+                    "Page size, 1–{MAX_LIMIT} (default {DEFAULT_LIMIT}): the most items a page holds. \
+                     A filtered page may hold fewer, even none, while `next_cursor` is present."
                 )),
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)

@@ -83,7 +83,9 @@ impl<'a> From<&'a Task> for TaskBody<'a> {
 #[derive(Serialize, ToSchema)]
 pub struct TaskPage<'a> {
     items: Vec<TaskBody<'a>>,
-    /// Pass as `cursor` to get the next page; `null` on the last page.
+    /// Pass as `cursor` to get the next page; `null` on the last page. A
+    /// filtered page may hold fewer items than `limit`, even none, and still
+    /// have a `next_cursor`: page until it is `null`.
     next_cursor: Option<String>,
 }
 

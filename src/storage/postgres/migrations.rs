@@ -28,8 +28,13 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 3,
+        name: "filter_indexes",
+        sql: include_str!("migrations/0003_filter_indexes.sql"),
+    },
+    Migration {
+        version: 4,
         name: "named_tokens",
-        sql: include_str!("migrations/0003_named_tokens.sql"),
+        sql: include_str!("migrations/0004_named_tokens.sql"),
     },
 ];
 

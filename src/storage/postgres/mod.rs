@@ -39,8 +39,8 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TokenInfo, TokenUses,
-    idempotency_cutoff,
+    IndexCheck, IndexRepair, ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult,
+    TokenInfo, TokenUses, idempotency_cutoff,
 };
 use crate::domain::{
     Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
@@ -48,7 +48,7 @@ use crate::domain::{
 
 pub use self::migrations::{MIGRATIONS, Migration, SCHEMA_VERSION, migrate, run_migrations};
 use self::rows::to_i64;
-pub use self::sql::list_sql;
+pub use self::sql::{Params, budget_end_sql, due_ids_sql, ids_page_sql, list_sql};
 #[derive(Clone)]
 pub struct PostgresConfig {
     /// `postgres://user:password@host:5432/database` or `host=… dbname=…`,
@@ -306,6 +306,23 @@ impl Store for PostgresStore {
 
     async fn count_tasks(&self) -> StoreResult<u64> {
         ops::count_tasks(self).await
+    }
+
+    async fn check_indexes(&self) -> StoreResult<IndexCheck> {
+        ops::check_indexes(self).await
+    }
+
+    async fn repair_indexes(&self) -> StoreResult<IndexRepair> {
+        let done = ops::repair_indexes(self).await?;
+        metrics::counter!("store_index_repaired_entries_total").increment(done.repaired());
+        if done.repaired() > 0 {
+            tracing::warn!(
+                added = done.added,
+                removed = done.removed,
+                "task_tags repaired"
+            );
+        }
+        Ok(done)
     }
 
     async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo> {

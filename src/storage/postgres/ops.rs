@@ -12,16 +12,17 @@ use super::PostgresStore;
 use super::rows::{
     TOKEN_COLUMNS, TaskColumns, key_record, task_from_row, task_record, to_i64, token_row,
 };
-use super::sql::{TASK_COLUMNS, list_sql, refs};
+use super::sql::{Params, TASK_COLUMNS, budget_end_sql, due_ids_sql, ids_page_sql, list_sql, refs};
 use crate::domain::{
-    ListQuery, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
+    ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
 };
 use crate::storage::codec::TaskRecordV1;
+use crate::storage::plan;
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::tokens::token_infos;
 use crate::storage::{
-    Created, Export, ImportSet, NewTask, NewToken, Page, Record, StorageError, StoreResult,
-    TokenInfo,
+    Created, Export, ImportSet, IndexCheck, IndexRepair, NewTask, NewToken, Page, Record,
+    StorageError, StoreResult, TokenInfo,
 };
 use chrono::{DateTime, Utc};
 
@@ -127,15 +128,61 @@ pub(super) async fn get_task(
     get_task_on(&client, owner, id).await
 }
 
+/// A page of `query` (see `storage::plan` for how it is found).
 pub(super) async fn list_tasks(
     store: &PostgresStore,
     owner: &PrincipalName,
     query: &ListQuery,
 ) -> StoreResult<Page> {
-    let (sql, params) = list_sql(owner, query);
     let client = store.conn().await?;
-    let stmt = client.prepare_cached(&sql).await?;
-    let rows = client.query(&stmt, &refs(&params)).await?;
+    if let Some(before) = query.due_before {
+        let budget = query.budget();
+        let (sql, params) = due_ids_sql(owner, before, budget + 1);
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &refs(&params)).await?;
+        if rows.len() <= budget {
+            let after = query.after.map(|a| a.as_uuid());
+            let ids: Vec<Uuid> = rows
+                .iter()
+                .map(|r| r.try_get::<_, Uuid>(0))
+                .collect::<Result<_, _>>()?;
+            let ids = ids
+                .into_iter()
+                .filter(|id| match (query.order, after) {
+                    (_, None) => true,
+                    (Order::Asc, Some(a)) => *id > a,
+                    (Order::Desc, Some(a)) => *id < a,
+                })
+                .collect();
+            let (sql, params) = ids_page_sql(owner, query, ids);
+            return page_of(&client, owner, query, &sql, &params).await;
+        }
+    }
+    let (sql, params) = list_sql(owner, query);
+    let mut page = page_of(&client, owner, query, &sql, &params).await?;
+    if page.next.is_none() && plan::has_residual(query, plan::driver(query)) {
+        // Fewer matches than a page and a next: the candidates ran out, or
+        // the budget did (then the page continues after the last candidate).
+        let (sql, params) = budget_end_sql(owner, query);
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &refs(&params)).await?;
+        if rows.len() == 2 {
+            page.next = Some(TaskId::from_uuid(rows[0].try_get(0)?));
+        }
+    }
+    Ok(page)
+}
+
+/// Runs a page statement that returns up to `limit + 1` matching rows.
+async fn page_of(
+    client: &deadpool_postgres::Object,
+    owner: &PrincipalName,
+    query: &ListQuery,
+    sql: &str,
+    params: &Params,
+) -> StoreResult<Page> {
+    let stmt = client.prepare_cached(sql).await?;
+    let rows = client.query(&stmt, &refs(params)).await?;
     // The row after the page only says that there is a next page; the
     // cursor is the last row of the page, even one left out as unreadable.
     let next = (rows.len() > query.limit)
@@ -413,7 +460,7 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
     )
     .await?;
     if set.replace {
-        txn.batch_execute("TRUNCATE tasks, tokens, task_counts, idempotency_keys")
+        txn.batch_execute("TRUNCATE tasks, task_tags, tokens, task_counts, idempotency_keys")
             .await?;
     } else {
         let occupied: bool = txn
@@ -521,4 +568,76 @@ pub(super) async fn get_task_on(
         Some(row) => task_from_row(&row, 0, owner),
         None => Err(StorageError::NotFound),
     }
+}
+
+/// Where `task_tags` disagrees with the tags of `tasks` (the other indexes
+/// are PostgreSQL's own), read in one snapshot.
+pub(super) async fn check_indexes(store: &PostgresStore) -> StoreResult<IndexCheck> {
+    let mut client = store.conn().await?;
+    let txn = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0").await?;
+    let rows = txn
+        .query(
+            "WITH expected AS (SELECT DISTINCT owner, t AS tag, id FROM tasks, unnest(tags) AS t),
+                  missing AS (SELECT * FROM expected EXCEPT SELECT owner, tag, id FROM task_tags),
+                  extra AS (SELECT owner, tag, id FROM task_tags EXCEPT SELECT * FROM expected)
+             SELECT 'missing', owner, tag, id FROM missing
+             UNION ALL SELECT 'extra', owner, tag, id FROM extra",
+            &[],
+        )
+        .await?;
+    txn.commit().await?;
+    let mut check = IndexCheck {
+        disagreements: rows.len() as u64,
+        examples: Vec::new(),
+    };
+    for r in rows.iter().take(100) {
+        let (what, owner, tag, id): (&str, &str, &str, Uuid) =
+            (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+        check
+            .examples
+            .push(format!("task_tags {owner}/{tag}/{id}: {what}"));
+    }
+    Ok(check)
+}
+
+/// Makes `task_tags` agree with the tags of `tasks`: only needed if a writer
+/// bypassed the triggers (disabled them, or wrote with
+/// `session_replication_role = replica`), since the triggers of migration
+/// 0003 keep it for every writer, also an earlier release's. First a check
+/// in one snapshot, which takes no lock; only if it finds disagreements, two
+/// statements that touch only the rows that disagree, under a SHARE lock on
+/// `tasks` (writes wait until the repair commits): without it a write
+/// committed between the two statements' snapshots could have an entry of
+/// its old tags put back.
+pub(super) async fn repair_indexes(store: &PostgresStore) -> StoreResult<IndexRepair> {
+    if check_indexes(store).await?.is_consistent() {
+        return Ok(IndexRepair::default());
+    }
+    let mut client = store.conn().await?;
+    let txn = client.transaction().await?;
+    txn.batch_execute("SET LOCAL statement_timeout = 0; LOCK TABLE tasks IN SHARE MODE")
+        .await?;
+    let added = txn
+        .execute(
+            "INSERT INTO task_tags (owner, tag, id)
+             SELECT DISTINCT owner, t, id FROM tasks, unnest(tags) AS t
+             ON CONFLICT DO NOTHING",
+            &[],
+        )
+        .await?;
+    let removed = txn
+        .execute(
+            "DELETE FROM task_tags g WHERE NOT EXISTS (
+                 SELECT 1 FROM tasks t WHERE t.id = g.id AND t.owner = g.owner AND g.tag = ANY(t.tags))",
+            &[],
+        )
+        .await?;
+    txn.commit().await?;
+    Ok(IndexRepair { added, removed })
 }

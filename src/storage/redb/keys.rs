@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use redb::TableHandle;
 
 use super::tables::{IDEMPOTENCY, TASKS};
-use crate::domain::{PrincipalName, TaskId};
+use crate::domain::{PrincipalName, Priority, Status, Task, TaskId};
 
 /// The first 8 bytes of an expiry index key: microseconds since the epoch
 /// with the sign bit flipped, big-endian, so byte order is time order (also
@@ -27,13 +27,6 @@ pub(super) fn task_key(owner: &str, id: TaskId) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&id.as_u128().to_be_bytes());
     k
-}
-
-pub(super) fn owner_prefix_bounds(owner: &str) -> (Vec<u8>, Vec<u8>) {
-    (
-        task_key(owner, TaskId::from_u128(0)),
-        task_key(owner, TaskId::from_u128(u128::MAX)),
-    )
 }
 
 pub(super) fn id_of_key(key: &[u8]) -> TaskId {
@@ -76,4 +69,84 @@ pub(super) fn idem_key_name(key: &[u8]) -> String {
         IDEMPOTENCY.name(),
         String::from_utf8_lossy(key).replace('\0', "/")
     )
+}
+
+/// The kinds of entry in the task index (`tables::TASK_INDEX`), the byte
+/// after the owner's separator.
+pub(super) const BY_STATUS: u8 = b's';
+pub(super) const BY_PRIORITY: u8 = b'p';
+pub(super) const BY_TAG: u8 = b't';
+pub(super) const BY_DUE: u8 = b'd';
+
+/// The part of an index key before the id: `owner 0x00 kind value`, where
+/// value is one byte for a status or a priority (its position in `ALL`),
+/// the tag's bytes and 0x00 for a tag (tags hold no control characters), and
+/// the due date as in [`expiry_prefix`] (microseconds) for a due date.
+pub(super) fn index_prefix(owner: &str, kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(owner.len() + value.len() + 19);
+    k.extend_from_slice(owner.as_bytes());
+    k.push(0);
+    k.push(kind);
+    k.extend_from_slice(value);
+    k
+}
+
+pub(super) fn status_value(s: Status) -> [u8; 1] {
+    [Status::ALL.iter().position(|v| *v == s).unwrap_or(0) as u8]
+}
+
+pub(super) fn priority_value(p: Priority) -> [u8; 1] {
+    [Priority::ALL.iter().position(|v| *v == p).unwrap_or(0) as u8]
+}
+
+pub(super) fn tag_value(tag: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(tag.len() + 1);
+    v.extend_from_slice(tag.as_bytes());
+    v.push(0);
+    v
+}
+
+pub(super) fn due_value(at: DateTime<Utc>) -> [u8; 8] {
+    expiry_prefix(at.timestamp_micros())
+}
+
+/// `prefix id`.
+pub(super) fn with_id(prefix: &[u8], id: TaskId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 16);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&id.as_u128().to_be_bytes());
+    k
+}
+
+/// Every index key of `task`, owned by `owner`.
+pub(super) fn index_keys(owner: &str, task: &Task) -> Vec<Vec<u8>> {
+    let f = &task.fields;
+    let mut keys = Vec::with_capacity(3 + f.tags.iter().count());
+    keys.push(with_id(
+        &index_prefix(owner, BY_STATUS, &status_value(f.status)),
+        task.id,
+    ));
+    keys.push(with_id(
+        &index_prefix(owner, BY_PRIORITY, &priority_value(f.priority)),
+        task.id,
+    ));
+    for t in f.tags.iter() {
+        keys.push(with_id(
+            &index_prefix(owner, BY_TAG, &tag_value(t.as_str())),
+            task.id,
+        ));
+    }
+    if let Some(d) = f.due_at {
+        keys.push(with_id(
+            &index_prefix(owner, BY_DUE, &due_value(d.as_datetime())),
+            task.id,
+        ));
+    }
+    keys
+}
+
+/// The owner of an index key (the bytes before the first 0x00).
+pub(super) fn index_key_owner(key: &[u8]) -> Option<&str> {
+    let sep = key.iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&key[..sep]).ok()
 }

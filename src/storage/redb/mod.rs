@@ -24,6 +24,15 @@
 //! Opening recovers the file to its last durable commit, which holds every
 //! acknowledged write.
 //!
+//! The task index (the list filters') is written in the same transaction as
+//! each task, but a process of an earlier release that shares the file
+//! (multi-writer: a rolling update, a rollback) writes tasks without it. So
+//! the store verifies and repairs the index in the background ([`IndexUpkeep`]:
+//! after opening, and every [`INDEX_VERIFY_INTERVAL`] when the file is
+//! shared), and on request ([`Store::repair_indexes`]); filtered reads check
+//! every candidate record against the whole filter, so a stale entry never
+//! lists a task that does not match.
+//!
 //! Tokens are stored so that the release before named tokens can share the
 //! file during a rolling update or after a rollback (see [`tokens`]); the
 //! writer takes expired tokens out of that release's table every
@@ -61,9 +70,10 @@ use self::files::{builder, create_private_dir, open_error, open_private_file};
 use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
 use super::{
-    Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL, ImportSet,
-    ListQuery, NewTask, NewToken, Page, StorageError, Store, StoreResult, TOKEN_SWEEP_INTERVAL,
-    TokenInfo, TokenUses, idempotency_cutoff,
+    Chain, Clock, Created, Export, IDEMPOTENCY_SWEEP_CHUNK, IDEMPOTENCY_SWEEP_INTERVAL,
+    INDEX_VERIFY_INTERVAL, ImportSet, IndexCheck, IndexRepair, ListQuery, NewTask, NewToken, Page,
+    StorageError, Store, StoreResult, TOKEN_SWEEP_INTERVAL, TokenInfo, TokenUses,
+    idempotency_cutoff,
 };
 use crate::domain::{
     Precondition, PrincipalName, Task, TaskChange, TaskId, TokenDigest, TokenName,
@@ -103,6 +113,23 @@ pub enum DbSharing {
     MultiWriter,
 }
 
+/// When the store verifies and repairs its task index in the background
+/// (see [`Store::repair_indexes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IndexUpkeep {
+    /// After opening; then every [`INDEX_VERIFY_INTERVAL`] if the file is
+    /// shared (`DbSharing::MultiWriter`), where a process of an earlier
+    /// release may write tasks without index entries at any time. An
+    /// exclusive file can only have been written by such a process before
+    /// this one opened it.
+    #[default]
+    Auto,
+    /// After opening, then every given interval.
+    Every(Duration),
+    /// Never by itself (tests that inspect the index as it was written).
+    Off,
+}
+
 #[derive(Debug, Clone)]
 pub struct RedbConfig {
     pub data_dir: PathBuf,
@@ -116,6 +143,8 @@ pub struct RedbConfig {
     pub cache_size: usize,
     /// Dates tasks and idempotency records; the system clock but in tests.
     pub clock: Arc<dyn Clock>,
+    /// The background verification of the task index.
+    pub index_upkeep: IndexUpkeep,
     /// Test-only negative control: answer callers before the commit is
     /// durable. Exists so the power-loss test can show that it detects loss.
     #[doc(hidden)]
@@ -131,6 +160,7 @@ impl RedbConfig {
             max_batch: 512,
             cache_size: DEFAULT_CACHE_SIZE,
             clock: super::system_clock(),
+            index_upkeep: IndexUpkeep::Auto,
             ack_before_commit: false,
         }
     }
@@ -145,6 +175,8 @@ pub struct RedbStore {
     jobs: mpsc::Sender<Msg>,
     /// Taken by `close`, which waits for the writer to finish its queue.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The background index verification: dropping the sender stops it.
+    upkeep: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Multi-writer: a read registers under a file lock that a peer process
     /// holds while it publishes a commit, so reads go to the blocking pool.
     /// Exclusive: a read only touches memory and the OS page cache, so it runs
@@ -248,15 +280,47 @@ impl RedbStore {
             .name("redb-writer".into())
             .spawn(move || writer.run(&rx))
             .map_err(|e| StorageError::io("cannot start the writer thread", e))?;
+        let readers = Arc::new(AtomicI64::new(0));
+        let interval = match config.index_upkeep {
+            IndexUpkeep::Auto => {
+                (config.sharing == DbSharing::MultiWriter).then_some(INDEX_VERIFY_INTERVAL)
+            }
+            IndexUpkeep::Every(d) => Some(d),
+            IndexUpkeep::Off => None,
+        };
+        let upkeep = if config.index_upkeep == IndexUpkeep::Off {
+            None
+        } else {
+            let index = IndexRepairer {
+                shared: shared.clone(),
+                jobs: jobs.clone(),
+                readers: readers.clone(),
+            };
+            let (stop, stopped) = mpsc::channel();
+            let thread = std::thread::Builder::new()
+                .name("redb-index".into())
+                .spawn(move || index.upkeep(interval, &stopped))
+                .map_err(|e| StorageError::io("cannot start the index thread", e))?;
+            Some((stop, thread))
+        };
         Ok(Self {
             shared,
             jobs,
             writer: Mutex::new(Some(writer)),
+            upkeep: Mutex::new(upkeep),
             reads_inline: config.sharing == DbSharing::Exclusive,
-            readers: Arc::new(AtomicI64::new(0)),
+            readers,
             file: None,
             token_uses: Arc::new(TokenUses::default()),
         })
+    }
+
+    fn repairer(&self) -> IndexRepairer {
+        IndexRepairer {
+            shared: self.shared.clone(),
+            jobs: self.jobs.clone(),
+            readers: self.readers.clone(),
+        }
     }
 
     /// Runs `op` in the writer's next transaction and returns its result once
@@ -351,17 +415,12 @@ impl Store for RedbStore {
     async fn list_tasks(&self, owner: &PrincipalName, query: &ListQuery) -> StoreResult<Page> {
         let owner = owner.clone();
         let query = query.clone();
-        // Unfiltered, a page reads at most `limit + 1` records; a filter may
-        // scan all of the owner's tasks to fill one.
-        let unfiltered = query.status.is_none()
-            && query.priority.is_none()
-            && query.tag.is_none()
-            && query.due_before.is_none()
-            && query.q.is_none();
-        let cost = if unfiltered {
-            ReadCost::Short
-        } else {
+        // Unfiltered, a page reads at most `limit + 1` records; a filtered
+        // page may examine up to its scan budget of candidates.
+        let cost = if query.is_filtered() {
             ReadCost::Long
+        } else {
+            ReadCost::Short
         };
         self.read(cost, move |txn| ops::list_tasks(txn, &owner, &query))
             .await
@@ -393,6 +452,19 @@ impl Store for RedbStore {
 
     async fn count_tasks(&self) -> StoreResult<u64> {
         self.read(ReadCost::Short, ops::count_tasks).await
+    }
+
+    async fn check_indexes(&self) -> StoreResult<IndexCheck> {
+        let (disagreements, examples) = self.read(ReadCost::Long, ops::check_indexes).await?;
+        Ok(IndexCheck {
+            disagreements,
+            examples,
+        })
+    }
+
+    async fn repair_indexes(&self) -> StoreResult<IndexRepair> {
+        let index = self.repairer();
+        tokio::task::spawn_blocking(move || index.repair_logged("request", None)).await?
     }
 
     async fn create_token(&self, new: NewToken) -> StoreResult<TokenInfo> {
@@ -533,6 +605,13 @@ impl Store for RedbStore {
     }
 
     async fn close(&self) {
+        // The index thread first: it writes through the writer, and holds
+        // the database open while it reads.
+        let upkeep = self.upkeep.lock().ok().and_then(|mut u| u.take());
+        if let Some((stop, thread)) = upkeep {
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         if let Err(e) = self.flush_token_uses().await {
             tracing::warn!(error = %e, "could not write token last-use times at close");
         }
@@ -546,5 +625,139 @@ impl Store for RedbStore {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+    }
+}
+
+/// Verifies and repairs the task index (see [`Store::repair_indexes`]) with
+/// blocking calls: from the index thread, or from the blocking pool.
+struct IndexRepairer {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Msg>,
+    readers: Arc<AtomicI64>,
+}
+
+impl IndexRepairer {
+    /// The index thread: a repair now, then one every `interval` (if any)
+    /// until `stop` is dropped.
+    fn upkeep(&self, interval: Option<Duration>, stop: &mpsc::Receiver<()>) {
+        let mut trigger = "open";
+        loop {
+            // A failure is logged and counted; the next round tries again.
+            let _ = self.repair_logged(trigger, Some(stop));
+            let Some(every) = interval else { return };
+            match stop.recv_timeout(every) {
+                Err(mpsc::RecvTimeoutError::Timeout) => trigger = "periodic",
+                _ => return,
+            }
+        }
+    }
+
+    /// [`Self::repair`], logged, and counted in `store_index_repaired_entries_total`
+    /// and `store_index_verifications_total`.
+    fn repair_logged(
+        &self,
+        trigger: &'static str,
+        stop: Option<&mpsc::Receiver<()>>,
+    ) -> StoreResult<IndexRepair> {
+        let started = Instant::now();
+        let result = self.repair(stop);
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(done) => {
+                metrics::counter!("store_index_verifications_total", "outcome" => "ok")
+                    .increment(1);
+                metrics::counter!("store_index_repaired_entries_total").increment(done.repaired());
+                if done.repaired() > 0 {
+                    tracing::warn!(
+                        trigger,
+                        added = done.added,
+                        removed = done.removed,
+                        seconds,
+                        "task index repaired: tasks were written without their index entries \
+                         (by a process of an earlier release sharing the file)"
+                    );
+                } else {
+                    tracing::info!(
+                        trigger,
+                        seconds,
+                        "task index verified: it agrees with the tasks"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::counter!("store_index_verifications_total", "outcome" => "error")
+                    .increment(1);
+                tracing::warn!(trigger, error = %Chain(e), "task index verification failed");
+            }
+        }
+        result
+    }
+
+    /// Two passes, each in chunks of [`super::INDEX_REPAIR_CHUNK`]: the task
+    /// records (entries a task lacks are added), then the index (entries no
+    /// task has are removed). Each chunk is read in a read transaction of its
+    /// own; what it finds is fixed by one write through the writer, which
+    /// decides again from the records as they are in its transaction, so a
+    /// write that happened in between is never undone. `stop` ends it early
+    /// (the store is closing).
+    fn repair(&self, stop: Option<&mpsc::Receiver<()>>) -> StoreResult<IndexRepair> {
+        let mut done = IndexRepair::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            self.check_stop(stop)?;
+            let (lacking, last) =
+                self.read(|txn| ops::tasks_lacking_entries(txn, after.as_deref()))?;
+            if !lacking.is_empty() {
+                done.added += self.write(move |txn| ops::add_missing_entries(txn, &lacking))?;
+            }
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        after = None;
+        loop {
+            self.check_stop(stop)?;
+            let (stray, last) = self.read(|txn| ops::stray_entries(txn, after.as_deref()))?;
+            if !stray.is_empty() {
+                done.removed += self.write(move |txn| ops::remove_stray_entries(txn, &stray))?;
+            }
+            match last {
+                Some(k) => after = Some(k),
+                None => break,
+            }
+        }
+        Ok(done)
+    }
+
+    fn check_stop(&self, stop: Option<&mpsc::Receiver<()>>) -> StoreResult<()> {
+        match stop.map(mpsc::Receiver::try_recv) {
+            Some(Err(mpsc::TryRecvError::Disconnected)) => {
+                Err(StorageError::unavailable("the store is closing"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn read<T>(&self, op: impl FnOnce(&redb::ReadTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        let db = self.shared.db()?;
+        let _reader = Reader::new(&self.readers);
+        let txn = db.begin_read()?;
+        op(&txn)
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (tx, rx) = mpsc::channel();
+        let job = job(op, Poison::OnIoError, move |r| {
+            let _ = tx.send(r);
+        });
+        self.jobs
+            .send(Msg::Write(job))
+            .map_err(|_| StorageError::unavailable("the store is closed"))?;
+        rx.recv()
+            .map_err(|_| StorageError::unavailable("the write was not committed"))?
     }
 }

@@ -5,23 +5,28 @@
 //! Every write operation checks all its preconditions before it writes
 //! anything (see the module documentation of `storage::redb`).
 
+use std::ops::Bound;
+
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::keys::{
-    expiry_key, expiry_prefix, id_of_key, idem_key, idem_key_name, owner_prefix_bounds,
-    split_task_key, task_key, task_key_name,
+    BY_DUE, BY_PRIORITY, BY_STATUS, BY_TAG, expiry_key, expiry_prefix, id_of_key, idem_key,
+    idem_key_name, index_key_owner, index_keys, index_prefix, priority_value, split_task_key,
+    status_value, tag_value, task_key, task_key_name, with_id,
 };
 use super::tables::{
-    COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASKS, TOKEN_META, TOKEN_NAMES_V1, TOKENS_V1,
+    COUNTS, IDEMPOTENCY, IDEMPOTENCY_EXPIRY, TASK_INDEX, TASKS, TOKEN_META, TOKEN_NAMES_V1,
+    TOKENS_V1,
 };
 use super::tokens;
 use crate::domain::{ListQuery, Order, Precondition, PrincipalName, Task, TaskChange, TaskId};
 use crate::storage::codec::{decode_key_record, decode_task, encode_key_record, encode_task};
+use crate::storage::plan::{self, Driver, PageBuilder};
 use crate::storage::rules::{self, KeyUse};
 use crate::storage::{
-    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, ImportSet, NewTask, Page, Record, StorageError,
-    StoreResult,
+    Created, Export, IDEMPOTENCY_SWEEP_CHUNK, INDEX_REPAIR_CHUNK, ImportSet, NewTask, Page, Record,
+    StorageError, StoreResult,
 };
 
 pub(super) fn create_task(
@@ -52,6 +57,10 @@ pub(super) fn create_task(
         task_key(owner, task.id).as_slice(),
         encode_task(&task).as_slice(),
     )?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    for k in index_keys(owner, &task) {
+        index.insert(k.as_slice(), ())?;
+    }
     counts.insert(owner.as_str(), count + 1)?;
     if let Some(idem) = &new.idempotency {
         let key = idem_key(owner, &idem.key);
@@ -75,8 +84,68 @@ pub(super) fn get_task(
     get_task_in(&table, owner, id)
 }
 
+/// A page of `query` (see `storage::plan` for how it is found).
+pub(super) fn list_tasks(
+    txn: &ReadTransaction,
+    owner: &PrincipalName,
+    query: &ListQuery,
+) -> StoreResult<Page> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    if let Some(before) = query.due_before
+        && let Some(ids) = due_candidates(&index, owner, before, query)?
+    {
+        let mut page = PageBuilder::bounded(query);
+        for id in ids {
+            page.admit(id);
+            if !page.offer(read_candidate(&tasks, owner, id)?) {
+                break;
+            }
+        }
+        return Ok(page.finish());
+    }
+    let mut page = PageBuilder::budgeted(query);
+    let driver = plan::driver(query);
+    if driver == Driver::Id {
+        let (lo, hi) = id_range(
+            &task_key(owner, TaskId::from_u128(0))[..owner.len() + 1],
+            query,
+        );
+        let range = tasks.range(lo.as_slice()..hi.as_slice())?;
+        let mut visit = |e: TaskEntry| -> StoreResult<bool> {
+            let (k, v) = e?;
+            let key = k.value();
+            let id = id_of_key(key);
+            if !page.admit(id) {
+                return Ok(false);
+            }
+            Ok(page.offer(readable(decode_task(task_key_name(key), id, v.value()))?))
+        };
+        walk(range, query.order, &mut visit)?;
+        return Ok(page.finish());
+    }
+    let prefix = match driver {
+        Driver::Tag(t) => index_prefix(owner, BY_TAG, &tag_value(t)),
+        Driver::Status(s) => index_prefix(owner, BY_STATUS, &status_value(s)),
+        Driver::Priority(p) => index_prefix(owner, BY_PRIORITY, &priority_value(p)),
+        Driver::Id => unreachable!("handled above"),
+    };
+    let (lo, hi) = id_range(&prefix, query);
+    let range = index.range(lo.as_slice()..hi.as_slice())?;
+    let mut visit = |e: IndexEntry| -> StoreResult<bool> {
+        let (k, _) = e?;
+        let id = id_of_key(k.value());
+        if !page.admit(id) {
+            return Ok(false);
+        }
+        Ok(page.offer(read_candidate(&tasks, owner, id)?))
+    };
+    walk(range, query.order, &mut visit)?;
+    Ok(page.finish())
+}
+
 /// One entry of a range over the tasks table.
-type RangeEntry<'a> = Result<
+type TaskEntry<'a> = Result<
     (
         redb::AccessGuard<'a, &'static [u8]>,
         redb::AccessGuard<'a, &'static [u8]>,
@@ -84,51 +153,47 @@ type RangeEntry<'a> = Result<
     redb::StorageError,
 >;
 
-pub(super) fn list_tasks(
-    txn: &ReadTransaction,
-    owner: &PrincipalName,
-    query: &ListQuery,
-) -> StoreResult<Page> {
-    let table = txn.open_table(TASKS)?;
-    let (lo, hi) = owner_prefix_bounds(owner);
-    let range = match (query.order, query.after) {
-        (Order::Asc, Some(after)) => {
-            let Some(next) = after.as_u128().checked_add(1) else {
-                return Ok(Page {
-                    items: vec![],
-                    next: None,
-                });
-            };
-            let start = task_key(owner, TaskId::from_u128(next));
-            table.range(start.as_slice()..=hi.as_slice())
-        }
-        (Order::Desc, Some(after)) => {
-            let end = task_key(owner, after);
-            table.range(lo.as_slice()..end.as_slice())
-        }
-        (_, None) => table.range(lo.as_slice()..=hi.as_slice()),
-    }?;
-    let mut items = Vec::with_capacity(query.limit);
-    let mut next = None;
-    let mut visit = |entry: RangeEntry| -> StoreResult<bool> {
-        let (k, v) = entry?;
-        let key = k.value();
-        let task = match decode_task(task_key_name(key), id_of_key(key), v.value()) {
-            Ok(task) => task,
-            // Reported where it was found; the page goes on without it.
-            Err(StorageError::Corrupt { .. }) => return Ok(true),
-            Err(e) => return Err(e),
-        };
-        if query.matches(&task) {
-            if items.len() == query.limit {
-                next = items.last().map(|t: &Task| t.id);
-                return Ok(false);
-            }
-            items.push(task);
-        }
-        Ok(true)
-    };
-    match query.order {
+/// One entry of a range over the index.
+type IndexEntry<'a> = Result<
+    (
+        redb::AccessGuard<'a, &'static [u8]>,
+        redb::AccessGuard<'a, ()>,
+    ),
+    redb::StorageError,
+>;
+
+/// The keys `prefix id` a page may visit: after the cursor in the page's
+/// order, as a half-open range `lo..hi`.
+fn id_range(prefix: &[u8], query: &ListQuery) -> (Vec<u8>, Vec<u8>) {
+    let at = |id: u128| with_id(prefix, TaskId::from_u128(id));
+    // The first key past every `prefix id`.
+    let mut end = prefix.to_vec();
+    end.extend_from_slice(&[0xff; 17]);
+    match (query.order, query.after) {
+        (Order::Asc, Some(after)) => match after.as_u128().checked_add(1) {
+            Some(next) => (at(next), end),
+            None => (end.clone(), end),
+        },
+        (Order::Desc, Some(after)) => (at(0), at(after.as_u128())),
+        (_, None) => (at(0), end),
+    }
+}
+
+/// Visits a range in `order` until `visit` says stop.
+fn walk<'a, V: redb::Value + 'static>(
+    range: redb::Range<'a, &'static [u8], V>,
+    order: Order,
+    visit: &mut impl FnMut(
+        Result<
+            (
+                redb::AccessGuard<'a, &'static [u8]>,
+                redb::AccessGuard<'a, V>,
+            ),
+            redb::StorageError,
+        >,
+    ) -> StoreResult<bool>,
+) -> StoreResult<()> {
+    match order {
         Order::Asc => {
             for e in range {
                 if !visit(e)? {
@@ -144,7 +209,69 @@ pub(super) fn list_tasks(
             }
         }
     }
-    Ok(Page { items, next })
+    Ok(())
+}
+
+/// A decoded task, or `None` for an unreadable record (reported where it
+/// was found; a page goes on without it).
+fn readable(r: StoreResult<Task>) -> StoreResult<Option<Task>> {
+    match r {
+        Ok(t) => Ok(Some(t)),
+        Err(StorageError::Corrupt { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The task an index entry names; `None` if it is unreadable or missing
+/// (an index that disagrees with its records, which `check_indexes` reports).
+fn read_candidate(
+    tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    owner: &PrincipalName,
+    id: TaskId,
+) -> StoreResult<Option<Task>> {
+    match get_task_in(tasks, owner, id) {
+        Err(StorageError::NotFound) => Ok(None),
+        r => readable(r),
+    }
+}
+
+/// Case 1 of `storage::plan`: the ids of the owner's tasks due before
+/// `before`, after the cursor and in page order, if there are at most the
+/// query's budget of them (due at all); `None` if there are more.
+fn due_candidates(
+    index: &impl ReadableTable<&'static [u8], ()>,
+    owner: &PrincipalName,
+    before: DateTime<Utc>,
+    query: &ListQuery,
+) -> StoreResult<Option<Vec<TaskId>>> {
+    let budget = query.budget();
+    let lo = index_prefix(owner, BY_DUE, &[]);
+    // Due dates are whole microseconds: due < before exactly when due is
+    // below `before` rounded up to a microsecond.
+    let sub_micro = !before.timestamp_subsec_nanos().is_multiple_of(1_000);
+    let micros = before
+        .timestamp_micros()
+        .saturating_add(i64::from(sub_micro));
+    let hi = index_prefix(owner, BY_DUE, &expiry_prefix(micros));
+    let mut ids = Vec::new();
+    for e in index.range(lo.as_slice()..hi.as_slice())? {
+        if ids.len() == budget {
+            return Ok(None);
+        }
+        ids.push(id_of_key(e?.0.value()));
+    }
+    let after = query.after.map(|a| a.as_u128());
+    match query.order {
+        Order::Asc => {
+            ids.retain(|id| after.is_none_or(|a| id.as_u128() > a));
+            ids.sort_unstable();
+        }
+        Order::Desc => {
+            ids.retain(|id| after.is_none_or(|a| id.as_u128() < a));
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+        }
+    }
+    Ok(Some(ids))
 }
 
 pub(super) fn update_task(
@@ -164,6 +291,14 @@ pub(super) fn update_task(
             task_key(owner, id).as_slice(),
             encode_task(&updated).as_slice(),
         )?;
+        let (old, new) = (index_keys(owner, &current), index_keys(owner, &updated));
+        let mut index = txn.open_table(TASK_INDEX)?;
+        for k in old.iter().filter(|k| !new.contains(k)) {
+            index.remove(k.as_slice())?;
+        }
+        for k in new.iter().filter(|k| !old.contains(k)) {
+            index.insert(k.as_slice(), ())?;
+        }
     }
     Ok(updated)
 }
@@ -180,6 +315,10 @@ pub(super) fn delete_task(
     let mut counts = txn.open_table(COUNTS)?;
     let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
     tasks.remove(task_key(owner, id).as_slice())?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    for k in index_keys(owner, &current) {
+        index.remove(k.as_slice())?;
+    }
     counts.insert(owner.as_str(), count.saturating_sub(1))?;
     Ok(())
 }
@@ -211,6 +350,7 @@ pub(super) fn import(
         txn.delete_table(COUNTS)?;
         txn.delete_table(IDEMPOTENCY)?;
         txn.delete_table(IDEMPOTENCY_EXPIRY)?;
+        txn.delete_table(TASK_INDEX)?;
     }
     let mut tasks = txn.open_table(TASKS)?;
     let mut tokens = tokens::Tables::open(txn)?;
@@ -220,11 +360,15 @@ pub(super) fn import(
         tokens.insert(t)?;
     }
     tokens.reconcile(now)?;
+    let mut index = txn.open_table(TASK_INDEX)?;
     for (owner, task) in &set.tasks {
         tasks.insert(
             task_key(owner, task.id).as_slice(),
             encode_task(task).as_slice(),
         )?;
+        for k in index_keys(owner, task) {
+            index.insert(k.as_slice(), ())?;
+        }
     }
     for (owner, n) in &set.counts {
         counts.insert(owner.as_str(), *n)?;
@@ -314,4 +458,182 @@ fn export_from(
         out.push(task_of(k.value(), v.value()))?;
     }
     Ok(out)
+}
+
+/// The most disagreements `check_indexes` lists (it counts them all).
+const CHECK_REPORT_MAX: usize = 100;
+
+/// Where the task index disagrees with the task records: each readable task
+/// must have exactly its entries (`keys::index_keys`), and each entry must
+/// belong to a readable task that has it. Reads every record and entry once
+/// (plus one lookup each), without holding them in memory. Returns the total
+/// count and up to [`CHECK_REPORT_MAX`] descriptions.
+pub(super) fn check_indexes(txn: &ReadTransaction) -> StoreResult<(u64, Vec<String>)> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    let mut count = 0u64;
+    let mut found = Vec::new();
+    let mut report = |what: String| {
+        count += 1;
+        if found.len() < CHECK_REPORT_MAX {
+            found.push(what);
+        }
+    };
+    for e in tasks.iter()? {
+        let (k, v) = e?;
+        let Ok((owner, id)) = split_task_key(k.value()) else {
+            continue;
+        };
+        let Some(task) = readable(decode_task(task_key_name(k.value()), id, v.value()))? else {
+            continue;
+        };
+        for key in index_keys(&owner, &task) {
+            if index.get(key.as_slice())?.is_none() {
+                report(format!(
+                    "task {owner}/{id}: index entry 0x{} is missing",
+                    hex::encode(&key)
+                ));
+            }
+        }
+    }
+    for e in index.iter()? {
+        let (k, _) = e?;
+        let key = k.value();
+        if !entry_agrees(&tasks, key)? {
+            report(format!(
+                "index entry 0x{}: no readable task has it",
+                hex::encode(key)
+            ));
+        }
+    }
+    Ok((count, found))
+}
+
+/// What one step of the index repair found: the keys to fix, and the last
+/// key it read (`None` when it reached the end).
+pub(super) type Found = (Vec<Vec<u8>>, Option<Vec<u8>>);
+
+/// Part of the task index repair (`RedbStore::repair_indexes`): up to
+/// [`INDEX_REPAIR_CHUNK`] task records after the key `after` (from the start
+/// when `None`). Returns the keys of the readable tasks among them that lack
+/// one of their index entries, and the last key read (`None` at the end).
+pub(super) fn tasks_lacking_entries(
+    txn: &ReadTransaction,
+    after: Option<&[u8]>,
+) -> StoreResult<Found> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    let range = tasks.range::<&[u8]>((
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    ))?;
+    let (mut lacking, mut last, mut read) = (Vec::new(), None, 0);
+    for e in range {
+        let (k, v) = e?;
+        let key = k.value();
+        if let Some((owner, task)) = readable_task(key, v.value())? {
+            for entry in index_keys(&owner, &task) {
+                if index.get(entry.as_slice())?.is_none() {
+                    lacking.push(key.to_vec());
+                    break;
+                }
+            }
+        }
+        read += 1;
+        if read == INDEX_REPAIR_CHUNK {
+            last = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok((lacking, last))
+}
+
+/// Writes the missing index entries of the tasks at `keys`, as their records
+/// are in this transaction (a record changed or deleted since it was read
+/// gets what it has now). Returns how many entries were added.
+pub(super) fn add_missing_entries(txn: &WriteTransaction, keys: &[Vec<u8>]) -> StoreResult<u64> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    let mut added = 0;
+    for key in keys {
+        let Some(v) = tasks.get(key.as_slice())? else {
+            continue;
+        };
+        let Some((owner, task)) = readable_task(key, v.value())? else {
+            continue;
+        };
+        for entry in index_keys(&owner, &task) {
+            if index.insert(entry.as_slice(), ())?.is_none() {
+                added += 1;
+            }
+        }
+    }
+    Ok(added)
+}
+
+/// Part of the task index repair: up to [`INDEX_REPAIR_CHUNK`] index entries
+/// after `after`. Returns those that no readable task has (stray), and the
+/// last entry read (`None` at the end).
+pub(super) fn stray_entries(txn: &ReadTransaction, after: Option<&[u8]>) -> StoreResult<Found> {
+    let tasks = txn.open_table(TASKS)?;
+    let index = txn.open_table(TASK_INDEX)?;
+    let range = index.range::<&[u8]>((
+        after.map_or(Bound::Unbounded, Bound::Excluded),
+        Bound::Unbounded,
+    ))?;
+    let (mut stray, mut last, mut read) = (Vec::new(), None, 0);
+    for e in range {
+        let (k, _) = e?;
+        let key = k.value();
+        if !entry_agrees(&tasks, key)? {
+            stray.push(key.to_vec());
+        }
+        read += 1;
+        if read == INDEX_REPAIR_CHUNK {
+            last = Some(key.to_vec());
+            break;
+        }
+    }
+    Ok((stray, last))
+}
+
+/// Removes those of `entries` that no readable task has in this transaction.
+/// Returns how many were removed.
+pub(super) fn remove_stray_entries(
+    txn: &WriteTransaction,
+    entries: &[Vec<u8>],
+) -> StoreResult<u64> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut index = txn.open_table(TASK_INDEX)?;
+    let mut removed = 0;
+    for key in entries {
+        if !entry_agrees(&tasks, key)? && index.remove(key.as_slice())?.is_some() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// The owner and task of a task record, `None` if unreadable (such a record
+/// has no index entries).
+fn readable_task(key: &[u8], value: &[u8]) -> StoreResult<Option<(PrincipalName, Task)>> {
+    let Ok((owner, id)) = split_task_key(key) else {
+        return Ok(None);
+    };
+    Ok(readable(decode_task(task_key_name(key), id, value))?.map(|t| (owner, t)))
+}
+
+/// Whether the index entry `key` belongs to a readable task that has it.
+fn entry_agrees(
+    tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> StoreResult<bool> {
+    let owner = index_key_owner(key).and_then(|o| PrincipalName::parse(o).ok());
+    let (Some(owner), true) = (owner, key.len() >= 16) else {
+        return Ok(false);
+    };
+    Ok(match read_candidate(tasks, &owner, id_of_key(key))? {
+        Some(task) => index_keys(&owner, &task).iter().any(|k| k == key),
+        None => false,
+    })
 }

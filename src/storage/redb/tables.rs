@@ -6,10 +6,10 @@
 use chrono::{DateTime, Utc};
 use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 
-use super::keys::{expiry_key, idem_key_name};
+use super::keys::{expiry_key, idem_key_name, index_keys, split_task_key, task_key_name};
 use crate::domain::DueAt;
 use crate::storage::StoreResult;
-use crate::storage::codec::decode_key_record;
+use crate::storage::codec::{decode_key_record, decode_task};
 
 /// Tasks by `owner 0x00 id(16 bytes, big-endian)`: one owner's tasks are
 /// contiguous and in creation order, so a page is one range scan.
@@ -37,15 +37,51 @@ pub(super) const IDEMPOTENCY: TableDefinition<&[u8], &[u8]> =
 /// from `IDEMPOTENCY` when a file without it is first opened.
 pub(super) const IDEMPOTENCY_EXPIRY: TableDefinition<&[u8], ()> =
     TableDefinition::new("idempotency_expiry_v1");
+/// The list filters' index over `TASKS`: for each task, `owner 0x00 kind
+/// value id` (see `keys::index_keys`) for its status, its priority, each of
+/// its tags and its due date, written in the same transaction as the task.
+/// Within one owner, kind and value, entries are in id order, so a filtered
+/// page is a range scan from its cursor (see `storage::plan`). Unreadable
+/// task records have no entries. Built from `TASKS` when a file without it
+/// is first opened.
+pub(super) const TASK_INDEX: TableDefinition<&[u8], ()> = TableDefinition::new("task_index_v1");
 
-/// Creates missing tables and, on a file from before the expiry index,
-/// indexes the idempotency records it holds.
+/// Creates missing tables and, on a file from before an index, builds it:
+/// the idempotency records by age, and the tasks by filter.
 pub(super) fn init_tables(db: &Database, now: DateTime<Utc>) -> StoreResult<()> {
     let txn = db.begin_write()?;
     {
-        let indexed = txn
-            .list_tables()?
-            .any(|t| t.name() == IDEMPOTENCY_EXPIRY.name());
+        let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_owned()).collect();
+        let indexed = names.iter().any(|n| n == IDEMPOTENCY_EXPIRY.name());
+        let tasks_indexed = names.iter().any(|n| n == TASK_INDEX.name());
+        if !tasks_indexed {
+            let tasks = txn.open_table(TASKS)?;
+            let mut index = txn.open_table(TASK_INDEX)?;
+            let (mut indexed_tasks, mut unreadable) = (0u64, 0u64);
+            for e in tasks.iter()? {
+                let (k, v) = e?;
+                let Ok((owner, id)) = split_task_key(k.value()) else {
+                    unreadable += 1;
+                    continue;
+                };
+                // An unreadable record has no entries, as when it is written.
+                let Ok(task) = decode_task(task_key_name(k.value()), id, v.value()) else {
+                    unreadable += 1;
+                    continue;
+                };
+                for key in index_keys(&owner, &task) {
+                    index.insert(key.as_slice(), ())?;
+                }
+                indexed_tasks += 1;
+            }
+            if indexed_tasks + unreadable > 0 {
+                tracing::info!(
+                    tasks = indexed_tasks,
+                    unreadable,
+                    "indexed the tasks by status, priority, tag and due date"
+                );
+            }
+        }
         txn.open_table(TASKS)?;
         txn.open_table(COUNTS)?;
         txn.open_table(TOKENS_V1)?;
