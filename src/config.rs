@@ -117,12 +117,22 @@ pub enum Command {
     },
 }
 
-/// The command line as clap sees it: the derive definition, with the store
-/// flags of `token` made global so they are accepted after its subcommand
-/// too (`token create me --data-dir X`), not only before it.
+/// The command line as clap sees it: the derive definition, with the flags
+/// of every command that has subcommands of its own (`token`, `index`) made
+/// global, so the store flags are accepted after the subcommand too
+/// (`token create me --data-dir X`, `index check --data-dir X`), not only
+/// before it.
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    Cli::command().mut_subcommand("token", |token| token.mut_args(|a| a.global(true)))
+    let cli = Cli::command();
+    let nested: Vec<String> = cli
+        .get_subcommands()
+        .filter(|c| c.has_subcommands())
+        .map(|c| c.get_name().to_owned())
+        .collect();
+    nested.iter().fold(cli, |cli, name| {
+        cli.mut_subcommand(name, |c| c.mut_args(|a| a.global(true)))
+    })
 }
 
 /// Parses the process's arguments with [`command`].
@@ -484,6 +494,48 @@ impl clap::ValueEnum for LogFormat {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// Every leaf of a command with subcommands (`token create`, `index
+    /// check`, …) accepts its parent's flags after it as well as before it:
+    /// whatever else the parse says (a missing PRINCIPAL), never that the
+    /// flag is unknown where users write it.
+    #[test]
+    fn parent_flags_are_accepted_after_every_nested_subcommand() {
+        let cli = command();
+        let mut checked = 0;
+        for parent in cli.get_subcommands().filter(|c| c.has_subcommands()) {
+            let flags: Vec<String> = parent
+                .get_arguments()
+                .filter_map(|a| a.get_long())
+                .filter(|l| *l != "help")
+                .map(|l| format!("--{l}"))
+                .collect();
+            assert!(
+                flags.contains(&"--data-dir".to_owned()),
+                "{}",
+                parent.get_name()
+            );
+            for leaf in parent.get_subcommands() {
+                for flag in &flags {
+                    for args in [
+                        vec![parent.get_name(), leaf.get_name(), flag.as_str(), "x"],
+                        vec![parent.get_name(), flag.as_str(), "x", leaf.get_name()],
+                    ] {
+                        let argv = std::iter::once("devops-api").chain(args.iter().copied());
+                        if let Err(e) = command().try_get_matches_from(argv) {
+                            assert_ne!(
+                                e.kind(),
+                                clap::error::ErrorKind::UnknownArgument,
+                                "{args:?}: {e}"
+                            );
+                        }
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 20, "{checked}");
+    }
 
     #[test]
     fn durations_and_instants() {
