@@ -833,8 +833,15 @@ pub async fn sweep_deletes_only_expired_idempotency_records(
 /// More expired records than one sweep commit takes are all deleted.
 pub async fn sweep_works_through_a_backlog(store: Arc<dyn Store>, clock: Arc<ManualClock>) {
     let n = IDEMPOTENCY_SWEEP_CHUNK + 7;
-    let mut set = tokio::task::JoinSet::new();
+    // A few creates in flight at a time (batched commits on redb), never
+    // more than a PostgreSQL pool holds: with all of them at once, a busy
+    // machine made some wait past the pool's timeout (503 Busy), which is
+    // overload shedding, not what this case is about.
+    let mut set = tokio::task::JoinSet::<devops_api::storage::StoreResult<Created>>::new();
     for i in 0..n {
+        if set.len() == 4 {
+            set.join_next().await.unwrap().unwrap().unwrap();
+        }
         let s = store.clone();
         set.spawn(async move {
             s.create_task(&p("alice"), keyed("t", &format!("k{i}"), 1))
