@@ -909,6 +909,41 @@ fn bracketed(
     Ok(p)
 }
 
+/// The store phases of one configuration on `server`, each named with
+/// `label`: a fresh ceiling, GET by id and list bracketed by ceilings, POST,
+/// and PATCH when `patch`.
+fn store_phases(
+    opts: &Options,
+    fx: &Fixture,
+    ceilings: &mut Vec<Phase>,
+    server: &Server,
+    label: &str,
+    patch: bool,
+) -> anyhow::Result<Vec<Phase>> {
+    push_ceiling(opts, fx, ceilings)?;
+    let mut phases = Vec::new();
+    for (name, mode) in [
+        ("GET /v1/tasks/{id}", "get"),
+        ("GET /v1/tasks?limit=50", "list"),
+    ] {
+        let name = format!("{name} ({label})");
+        phases.push(bracketed(opts, fx, ceilings, (&name, mode), server, false)?);
+    }
+    let writes: &[(&str, &str)] = if patch {
+        &[
+            ("POST /v1/tasks", "post"),
+            ("PATCH /v1/tasks/{id}", "patch"),
+        ]
+    } else {
+        &[("POST /v1/tasks", "post")]
+    };
+    for (name, mode) in writes {
+        let name = format!("{name} ({label})");
+        phases.push(measured(opts, fx, &name, mode, server.addr, server.pid())?);
+    }
+    Ok(phases)
+}
+
 /// One configuration against another, phase by phase: read phases by their
 /// ratios to their own ceilings (drift-free), write phases by req/s (they
 /// wait for the disk more than for the CPU), and CPU µs per request for both.
@@ -1033,29 +1068,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     if let Some(musl) = &opts.musl {
         eprintln!("server, static musl binary {}:", musl.display());
         let s = Server::launch(musl, fx, &exclusive, &logs.join("server-musl.log"))?;
-        push_ceiling(opts, fx, &mut ceilings)?;
-        for phase in [
-            ("GET /v1/tasks/{id} (musl)", "get"),
-            ("GET /v1/tasks?limit=50 (musl)", "list"),
-        ] {
-            musl_phases.push(bracketed(opts, fx, &mut ceilings, phase, &s, false)?);
-        }
-        musl_phases.push(measured(
-            opts,
-            fx,
-            "POST /v1/tasks (musl)",
-            "post",
-            s.addr,
-            s.pid(),
-        )?);
-        musl_phases.push(measured(
-            opts,
-            fx,
-            "PATCH /v1/tasks/{id} (musl)",
-            "patch",
-            s.addr,
-            s.pid(),
-        )?);
+        musl_phases = store_phases(opts, fx, &mut ceilings, &s, "musl", true)?;
         s.stop()?;
     }
 
@@ -1072,22 +1085,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         ..Launch::default()
     };
     let first = Server::launch(deployed, fx, &mw, &logs.join("server-mw-0.log"))?;
-    push_ceiling(opts, fx, &mut ceilings)?;
-    let mut mw_phases = Vec::new();
-    for phase in [
-        ("GET /v1/tasks/{id} (multi-writer)", "get"),
-        ("GET /v1/tasks?limit=50 (multi-writer)", "list"),
-    ] {
-        mw_phases.push(bracketed(opts, fx, &mut ceilings, phase, &first, false)?);
-    }
-    mw_phases.push(measured(
-        opts,
-        fx,
-        "POST /v1/tasks (multi-writer)",
-        "post",
-        first.addr,
-        first.pid(),
-    )?);
+    let mut mw_phases = store_phases(opts, fx, &mut ceilings, &first, "multi-writer", false)?;
     let second = Server::launch(deployed, fx, &mw, &logs.join("server-mw-1.log"))?;
     for (name, mode) in [
         ("GET /v1/tasks/{id} (2 processes, one file)", "get"),
@@ -1112,29 +1110,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         let (_, pg_startups) = startups(&opts.binary, fx, &on_pg, "-pg")?;
         let server = Server::launch(&opts.binary, fx, &on_pg, &logs.join("server-pg.log"))?;
         eprintln!("server on PostgreSQL:");
-        push_ceiling(opts, fx, &mut ceilings)?;
-        for phase in [
-            ("GET /v1/tasks/{id} (PostgreSQL)", "get"),
-            ("GET /v1/tasks?limit=50 (PostgreSQL)", "list"),
-        ] {
-            pg_phases.push(bracketed(opts, fx, &mut ceilings, phase, &server, false)?);
-        }
-        pg_phases.push(measured(
-            opts,
-            fx,
-            "POST /v1/tasks (PostgreSQL)",
-            "post",
-            server.addr,
-            server.pid(),
-        )?);
-        pg_phases.push(measured(
-            opts,
-            fx,
-            "PATCH /v1/tasks/{id} (PostgreSQL)",
-            "patch",
-            server.addr,
-            server.pid(),
-        )?);
+        pg_phases = store_phases(opts, fx, &mut ceilings, &server, "PostgreSQL", true)?;
         let pg_peak = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
         server.stop()?;
         pg_report = json!({
