@@ -313,9 +313,14 @@ fn token_conflict(e: tokio_postgres::Error, new: &NewToken) -> StorageError {
 const INSERT_TOKEN: &str = "INSERT INTO tokens (digest, name, token_name, created_at, expires_at, last_used_at, replaced_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
 
-pub(super) async fn create_token(store: &PostgresStore, new: NewToken) -> StoreResult<TokenInfo> {
-    let client = store.conn().await?;
-    let info = TokenInfo::new(&new, store.clock.now());
+/// Inserts `new` as made at `now` (a unique current name per principal:
+/// `AlreadyExists` otherwise), on a client or in a transaction.
+async fn insert_token(
+    client: &impl deadpool_postgres::GenericClient,
+    new: &NewToken,
+    now: DateTime<Utc>,
+) -> StoreResult<TokenInfo> {
+    let info = TokenInfo::new(new, now);
     let stmt = client.prepare_cached(INSERT_TOKEN).await?;
     let digest = info.digest.as_slice();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
@@ -330,8 +335,13 @@ pub(super) async fn create_token(store: &PostgresStore, new: NewToken) -> StoreR
     client
         .execute(&stmt, &params)
         .await
-        .map_err(|e| token_conflict(e, &new))?;
+        .map_err(|e| token_conflict(e, new))?;
     Ok(info)
+}
+
+pub(super) async fn create_token(store: &PostgresStore, new: NewToken) -> StoreResult<TokenInfo> {
+    let client = store.conn().await?;
+    insert_token(&client, &new, store.clock.now()).await
 }
 
 pub(super) async fn rotate_token(
@@ -357,20 +367,7 @@ pub(super) async fn rotate_token(
         &[&old, &now, &crate::storage::retire(expires_at, now, grace)],
     )
     .await?;
-    let info = TokenInfo::new(&new, now);
-    let digest = info.digest.as_slice();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &digest,
-        &info.principal.as_str(),
-        &info.name.as_str(),
-        &info.created_at,
-        &info.expires_at,
-        &info.last_used_at,
-        &info.replaced_at,
-    ];
-    txn.execute(INSERT_TOKEN, &params)
-        .await
-        .map_err(|e| token_conflict(e, &new))?;
+    let info = insert_token(&txn, &new, now).await?;
     txn.commit().await?;
     Ok(info)
 }
