@@ -321,6 +321,17 @@ async fn insert_token(
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
     let info = TokenInfo::new(new, now);
+    insert_token_row(client, &info)
+        .await
+        .map_err(|e| token_conflict(e, new))?;
+    Ok(info)
+}
+
+/// The row of `info` in `tokens`.
+async fn insert_token_row(
+    client: &impl deadpool_postgres::GenericClient,
+    info: &TokenInfo,
+) -> Result<u64, tokio_postgres::Error> {
     let stmt = client.prepare_cached(INSERT_TOKEN).await?;
     let digest = info.digest.as_slice();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
@@ -332,11 +343,7 @@ async fn insert_token(
         &info.last_used_at,
         &info.replaced_at,
     ];
-    client
-        .execute(&stmt, &params)
-        .await
-        .map_err(|e| token_conflict(e, new))?;
-    Ok(info)
+    client.execute(&stmt, &params).await
 }
 
 pub(super) async fn create_token(store: &PostgresStore, new: NewToken) -> StoreResult<TokenInfo> {
@@ -470,17 +477,7 @@ pub(super) async fn import(store: &PostgresStore, set: ImportSet) -> StoreResult
         rules::check_import_target(occupied)?;
     }
     for t in &set.tokens {
-        let digest = t.digest.as_slice();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-            &digest,
-            &t.principal.as_str(),
-            &t.name.as_str(),
-            &t.created_at,
-            &t.expires_at,
-            &t.last_used_at,
-            &t.replaced_at,
-        ];
-        txn.execute(INSERT_TOKEN, &params).await?;
+        insert_token_row(&txn, t).await?;
     }
     let sink = txn
         .copy_in(
