@@ -120,14 +120,14 @@ fn default_priority() -> String {
     "normal".into()
 }
 
-impl From<StoredTask> for TaskV1 {
-    fn from(t: StoredTask) -> Self {
+impl From<StoredTask<'_>> for TaskV1 {
+    fn from(t: StoredTask<'_>) -> Self {
         Self {
             id: t.id,
             title: t.title,
             description: t.description,
-            status: t.status,
-            priority: t.priority,
+            status: t.status.into_owned(),
+            priority: t.priority.into_owned(),
             due_at: t.due_at,
             tags: t.tags,
             created_at: t.created_at,
@@ -137,14 +137,14 @@ impl From<StoredTask> for TaskV1 {
     }
 }
 
-impl From<TaskV1> for StoredTask {
+impl From<TaskV1> for StoredTask<'static> {
     fn from(t: TaskV1) -> Self {
         Self {
             id: t.id,
             title: t.title,
             description: t.description,
-            status: t.status,
-            priority: t.priority,
+            status: t.status.into(),
+            priority: t.priority.into(),
             due_at: t.due_at,
             tags: t.tags,
             created_at: t.created_at,

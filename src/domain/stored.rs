@@ -1,6 +1,8 @@
 //! What a stored task may hold, decided once for every format that stores
 //! or carries tasks.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -11,14 +13,15 @@ use super::time::{DueAt, rfc3339};
 /// rules for stored values are applied. Every format converts to this and
 /// back, and [`StoredTask::into_task`] applies the rules, so what any release
 /// of the API may have stored is decided here once (see [`Title`] for why the
-/// stored rules are wider than the input rules).
+/// stored rules are wider than the input rules). `status` and `priority`
+/// may borrow from the record being decoded: they are parsed, never kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredTask {
+pub struct StoredTask<'a> {
     pub id: Uuid,
     pub title: String,
     pub description: Option<String>,
-    pub status: String,
-    pub priority: String,
+    pub status: Cow<'a, str>,
+    pub priority: Cow<'a, str>,
     pub due_at: Option<DateTime<Utc>>,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
@@ -26,7 +29,7 @@ pub struct StoredTask {
     pub version: u64,
 }
 
-impl StoredTask {
+impl StoredTask<'_> {
     /// The task, if every value passes the rules for stored values; else why
     /// not, naming the field.
     pub fn into_task(self) -> Result<Task, String> {
@@ -70,15 +73,15 @@ impl StoredTask {
     }
 }
 
-impl From<&Task> for StoredTask {
+impl From<&Task> for StoredTask<'static> {
     fn from(task: &Task) -> Self {
         let f = &task.fields;
         Self {
             id: task.id.as_uuid(),
             title: f.title.as_str().to_owned(),
             description: f.description.as_ref().map(|d| d.as_str().to_owned()),
-            status: f.status.as_str().to_owned(),
-            priority: f.priority.as_str().to_owned(),
+            status: Cow::Borrowed(f.status.as_str()),
+            priority: Cow::Borrowed(f.priority.as_str()),
             due_at: f.due_at.map(|d| d.as_datetime()),
             tags: f.tags.iter().map(|t| t.as_str().to_owned()).collect(),
             created_at: task.created_at,

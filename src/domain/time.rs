@@ -2,7 +2,7 @@
 //! precision both backends keep, and the one textual form of a timestamp
 //! ([`rfc3339`]).
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, SubsecRound, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, SubsecRound, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A due date, normalised to UTC with microsecond precision (what PostgreSQL
@@ -105,22 +105,76 @@ pub mod rfc3339 {
     use super::*;
 
     pub fn format(t: &DateTime<Utc>) -> String {
-        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+        match Text::of(t) {
+            Some(text) => text.as_str().to_owned(),
+            None => t.to_rfc3339_opts(SecondsFormat::Micros, true),
+        }
+    }
+
+    /// The text [`format`] gives, on the stack: every response and record
+    /// holds two or three timestamps, and a list page fifty tasks, so this
+    /// is on the hot path. `None` where chrono's own formatting must decide
+    /// (a year outside 0000-9999, a leap second): a unit test holds the two
+    /// equal over the whole range.
+    struct Text([u8; 27]);
+
+    impl Text {
+        fn of(t: &DateTime<Utc>) -> Option<Self> {
+            let nanos = t.nanosecond();
+            let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+            if nanos >= 1_000_000_000 {
+                return None;
+            }
+            let mut b = *b"0000-00-00T00:00:00.000000Z";
+            let mut put = |range: std::ops::Range<usize>, mut v: u32| {
+                for d in b[range].iter_mut().rev() {
+                    *d = b'0' + (v % 10) as u8;
+                    v /= 10;
+                }
+            };
+            put(0..4, year);
+            put(5..7, t.month());
+            put(8..10, t.day());
+            put(11..13, t.hour());
+            put(14..16, t.minute());
+            put(17..19, t.second());
+            put(20..26, nanos / 1_000);
+            Some(Self(b))
+        }
+
+        fn as_str(&self) -> &str {
+            std::str::from_utf8(&self.0).expect("ASCII digits and separators")
+        }
     }
 
     pub fn serialize<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format(t))
+        match Text::of(t) {
+            Some(text) => s.serialize_str(text.as_str()),
+            None => s.serialize_str(&format(t)),
+        }
     }
 
     /// A stored timestamp: RFC 3339, within years 0000-9999 in UTC and whole
     /// microseconds, as every timestamp this API writes. Anything else could
-    /// not be written back unchanged (or not by both backends).
+    /// not be written back unchanged (or not by both backends). Parsed from
+    /// the input in place where the format allows it (no escapes).
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-        let s = String::deserialize(d)?;
-        let t = DateTime::parse_from_rfc3339(&s)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)?;
-        check_stored(t).map_err(serde::de::Error::custom)
+        struct Stored;
+        impl serde::de::Visitor<'_> for Stored {
+            type Value = DateTime<Utc>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let t = DateTime::parse_from_rfc3339(s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(E::custom)?;
+                check_stored(t).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Stored)
     }
 
     /// [`serialize`] and [`deserialize`] for an optional timestamp; `null`
@@ -156,5 +210,69 @@ pub mod rfc3339 {
             return Err(format!("{} is outside years 0000-9999", format(&t)));
         }
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+    use proptest::prelude::*;
+
+    use super::rfc3339;
+
+    /// The stack formatting is chrono's, over every instant of the range
+    /// (and its edges), at every sub-second precision.
+    fn chrono_text(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Micros, true)
+    }
+
+    fn json(t: &DateTime<Utc>) -> String {
+        #[derive(serde::Serialize)]
+        struct W(#[serde(with = "rfc3339")] DateTime<Utc>);
+        serde_json::to_string(&W(*t)).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn formats_as_chrono_does(
+            secs in super::DueAt::MIN.timestamp()..=super::DueAt::MAX.timestamp(),
+            nanos in prop_oneof![0u32..1_000_000_000, (0u32..1_000_000).prop_map(|u| u * 1_000)],
+        ) {
+            let t = Utc.timestamp_opt(secs, nanos).unwrap();
+            prop_assert_eq!(rfc3339::format(&t), chrono_text(&t));
+            prop_assert_eq!(json(&t), format!("\"{}\"", chrono_text(&t)));
+        }
+    }
+
+    #[test]
+    fn formats_the_edges_and_beyond_as_chrono_does() {
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31)
+            .unwrap()
+            .and_hms_micro_opt(23, 59, 59, 1_500_000)
+            .unwrap()
+            .and_utc();
+        for t in [
+            super::DueAt::MIN,
+            super::DueAt::MAX,
+            super::DueAt::MIN - chrono::Duration::microseconds(1),
+            super::DueAt::MAX + chrono::Duration::microseconds(1),
+            leap,
+            Utc.timestamp_opt(0, 0).unwrap(),
+        ] {
+            assert_eq!(rfc3339::format(&t), chrono_text(&t), "{t:?}");
+            assert_eq!(json(&t), format!("\"{}\"", chrono_text(&t)), "{t:?}");
+        }
+    }
+
+    #[test]
+    fn reads_escaped_and_plain_text_alike() {
+        #[derive(serde::Deserialize)]
+        struct W(#[serde(with = "rfc3339")] DateTime<Utc>);
+        let plain: W = serde_json::from_str("\"2026-01-31T17:00:00.000001Z\"").unwrap();
+        // `\u0032` is "2": an escape makes serde_json hand over an owned string
+        let escaped: W = serde_json::from_str("\"\\u0032026-01-31T17:00:00.000001Z\"").unwrap();
+        assert_eq!(plain.0, escaped.0);
+        let err = serde_json::from_str::<W>("17").err().unwrap().to_string();
+        assert!(err.contains("expected a string"), "{err}");
     }
 }

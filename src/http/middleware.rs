@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics::{Gauge, Label};
+use metrics::{Counter, Gauge, Histogram, Label};
 use tracing::Instrument;
 
 use super::ApiError;
@@ -29,6 +29,17 @@ pub struct Observe {
     lifecycle: Lifecycle,
     trusted_proxies: TrustedProxies,
     in_flight: Gauge,
+    series: Mutex<Vec<Series>>,
+}
+
+/// The request metrics of one (method, route, status class): looked up in
+/// the recorder once, then reused. A lookup builds the labels and hashes the
+/// key on every request otherwise. The label values are `&'static str` from
+/// fixed sets ([`method_label`], [`intern`], the classes), so comparing
+/// their addresses identifies a series and the list stays small.
+struct Series {
+    labels: [&'static str; 3],
+    handles: Arc<(Counter, Histogram)>,
 }
 
 impl Observe {
@@ -37,7 +48,38 @@ impl Observe {
             lifecycle,
             trusted_proxies,
             in_flight: metrics::gauge!("http_requests_in_flight"),
+            series: Mutex::new(Vec::new()),
         })
+    }
+
+    fn series(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        class: &'static str,
+    ) -> Arc<(Counter, Histogram)> {
+        let key = [method, route, class];
+        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let same = |s: &&Series| s.labels.iter().zip(&key).all(|(a, b)| std::ptr::eq(*a, *b));
+        if let Some(s) = all.iter().find(same) {
+            return s.handles.clone();
+        }
+        let labels = || {
+            vec![
+                Label::from_static_parts("method", method),
+                Label::from_static_parts("route", route),
+                Label::from_static_parts("status", class),
+            ]
+        };
+        let handles = Arc::new((
+            metrics::counter!("http_requests_total", labels()),
+            metrics::histogram!("http_request_duration_seconds", labels()),
+        ));
+        all.push(Series {
+            labels: key,
+            handles: handles.clone(),
+        });
+        handles
     }
 }
 
@@ -128,15 +170,9 @@ pub async fn observe(State(shared): State<Arc<Observe>>, mut req: Request, next:
         400..=499 => "4xx",
         _ => "5xx",
     };
-    let labels = || {
-        vec![
-            Label::from_static_parts("method", method),
-            Label::from_static_parts("route", route),
-            Label::from_static_parts("status", class),
-        ]
-    };
-    metrics::counter!("http_requests_total", labels()).increment(1);
-    metrics::histogram!("http_request_duration_seconds", labels()).record(elapsed.as_secs_f64());
+    let series = shared.series(method, route, class);
+    series.0.increment(1);
+    series.1.record(elapsed.as_secs_f64());
     span.in_scope(|| {
         tracing::info!(
             target: "devops_api::request",

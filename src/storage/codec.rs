@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::rules::KeyRecord;
@@ -35,10 +35,10 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a record of `kind` stored at `key`; a failure is reported (see
 /// [`StorageError::corrupt`]).
-pub fn decode<T: DeserializeOwned>(
+pub fn decode<'a, T: Deserialize<'a>>(
     kind: &'static str,
     key: impl std::fmt::Display,
-    bytes: &[u8],
+    bytes: &'a [u8],
 ) -> Result<T, StorageError> {
     let corrupt = |reason: String| StorageError::corrupt(kind, &key, reason);
     match bytes.split_first() {
@@ -59,9 +59,11 @@ pub struct TaskRecordV1<'a> {
     pub title: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<Cow<'a, str>>,
-    #[serde(default = "default_status")]
+    // Borrowed from the record where it has no escapes: a list page decodes
+    // fifty records, and these two are only parsed, never kept.
+    #[serde(borrow, default = "default_status")]
     pub status: Cow<'a, str>,
-    #[serde(default = "default_priority")]
+    #[serde(borrow, default = "default_priority")]
     pub priority: Cow<'a, str>,
     #[serde(
         default,
@@ -78,11 +80,11 @@ pub struct TaskRecordV1<'a> {
     pub version: u64,
 }
 
-fn default_status() -> Cow<'static, str> {
+fn default_status<'a>() -> Cow<'a, str> {
     Cow::Borrowed("todo")
 }
 
-fn default_priority() -> Cow<'static, str> {
+fn default_priority<'a>() -> Cow<'a, str> {
     Cow::Borrowed("normal")
 }
 
@@ -111,8 +113,8 @@ impl TaskRecordV1<'_> {
             id: self.id,
             title: self.title.into_owned(),
             description: self.description.map(Cow::into_owned),
-            status: self.status.into_owned(),
-            priority: self.priority.into_owned(),
+            status: self.status,
+            priority: self.priority,
             due_at: self.due_at,
             tags: self.tags.into_iter().map(Cow::into_owned).collect(),
             created_at: self.created_at,
@@ -155,6 +157,7 @@ pub struct IdempotencyRecordV1<'a> {
     #[serde(with = "rfc3339")]
     pub created_at: DateTime<Utc>,
     /// The task that request created, as it was then.
+    #[serde(borrow)]
     pub task: TaskRecordV1<'a>,
 }
 

@@ -49,7 +49,7 @@ fn cases() -> Vec<(&'static str, ListQuery)> {
 
 /// Task `i` of `n`: 10 tasks (spread over the range) are `done`, tagged
 /// `rare`, due in 2019 and titled `needle`; half are tagged `common`.
-fn task(i: usize, n: usize) -> StoredTask {
+fn task(i: usize, n: usize) -> StoredTask<'static> {
     let rare = i.is_multiple_of((n / 10).max(1));
     let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
         .unwrap()

@@ -22,7 +22,7 @@ use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::domain::{
-    self, Description, MAX_TAGS, Priority, Status, Tag, Task, TaskChange, TaskFields, TaskId,
+    self, Description, MAX_TAGS, Priority, Status, Tag, Tags, Task, TaskChange, TaskFields, TaskId,
     Title, rfc3339,
 };
 use crate::http::extract::{JsonBody, MergePatchBody};
@@ -51,7 +51,8 @@ pub struct TaskBody<'a> {
     #[schema(nullable = false)]
     due_at: Option<DateTime<Utc>>,
     #[schema(schema_with = stored_tags_schema)]
-    tags: Vec<&'a str>,
+    #[serde(serialize_with = "tag_texts")]
+    tags: &'a Tags,
     #[serde(serialize_with = "rfc3339::serialize")]
     created_at: DateTime<Utc>,
     #[serde(serialize_with = "rfc3339::serialize")]
@@ -71,12 +72,16 @@ impl<'a> From<&'a Task> for TaskBody<'a> {
             status: f.status.as_str(),
             priority: f.priority.as_str(),
             due_at: f.due_at.map(|d| d.as_datetime()),
-            tags: f.tags.iter().map(Tag::as_str).collect(),
+            tags: &f.tags,
             created_at: task.created_at,
             updated_at: task.updated_at,
             version: task.version,
         }
     }
+}
+
+fn tag_texts<S: serde::Serializer>(tags: &&Tags, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(tags.iter().map(Tag::as_str))
 }
 
 /// One page of tasks.

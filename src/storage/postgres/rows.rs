@@ -2,6 +2,8 @@
 //! domain's rules for stored values: a row they reject is `Corrupt`
 //! (reported), never a panic.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::types::Json;
@@ -33,8 +35,8 @@ pub(super) fn task_from_row(row: &Row, at: usize, owner: &str) -> StoreResult<Ta
         id,
         title: row.try_get(at + 1).map_err(get)?,
         description: row.try_get(at + 2).map_err(get)?,
-        status: row.try_get(at + 3).map_err(get)?,
-        priority: row.try_get(at + 4).map_err(get)?,
+        status: Cow::Borrowed(row.try_get(at + 3).map_err(get)?),
+        priority: Cow::Borrowed(row.try_get(at + 4).map_err(get)?),
         due_at: row.try_get(at + 5).map_err(get)?,
         tags: row.try_get(at + 6).map_err(get)?,
         created_at: row.try_get(at + 7).map_err(get)?,
