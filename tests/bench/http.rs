@@ -42,6 +42,9 @@
 //!                        and dropped); default $TEST_DATABASE_URL if set, so
 //!                        `nix/test/postgres.sh --exec cargo bench --bench http -- --pg`
 //!                        works too (that cluster runs with fsync=off)
+//!   --pg-pools N,N,...   PostgreSQL pool sizes to run the store phases with, one
+//!                        server each (DATABASE_POOL_SIZE; default 10, the
+//!                        server's default), and a table of them side by side
 //!   --soak               instead: open-loop mixed load (90 % reads) at half the
 //!                        measured capacity, p99/RSS/fds per minute (not for CI)
 //!   --soak-minutes N     soak length (default 10)
@@ -77,6 +80,9 @@ pub struct Options {
     pub perf: bool,
     pub pg: bool,
     pub pg_url: Option<String>,
+    /// `--pg-pools`: the pool sizes of the PostgreSQL runs, the first is the
+    /// one compared with redb when 10 (the default) is not among them.
+    pub pg_pools: Vec<usize>,
     pub musl: Option<PathBuf>,
     /// Whether `musl` was given (`--musl`) rather than found in the target dir.
     pub musl_given: bool,
@@ -95,6 +101,7 @@ fn parse_args() -> anyhow::Result<Options> {
         perf: false,
         pg: false,
         pg_url: std::env::var("TEST_DATABASE_URL").ok(),
+        pg_pools: vec![10],
         musl: None,
         musl_given: false,
         big_tasks: 1_000_000,
@@ -108,6 +115,18 @@ fn parse_args() -> anyhow::Result<Options> {
             "--perf" => o.perf = true,
             "--pg" => o.pg = true,
             "--pg-url" => o.pg_url = Some(value("--pg-url")?),
+            "--pg-pools" => {
+                o.pg_pools = value("--pg-pools")?
+                    .split(',')
+                    .map(|n| match n.trim().parse::<usize>() {
+                        Ok(n) if n > 0 => Ok(n),
+                        _ => Err(anyhow::anyhow!(
+                            "--pg-pools: `{n}` is not a pool size (1 or more)"
+                        )),
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                o.pg = true;
+            }
             "--duration" => o.duration = value("--duration")?.parse()?,
             "--concurrency" => o.concurrency = value("--concurrency")?.parse()?,
             "--tasks" => o.tasks = value("--tasks")?.parse()?,
@@ -361,6 +380,8 @@ fn commit_batches(addr: SocketAddr) -> Option<(f64, f64)> {
 pub struct Launch<'a> {
     pub group_commit: bool,
     pub database_url: Option<&'a str>,
+    /// `DATABASE_POOL_SIZE` on PostgreSQL; the server's default when `None`.
+    pub pool_size: Option<usize>,
     /// `--db-sharing`: `exclusive` (the default) or `multi-writer` (the stack's).
     pub db_sharing: &'a str,
 }
@@ -370,6 +391,7 @@ impl Default for Launch<'_> {
         Self {
             group_commit: true,
             database_url: None,
+            pool_size: None,
             db_sharing: "exclusive",
         }
     }
@@ -425,6 +447,10 @@ impl Server {
         match how.database_url {
             Some(url) => cmd.env("DATABASE_URL", url),
             None => cmd.env_remove("DATABASE_URL"),
+        };
+        match how.pool_size {
+            Some(n) => cmd.env("DATABASE_POOL_SIZE", n.to_string()),
+            None => cmd.env_remove("DATABASE_POOL_SIZE"),
         };
         let child = cmd
             .arg("serve")
@@ -637,10 +663,11 @@ fn measured(
     addr: SocketAddr,
     pid: u32,
 ) -> anyhow::Result<Phase> {
-    measured_profiled(opts, fx, name, mode, addr, pid, false)
+    measured_profiled(opts, fx, name, mode, addr, pid, None)
 }
 
-/// Like `measured`; with `profile` and `--perf`, records a CPU profile of `pid`.
+/// Like `measured`; with `profile` (the name of the profile's files) and
+/// `--perf`, records a CPU profile of `pid`.
 fn measured_profiled(
     opts: &Options,
     fx: &Fixture,
@@ -648,7 +675,7 @@ fn measured_profiled(
     mode: &str,
     addr: SocketAddr,
     pid: u32,
-    profile: bool,
+    profile: Option<&str>,
 ) -> anyhow::Result<Phase> {
     if matches!(mode, "health" | "get" | "list") {
         wrk(
@@ -659,12 +686,11 @@ fn measured_profiled(
             1,
         )?;
     }
-    let profile_pid = (profile && opts.perf).then_some(pid);
-    let perf = match profile_pid {
-        Some(pid) => {
+    let perf = match profile.filter(|_| opts.perf) {
+        Some(profile) => {
             let dir = target_dir().join("bench");
             std::fs::create_dir_all(&dir)?;
-            let data = dir.join(format!("perf-{mode}.data"));
+            let data = dir.join(format!("perf-{profile}.data"));
             let child = Command::new("perf")
                 .args(["record", "-F", "499", "-g", "-o"])
                 .arg(&data)
@@ -900,7 +926,7 @@ fn bracketed(
     ceilings: &mut Vec<Phase>,
     (name, mode): (&str, &str),
     server: &Server,
-    profile: bool,
+    profile: Option<&str>,
 ) -> anyhow::Result<Phase> {
     let mut p = measured_profiled(opts, fx, name, mode, server.addr, server.pid(), profile)?;
     push_ceiling(opts, fx, ceilings)?;
@@ -927,7 +953,16 @@ fn store_phases(
         ("GET /v1/tasks?limit=50", "list"),
     ] {
         let name = format!("{name} ({label})");
-        phases.push(bracketed(opts, fx, ceilings, (&name, mode), server, false)?);
+        // The deployed configuration's reads are profiled too (`perf-get-mw`).
+        let profile = (label == "multi-writer").then(|| format!("{mode}-mw"));
+        phases.push(bracketed(
+            opts,
+            fx,
+            ceilings,
+            (&name, mode),
+            server,
+            profile.as_deref(),
+        )?);
     }
     let writes: &[(&str, &str)] = if patch {
         &[
@@ -1002,12 +1037,27 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         ("GET /v1/tasks/{id}", "get"),
         ("GET /v1/tasks?limit=50", "list"),
     ] {
-        reads.push(bracketed(opts, fx, &mut ceilings, phase, &server, true)?);
+        reads.push(bracketed(
+            opts,
+            fx,
+            &mut ceilings,
+            phase,
+            &server,
+            Some(phase.1),
+        )?);
     }
     eprintln!("server, group commit on:");
     // No write yet: the histogram does not exist yet.
     let before = commit_batches(addr).or(Some((0.0, 0.0)));
-    let post = measured_profiled(opts, fx, "POST /v1/tasks", "post", addr, server.pid(), true)?;
+    let post = measured_profiled(
+        opts,
+        fx,
+        "POST /v1/tasks",
+        "post",
+        addr,
+        server.pid(),
+        Some("post"),
+    )?;
     let after = commit_batches(addr);
     let patch = measured(
         opts,
@@ -1099,23 +1149,51 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     // PostgreSQL (`--pg`): the same store phases against the same binary on a
     // database seeded with the same tasks, read phases bracketed by ceilings
     // like the redb ones.
+    // With several pool sizes (`--pg-pools`), one server per size on the same
+    // database, one after the other; the redb comparison uses pool 10 (the
+    // default) or else the first size.
     let mut pg_phases = Vec::new();
+    let mut pg_sweep: Vec<(usize, Vec<Phase>)> = Vec::new();
     let mut pg_report = Value::Null;
+    let compared_pool = if opts.pg_pools.contains(&10) {
+        10
+    } else {
+        opts.pg_pools[0]
+    };
     if opts.pg {
         let db = pg::prepare(opts.pg_url.as_deref(), fx.records.clone())?;
-        let on_pg = Launch {
+        let at = |pool| Launch {
             database_url: Some(&db.url),
+            pool_size: Some(pool),
             ..Launch::default()
         };
-        let (_, pg_startups) = startups(&opts.binary, fx, &on_pg, "-pg")?;
-        let server = Server::launch(&opts.binary, fx, &on_pg, &logs.join("server-pg.log"))?;
-        eprintln!("server on PostgreSQL:");
-        pg_phases = store_phases(opts, fx, &mut ceilings, &server, "PostgreSQL", true)?;
-        let pg_peak = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
-        server.stop()?;
+        let (_, pg_startups) = startups(&opts.binary, fx, &at(compared_pool), "-pg")?;
+        let mut pg_peak = 0;
+        for &pool in &opts.pg_pools {
+            let log = logs.join(format!("server-pg-{pool}.log"));
+            let server = Server::launch(&opts.binary, fx, &at(pool), &log)?;
+            eprintln!("server on PostgreSQL, pool {pool}:");
+            let label = if opts.pg_pools.len() == 1 {
+                "PostgreSQL".to_owned()
+            } else {
+                format!("PostgreSQL, pool {pool}")
+            };
+            let phases = store_phases(opts, fx, &mut ceilings, &server, &label, true)?;
+            if pool == compared_pool {
+                pg_peak = proc_kib(server.pid(), "VmHWM").unwrap_or(0);
+            }
+            server.stop()?;
+            pg_sweep.push((pool, phases));
+        }
+        pg_phases = pg_sweep
+            .iter()
+            .find(|(pool, _)| *pool == compared_pool)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_default();
         pg_report = json!({
             "settings": db.settings,
-            "pool_size": 10,
+            "pool_size": compared_pool,
+            "pool_sizes": opts.pg_pools,
             "own_cluster": opts.pg_url.is_none(),
             "seed_seconds": round(db.seed_seconds, 2),
             "startup_ms": { "median": round(pg_startups[1], 1), "runs": pg_startups.iter().map(|v| round(*v, 1)).collect::<Vec<_>>() },
@@ -1166,7 +1244,11 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     phases.extend([post.clone(), patch.clone(), post_naive.clone(), patch_naive]);
     phases.extend(musl_phases.iter().cloned());
     phases.extend(mw_phases.iter().cloned());
-    phases.extend(pg_phases.iter().cloned());
+    if pg_sweep.len() > 1 {
+        phases.extend(pg_sweep.iter().flat_map(|(_, p)| p.iter().cloned()));
+    } else {
+        phases.extend(pg_phases.iter().cloned());
+    }
     phases.extend(big_phases.iter().cloned());
     print_table(
         opts,
@@ -1209,9 +1291,37 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         let pairs: Vec<_> = glibc.iter().copied().zip(&pg_phases).collect();
         comparisons.push(compare("PostgreSQL vs redb", &pairs, ceiling_rps).1);
         println!();
+        if pg_sweep.len() > 1 {
+            println!();
+            println!("PostgreSQL pool sizes (req/s, p99 ms, server cpu µs/req):");
+            println!(
+                "| pool | GET id | GET id p99 | list | list p99 | POST | POST p99 | PATCH | PATCH p99 | POST cpu |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for (pool, p) in &pg_sweep {
+                println!(
+                    "| {pool} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.0} | {:.1} | {:.1} |",
+                    p[0].rps,
+                    p[0].p99_ms,
+                    p[1].rps,
+                    p[1].p99_ms,
+                    p[2].rps,
+                    p[2].p99_ms,
+                    p[3].rps,
+                    p[3].p99_ms,
+                    p[2].cpu_us.unwrap_or(f64::NAN)
+                );
+            }
+        }
+        println!();
         println!(
-            "PostgreSQL: {} (pool 10, the default); start-up to ready {} ms; peak RSS {} MiB; seed {} s",
+            "PostgreSQL: {} (pool {compared_pool}{}); start-up to ready {} ms; peak RSS {} MiB; seed {} s",
             pg_report["settings"],
+            if compared_pool == 10 {
+                ", the default"
+            } else {
+                ""
+            },
             pg_report["startup_ms"]["median"],
             pg_report["peak_rss_mib"],
             pg_report["seed_seconds"]
