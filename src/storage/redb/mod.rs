@@ -182,6 +182,9 @@ pub struct RedbStore {
     /// Exclusive: a read only touches memory and the OS page cache, so it runs
     /// on the calling task without a thread hand-off.
     reads_inline: bool,
+    /// Multi-writer: the threads that run short reads (see [`ReadThreads`]);
+    /// `None` when reads run inline.
+    short_reads: Option<ReadThreads>,
     /// Read transactions open now (`store_reads_in_flight`).
     readers: Arc<AtomicI64>,
     /// The database file and its directory, for the size gauges; `None` for
@@ -303,12 +306,19 @@ impl RedbStore {
                 .map_err(|e| StorageError::io("cannot start the index thread", e))?;
             Some((stop, thread))
         };
+        let reads_inline = config.sharing == DbSharing::Exclusive;
+        let short_reads = if reads_inline {
+            None
+        } else {
+            Some(ReadThreads::start()?)
+        };
         Ok(Self {
             shared,
             jobs,
             writer: Mutex::new(Some(writer)),
             upkeep: Mutex::new(upkeep),
-            reads_inline: config.sharing == DbSharing::Exclusive,
+            reads_inline,
+            short_reads,
             readers,
             file: None,
             token_uses: Arc::new(TokenUses::default()),
@@ -368,10 +378,18 @@ impl RedbStore {
             op(&txn)
         };
         let db = self.shared.db()?;
-        let result = if self.reads_inline && cost == ReadCost::Short {
-            run(db)
-        } else {
-            tokio::task::spawn_blocking(move || run(db)).await?
+        let result = match (&self.short_reads, cost) {
+            (None, ReadCost::Short) if self.reads_inline => run(db),
+            (Some(threads), ReadCost::Short) => {
+                let (tx, rx) = oneshot::channel();
+                threads.run(Box::new(move || {
+                    let _ = tx.send(run(db));
+                }))?;
+                // The sender is dropped unsent only when the read panicked.
+                rx.await
+                    .map_err(|_| StorageError::unavailable("the read did not complete"))?
+            }
+            _ => tokio::task::spawn_blocking(move || run(db)).await?,
         };
         if matches!(result, Err(StorageError::Unavailable { .. })) {
             let _ = self.jobs.send(Msg::Check);
@@ -394,6 +412,61 @@ impl RedbStore {
     pub fn check_integrity(path: &Path) -> StoreResult<bool> {
         let mut db = Database::open(path).map_err(|e| open_error(path, e))?;
         Ok(db.check_integrity()?)
+    }
+}
+
+type ReadJob = Box<dyn FnOnce() + Send>;
+
+/// The threads that run short reads in multi-writer mode, one per core (at
+/// most [`MAX_READ_THREADS`]), each with a queue of its own, taken in turn.
+/// The reads cannot run on the async workers there (a read takes redb's
+/// header lock, which a peer process holds while it publishes a commit, and
+/// for a flush while it opens or closes the file), and handing each one to
+/// tokio's blocking pool cost more than the read: every read woke a pool
+/// thread, and the pool's threads contended for its one queue (measured: a
+/// third of GET by id's CPU in this mode, `docs/performance.md`). A thread
+/// that drains its own queue serves a burst of reads with one wake-up. Scans
+/// (`ReadCost::Long`) still go to the blocking pool, so a long one never
+/// holds up short ones.
+struct ReadThreads {
+    queues: Vec<std::sync::mpsc::Sender<ReadJob>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+const MAX_READ_THREADS: usize = 8;
+
+impl ReadThreads {
+    /// Starts the threads; each ends when its queue's sender is dropped.
+    fn start() -> StoreResult<Self> {
+        let n = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_READ_THREADS);
+        let mut queues = Vec::with_capacity(n);
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel::<ReadJob>();
+            std::thread::Builder::new()
+                .name(format!("redb-reader-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        // A panicking read drops its result sender, which
+                        // its caller reports; the thread goes on.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    }
+                })
+                .map_err(|e| StorageError::io("cannot start a reader thread", e))?;
+            queues.push(tx);
+        }
+        Ok(Self {
+            queues,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn run(&self, job: ReadJob) -> StoreResult<()> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        self.queues[i]
+            .send(job)
+            .map_err(|_| StorageError::unavailable("the store is closed"))
     }
 }
 
