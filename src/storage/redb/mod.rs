@@ -834,3 +834,39 @@ impl IndexRepairer {
             .map_err(|_| StorageError::unavailable("the write was not committed"))?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that panics on a reader thread fails alone: its caller gets
+    /// an error, and every thread goes on serving reads.
+    #[tokio::test]
+    async fn a_read_that_panics_on_a_reader_thread_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = RedbConfig::new(dir.path());
+        cfg.sharing = DbSharing::MultiWriter;
+        let store = RedbStore::open(&cfg).unwrap();
+        let threads = store
+            .short_reads
+            .as_ref()
+            .expect("reader threads")
+            .queues
+            .len();
+        for _ in 0..threads {
+            let err = store
+                .read(ReadCost::Short, |_| -> StoreResult<()> {
+                    panic!("a failing read")
+                })
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+        }
+        for _ in 0..2 * threads {
+            assert_eq!(
+                store.read(ReadCost::Short, ops::count_tasks).await.unwrap(),
+                0
+            );
+        }
+    }
+}
