@@ -178,7 +178,8 @@ pub struct RedbStore {
     /// The background index verification: dropping the sender stops it.
     upkeep: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Multi-writer: a read registers under a file lock that a peer process
-    /// holds while it publishes a commit, so reads go to the blocking pool.
+    /// holds while it publishes a commit, so reads leave the async workers
+    /// (short ones to [`ReadThreads`], scans to the blocking pool).
     /// Exclusive: a read only touches memory and the OS page cache, so it runs
     /// on the calling task without a thread hand-off.
     reads_inline: bool,
@@ -362,7 +363,8 @@ impl RedbStore {
     /// writer: redb readers see the last committed snapshot. `Short` reads
     /// (a handful of records) run on the calling task when the file is not
     /// shared: measured, the hand-off to the blocking pool cost a quarter of
-    /// `GET /v1/tasks/{id}` throughput. `Long` reads (scans whose length the
+    /// `GET /v1/tasks/{id}` throughput; when it is shared they go to the
+    /// [`ReadThreads`], a cheaper hand-off. `Long` reads (scans whose length the
     /// caller does not bound) always go to the blocking pool, so one of them
     /// cannot stall the async workers. A read that fails with an I/O error
     /// asks the writer to check the database (see the module documentation).
