@@ -178,13 +178,11 @@ pub struct RedbStore {
     /// The background index verification: dropping the sender stops it.
     upkeep: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
     /// Multi-writer: a read registers under a file lock that a peer process
-    /// holds while it publishes a commit, so reads leave the async workers
-    /// (short ones to [`ReadThreads`], scans to the blocking pool).
-    /// Exclusive: a read only touches memory and the OS page cache, so it runs
-    /// on the calling task without a thread hand-off.
-    reads_inline: bool,
-    /// Multi-writer: the threads that run short reads (see [`ReadThreads`]);
-    /// `None` when reads run inline.
+    /// holds while it publishes a commit, so reads leave the async workers:
+    /// short ones to these threads (see [`ReadThreads`]), scans to the
+    /// blocking pool. Exclusive (`None`): a read only touches memory and the
+    /// OS page cache, so a short one runs on the calling task without a
+    /// thread hand-off.
     short_reads: Option<ReadThreads>,
     /// Read transactions open now (`store_reads_in_flight`).
     readers: Arc<AtomicI64>,
@@ -307,18 +305,15 @@ impl RedbStore {
                 .map_err(|e| StorageError::io("cannot start the index thread", e))?;
             Some((stop, thread))
         };
-        let reads_inline = config.sharing == DbSharing::Exclusive;
-        let short_reads = if reads_inline {
-            None
-        } else {
-            Some(ReadThreads::start()?)
+        let short_reads = match config.sharing {
+            DbSharing::Exclusive => None,
+            _ => Some(ReadThreads::start()?),
         };
         Ok(Self {
             shared,
             jobs,
             writer: Mutex::new(Some(writer)),
             upkeep: Mutex::new(upkeep),
-            reads_inline,
             short_reads,
             readers,
             file: None,
@@ -381,7 +376,7 @@ impl RedbStore {
         };
         let db = self.shared.db()?;
         let result = match (&self.short_reads, cost) {
-            (None, ReadCost::Short) if self.reads_inline => run(db),
+            (None, ReadCost::Short) => run(db),
             (Some(threads), ReadCost::Short) => {
                 let (tx, rx) = oneshot::channel();
                 threads.run(Box::new(move || {
