@@ -1152,7 +1152,6 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     // With several pool sizes (`--pg-pools`), one server per size on the same
     // database, one after the other; the redb comparison uses pool 10 (the
     // default) or else the first size.
-    let mut pg_phases = Vec::new();
     let mut pg_sweep: Vec<(usize, Vec<Phase>)> = Vec::new();
     let mut pg_report = Value::Null;
     let compared_pool = if opts.pg_pools.contains(&10) {
@@ -1185,11 +1184,6 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
             server.stop()?;
             pg_sweep.push((pool, phases));
         }
-        pg_phases = pg_sweep
-            .iter()
-            .find(|(pool, _)| *pool == compared_pool)
-            .map(|(_, p)| p.clone())
-            .unwrap_or_default();
         pg_report = json!({
             "settings": db.settings,
             "pool_size": compared_pool,
@@ -1244,11 +1238,12 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     phases.extend([post.clone(), patch.clone(), post_naive.clone(), patch_naive]);
     phases.extend(musl_phases.iter().cloned());
     phases.extend(mw_phases.iter().cloned());
-    if pg_sweep.len() > 1 {
-        phases.extend(pg_sweep.iter().flat_map(|(_, p)| p.iter().cloned()));
-    } else {
-        phases.extend(pg_phases.iter().cloned());
-    }
+    phases.extend(pg_sweep.iter().flat_map(|(_, p)| p.iter().cloned()));
+    // The phases compared with redb: those of `compared_pool`.
+    let pg_phases: &[Phase] = pg_sweep
+        .iter()
+        .find(|(pool, _)| *pool == compared_pool)
+        .map_or(&[], |(_, p)| p.as_slice());
     phases.extend(big_phases.iter().cloned());
     print_table(
         opts,
@@ -1288,7 +1283,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     );
     comparisons.push(table);
     if !pg_phases.is_empty() {
-        let pairs: Vec<_> = glibc.iter().copied().zip(&pg_phases).collect();
+        let pairs: Vec<_> = glibc.iter().copied().zip(pg_phases).collect();
         comparisons.push(compare("PostgreSQL vs redb", &pairs, ceiling_rps).1);
         println!();
         if pg_sweep.len() > 1 {
