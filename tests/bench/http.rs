@@ -237,6 +237,9 @@ pub struct Fixture {
     pub ids_file: PathBuf,
     /// `TOKEN` lines, one per principal.
     pub tokens_only_file: PathBuf,
+    /// `TOKEN CURSOR` lines: a page cursor at each sampled task, so that
+    /// pages start anywhere in their owner's tasks (records not read lately).
+    pub cursors_file: PathBuf,
     pub tokens: Vec<String>,
     pub sample: Vec<(usize, String)>,
     pub seed_seconds: f64,
@@ -297,6 +300,18 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         writeln!(f, "{} {id}", tokens[*owner])?;
     }
     f.flush()?;
+    let cursors_file = dir.join("cursors");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&cursors_file)?);
+    for (owner, id) in &sample {
+        let id = devops_api::domain::TaskId::parse(id).context("sampled id")?;
+        writeln!(
+            f,
+            "{} {}",
+            tokens[*owner],
+            devops_api::domain::encode_cursor(id)
+        )?;
+    }
+    f.flush()?;
     let tokens_only_file = dir.join("token-lines");
     std::fs::write(
         &tokens_only_file,
@@ -312,6 +327,7 @@ fn seed(dir: &Path, tasks: usize) -> anyhow::Result<Fixture> {
         tokens_file,
         ids_file,
         tokens_only_file,
+        cursors_file,
         tokens,
         sample,
         seed_seconds,
@@ -613,6 +629,7 @@ fn wrk(
     let out = fx.work_dir.join(format!("wrk-{slug}.json"));
     let ids = match mode {
         "get" | "patch" => &fx.ids_file,
+        "pages" => &fx.cursors_file,
         _ => &fx.tokens_only_file,
     };
     let threads = conns.clamp(1, 2);
@@ -677,7 +694,7 @@ fn measured_profiled(
     pid: u32,
     profile: Option<&str>,
 ) -> anyhow::Result<Phase> {
-    if matches!(mode, "health" | "get" | "list") {
+    if matches!(mode, "health" | "get" | "list" | "pages") {
         wrk(
             fx,
             &format!("{name}-warmup"),
@@ -1026,7 +1043,7 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
     let (startup_ms, startup_runs) = startups(&opts.binary, fx, &exclusive, "")?;
 
     // The read phases are bracketed by ceiling phases (C0 health C1 get C2
-    // list C3), each ratio taken against the mean of the two around it.
+    // list C3 pages C4), each ratio taken against the mean of the two around it.
     let server = Server::launch(&opts.binary, fx, &exclusive, &logs.join("server-group.log"))?;
     let addr = server.addr;
     let mut ceilings = Vec::new();
@@ -1036,6 +1053,9 @@ fn run_bench(opts: &Options, fx: &Fixture) -> anyhow::Result<()> {
         ("GET /health", "health"),
         ("GET /v1/tasks/{id}", "get"),
         ("GET /v1/tasks?limit=50", "list"),
+        // Pages anywhere in the owner's tasks: records mostly not read
+        // lately, so mostly decoded afresh (the list above polls one page).
+        ("GET /v1/tasks?limit=50&cursor=…", "pages"),
     ] {
         reads.push(bracketed(
             opts,

@@ -1,6 +1,7 @@
 -- wrk script of the HTTP benchmark (tests/bench/main.rs writes its inputs).
--- BENCH_MODE: health | get | list | post | patch
--- BENCH_IDS:  file of "TOKEN TASK_ID" lines (get, patch) or "TOKEN" lines (list, post)
+-- BENCH_MODE: health | get | list | pages | post | patch
+-- BENCH_IDS:  file of "TOKEN TASK_ID" lines (get, patch), "TOKEN CURSOR" lines (pages)
+--             or "TOKEN" lines (list, post)
 -- BENCH_OUT:  where done() writes the result as one JSON object
 
 local mode = os.getenv("BENCH_MODE")
@@ -41,6 +42,8 @@ function request()
     return wrk.format("GET", "/v1/tasks/" .. e[2], { ["Authorization"] = auth })
   elseif mode == "list" then
     return wrk.format("GET", "/v1/tasks?limit=50", { ["Authorization"] = auth })
+  elseif mode == "pages" then
+    return wrk.format("GET", "/v1/tasks?limit=50&cursor=" .. e[2], { ["Authorization"] = auth })
   elseif mode == "post" then
     counter = counter + 1
     local body = '{"title":"bench task ' .. counter .. '","priority":"high","tags":["bench","load"]}'

@@ -47,11 +47,22 @@ pub(super) fn split_task_key(key: &[u8]) -> Result<(PrincipalName, TaskId), Stri
     Ok((PrincipalName::parse(owner)?, id_of_key(key)))
 }
 
-/// A task key as it appears in logs and reports.
-pub(super) fn task_key_name(key: &[u8]) -> String {
-    match split_task_key(key) {
-        Ok((owner, id)) => format!("{}/{owner}/{id}", TASKS.name()),
-        Err(_) => format!("{}/0x{}", TASKS.name(), hex::encode(key)),
+/// A task key as it appears in logs and reports, formatted only when it is
+/// shown: a page decodes fifty records and names none of them unless one is
+/// unreadable.
+pub(super) fn task_key_name(key: &[u8]) -> TaskKeyName<'_> {
+    TaskKeyName(key)
+}
+
+#[derive(Clone, Copy)]
+pub(super) struct TaskKeyName<'a>(&'a [u8]);
+
+impl std::fmt::Display for TaskKeyName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match split_task_key(self.0) {
+            Ok((owner, id)) => write!(f, "{}/{owner}/{id}", TASKS.name()),
+            Err(_) => write!(f, "{}/0x{}", TASKS.name(), hex::encode(self.0)),
+        }
     }
 }
 

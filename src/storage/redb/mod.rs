@@ -49,6 +49,7 @@
 //! [`keys`] (the file's tables and their key layouts), [`files`] (opening the
 //! file privately).
 
+mod decoded;
 mod files;
 mod keys;
 mod ops;
@@ -66,6 +67,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, WriteTransaction};
 use tokio::sync::oneshot;
 
+use self::decoded::{DECODED_CACHE_BYTES, DecodedTasks};
 use self::files::{builder, create_private_dir, open_error, open_private_file};
 use self::tables::{TASKS, init_tables};
 use self::writer::{Msg, Opener, Poison, Shared, Writer, job};
@@ -191,6 +193,8 @@ pub struct RedbStore {
     file: Option<PathBuf>,
     /// Token uses noted by authentication, written in the background.
     token_uses: Arc<TokenUses>,
+    /// The tasks list pages decoded lately, by their record bytes.
+    decoded: Arc<DecodedTasks>,
 }
 
 /// Counts an open read transaction for as long as it lives.
@@ -318,6 +322,7 @@ impl RedbStore {
             readers,
             file: None,
             token_uses: Arc::new(TokenUses::default()),
+            decoded: Arc::new(DecodedTasks::new(DECODED_CACHE_BYTES)),
         })
     }
 
@@ -492,8 +497,11 @@ impl Store for RedbStore {
         } else {
             ReadCost::Short
         };
-        self.read(cost, move |txn| ops::list_tasks(txn, &owner, &query))
-            .await
+        let decoded = self.decoded.clone();
+        self.read(cost, move |txn| {
+            ops::list_tasks(txn, &owner, &query, &decoded)
+        })
+        .await
     }
 
     async fn update_task(

@@ -10,6 +10,7 @@ use std::ops::Bound;
 use chrono::{DateTime, Utc};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use super::decoded::DecodedTasks;
 use super::keys::{
     BY_DUE, BY_PRIORITY, BY_STATUS, BY_TAG, expiry_key, expiry_prefix, id_of_key, idem_key,
     idem_key_name, index_key_owner, index_keys, index_prefix, priority_value, split_task_key,
@@ -84,11 +85,13 @@ pub(super) fn get_task(
     get_task_in(&table, owner, id)
 }
 
-/// A page of `query` (see `storage::plan` for how it is found).
+/// A page of `query` (see `storage::plan` for how it is found), its records
+/// decoded through `decoded`.
 pub(super) fn list_tasks(
     txn: &ReadTransaction,
     owner: &PrincipalName,
     query: &ListQuery,
+    decoded: &DecodedTasks,
 ) -> StoreResult<Page> {
     let tasks = txn.open_table(TASKS)?;
     let index = txn.open_table(TASK_INDEX)?;
@@ -98,7 +101,7 @@ pub(super) fn list_tasks(
         let mut page = PageBuilder::bounded(query);
         for id in ids {
             page.admit(id);
-            if !page.offer(read_candidate(&tasks, owner, id)?) {
+            if !page.offer(read_candidate(&tasks, owner, id, decoded)?) {
                 break;
             }
         }
@@ -119,7 +122,7 @@ pub(super) fn list_tasks(
             if !page.admit(id) {
                 return Ok(false);
             }
-            Ok(page.offer(readable(decode_task(task_key_name(key), id, v.value()))?))
+            Ok(page.offer(readable(decoded.decode(key, id, v.value()))?))
         };
         walk(range, query.order, &mut visit)?;
         return Ok(page.finish());
@@ -138,7 +141,7 @@ pub(super) fn list_tasks(
         if !page.admit(id) {
             return Ok(false);
         }
-        Ok(page.offer(read_candidate(&tasks, owner, id)?))
+        Ok(page.offer(read_candidate(&tasks, owner, id, decoded)?))
     };
     walk(range, query.order, &mut visit)?;
     Ok(page.finish())
@@ -228,10 +231,12 @@ fn read_candidate(
     tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
     owner: &PrincipalName,
     id: TaskId,
+    decoded: &DecodedTasks,
 ) -> StoreResult<Option<Task>> {
-    match get_task_in(tasks, owner, id) {
-        Err(StorageError::NotFound) => Ok(None),
-        r => readable(r),
+    let key = task_key(owner, id);
+    match tasks.get(key.as_slice())? {
+        Some(v) => readable(decoded.decode(&key, id, v.value())),
+        None => Ok(None),
     }
 }
 
@@ -436,7 +441,7 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
 /// A task record and its key as a record.
 fn task_of(key: &[u8], value: &[u8]) -> StoreResult<Record> {
     let name = task_key_name(key);
-    let (owner, id) = split_task_key(key).map_err(|e| StorageError::corrupt("task", &name, e))?;
+    let (owner, id) = split_task_key(key).map_err(|e| StorageError::corrupt("task", name, e))?;
     let task = decode_task(name, id, value)?;
     Ok(Record::Task { owner, task })
 }
@@ -632,8 +637,10 @@ fn entry_agrees(
     let (Some(owner), true) = (owner, key.len() >= 16) else {
         return Ok(false);
     };
-    Ok(match read_candidate(tasks, &owner, id_of_key(key))? {
-        Some(task) => index_keys(&owner, &task).iter().any(|k| k == key),
-        None => false,
-    })
+    // Verification decodes afresh, past the serving paths' cache.
+    let task = match get_task_in(tasks, &owner, id_of_key(key)) {
+        Err(StorageError::NotFound) => None,
+        r => readable(r)?,
+    };
+    Ok(task.is_some_and(|task| index_keys(&owner, &task).iter().any(|k| k == key)))
 }
