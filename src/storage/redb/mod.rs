@@ -47,7 +47,8 @@
 //! [`ops`] (each operation as a function of one transaction; [`tokens`] for
 //! the token operations), [`tables`] and
 //! [`keys`] (the file's tables and their key layouts), [`files`] (opening the
-//! file privately).
+//! file privately), [`decoded`] (the cache of decoded records list pages
+//! read).
 
 mod decoded;
 mod files;
