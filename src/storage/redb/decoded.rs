@@ -83,17 +83,23 @@ impl Doorkeeper {
 
     /// Whether `id` was marked since the last clearing; marks it if not.
     fn seen_or_mark(&self, id: TaskId) -> bool {
-        // The low 64 bits of a UUIDv7 are random (62 bits): two positions
-        // from them are as good as a hash.
-        let r = id.as_u128() as u64;
-        let bits = [r as usize % Self::BITS, (r >> 32) as usize % Self::BITS];
+        // Not the id's bits as they are: of a UUIDv7's 74 "random" bits, 42
+        // are a counter that steps by one within a millisecond (the uuid
+        // crate's `now_v7`), so ids made together differ in a few low bits.
+        // splitmix64's finaliser spreads every bit over the whole word.
+        let v = id.as_u128();
+        let mut h = (v as u64) ^ ((v >> 64) as u64);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+        let bits = [h as usize % Self::BITS, (h >> 17) as usize % Self::BITS];
         let is_set = |b: usize| self.words[b / 64].load(Ordering::Relaxed) & (1 << (b % 64)) != 0;
         if bits.iter().all(|&b| is_set(b)) {
             return true;
         }
-        // Counted one mark in 64 (by the id's random bits), so that the
+        // Counted one mark in 64 (by six bits of the hash), so that the
         // threads do not all write one counter on every miss.
-        if r >> 58 == 0 && self.marked.fetch_add(64, Ordering::Relaxed) >= Self::BITS / 4 {
+        if h >> 58 == 0 && self.marked.fetch_add(64, Ordering::Relaxed) >= Self::BITS / 4 {
             self.marked.store(0, Ordering::Relaxed);
             for w in &*self.words {
                 w.store(0, Ordering::Relaxed);
@@ -243,12 +249,11 @@ mod tests {
         assert!(seen.seen_or_mark(first));
         // A quarter of its bits in new ids clears it, ids it holds
         // (or seems to) do not count: well before half its bits, it has
-        // forgotten the first.
-        for i in 0..Doorkeeper::BITS / 2 {
-            let id = TaskId::from_u128(
-                (i as u128 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
-            );
-            seen.seen_or_mark(id);
+        // forgotten the first. Real task ids, made together: the clearing
+        // is counted by a hash of them, which their counter bits must not
+        // fool.
+        for _ in 0..Doorkeeper::BITS / 2 {
+            seen.seen_or_mark(TaskId::new());
         }
         assert!(!seen.seen_or_mark(first), "cleared, so marked afresh");
     }
