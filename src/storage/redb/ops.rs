@@ -82,7 +82,7 @@ pub(super) fn get_task(
     id: TaskId,
 ) -> StoreResult<Task> {
     let table = txn.open_table(TASKS)?;
-    get_task_in(&table, owner, id)
+    get_task_in(&table, owner, id, None)
 }
 
 /// A page of `query` (see `storage::plan` for how it is found), its records
@@ -101,7 +101,7 @@ pub(super) fn list_tasks(
         let mut page = PageBuilder::bounded(query);
         for id in ids {
             page.admit(id);
-            if !page.offer(read_candidate(&tasks, owner, id, decoded)?) {
+            if !page.offer(read_candidate(&tasks, owner, id, Some(decoded))?) {
                 break;
             }
         }
@@ -141,7 +141,7 @@ pub(super) fn list_tasks(
         if !page.admit(id) {
             return Ok(false);
         }
-        Ok(page.offer(read_candidate(&tasks, owner, id, decoded)?))
+        Ok(page.offer(read_candidate(&tasks, owner, id, Some(decoded))?))
     };
     walk(range, query.order, &mut visit)?;
     Ok(page.finish())
@@ -231,12 +231,11 @@ fn read_candidate(
     tasks: &impl ReadableTable<&'static [u8], &'static [u8]>,
     owner: &PrincipalName,
     id: TaskId,
-    decoded: &DecodedTasks,
+    decoded: Option<&DecodedTasks>,
 ) -> StoreResult<Option<Task>> {
-    let key = task_key(owner, id);
-    match tasks.get(key.as_slice())? {
-        Some(v) => readable(decoded.decode(&key, id, v.value())),
-        None => Ok(None),
+    match get_task_in(tasks, owner, id, decoded) {
+        Err(StorageError::NotFound) => Ok(None),
+        r => readable(r),
     }
 }
 
@@ -288,7 +287,7 @@ pub(super) fn update_task(
     now: DateTime<Utc>,
 ) -> StoreResult<Task> {
     let mut tasks = txn.open_table(TASKS)?;
-    let current = get_task_in(&tasks, owner, id)?;
+    let current = get_task_in(&tasks, owner, id, None)?;
     rules::check_version(&precondition, &current)?;
     let updated = change.apply(&current, now);
     if updated.version != current.version {
@@ -315,7 +314,7 @@ pub(super) fn delete_task(
     precondition: Precondition,
 ) -> StoreResult<()> {
     let mut tasks = txn.open_table(TASKS)?;
-    let current = get_task_in(&tasks, owner, id)?;
+    let current = get_task_in(&tasks, owner, id, None)?;
     rules::check_version(&precondition, &current)?;
     let mut counts = txn.open_table(COUNTS)?;
     let count = counts.get(owner.as_str())?.map_or(0, |v| v.value());
@@ -426,15 +425,21 @@ pub(super) fn sweep_chunk(txn: &WriteTransaction, cutoff: DateTime<Utc>) -> Stor
     })
 }
 
+/// The task `owner`'s `id` names, decoded through `decoded` when given
+/// (list pages), else afresh.
 fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     table: &T,
     owner: &PrincipalName,
     id: TaskId,
+    decoded: Option<&DecodedTasks>,
 ) -> StoreResult<Task> {
     let key = task_key(owner, id);
-    match table.get(key.as_slice())? {
-        Some(v) => decode_task(task_key_name(&key), id, v.value()),
-        None => Err(StorageError::NotFound),
+    let Some(v) = table.get(key.as_slice())? else {
+        return Err(StorageError::NotFound);
+    };
+    match decoded {
+        Some(d) => d.decode(&key, id, v.value()),
+        None => decode_task(task_key_name(&key), id, v.value()),
     }
 }
 
@@ -638,9 +643,8 @@ fn entry_agrees(
         return Ok(false);
     };
     // Verification decodes afresh, past the serving paths' cache.
-    let task = match get_task_in(tasks, &owner, id_of_key(key)) {
-        Err(StorageError::NotFound) => None,
-        r => readable(r)?,
-    };
-    Ok(task.is_some_and(|task| index_keys(&owner, &task).iter().any(|k| k == key)))
+    Ok(match read_candidate(tasks, &owner, id_of_key(key), None)? {
+        Some(task) => index_keys(&owner, &task).iter().any(|k| k == key),
+        None => false,
+    })
 }
