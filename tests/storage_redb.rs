@@ -1071,6 +1071,73 @@ async fn expired_and_rotated_out_tokens_leave_the_previous_releases_table() {
     store.close().await;
 }
 
+/// A token the previous release revoked stays revoked when its expiry or
+/// its rotation's grace ends before this release writes tokens again: it is
+/// neither listed (as expired) nor holding its name, unlike a token that
+/// expired and was swept (the test above).
+#[tokio::test]
+async fn tokens_the_previous_release_revoked_stay_revoked_once_their_time_is_up() {
+    use devops_api::domain::TokenName;
+    use devops_api::storage::{Clock, NewToken};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new();
+    let cfg = RedbConfig {
+        clock: clock.clone(),
+        ..RedbConfig::new(dir.path())
+    };
+    let store = RedbStore::open(&cfg).unwrap();
+    let hour = std::time::Duration::from_secs(3600);
+    let named = |p_: &str, n: &str, d: u8| NewToken {
+        name: TokenName::parse(n).unwrap(),
+        ..NewToken::default_for(p(p_), [d; 32])
+    };
+    store
+        .create_token(NewToken {
+            expires_at: Some(clock.now() + chrono::Duration::hours(1)),
+            ..named("alice", "laptop", 1)
+        })
+        .await
+        .unwrap();
+    store.create_token(named("bob", "ci", 2)).await.unwrap();
+    store
+        .rotate_token(named("bob", "ci", 3), hour)
+        .await
+        .unwrap();
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        assert_eq!(previous_release::revoke(db, "alice"), Some([1; 32]));
+        assert_eq!(previous_release::revoke(db, "bob"), Some([3; 32]));
+    })
+    .await;
+    // Closing synced `token_names_v1`: bob's token in its grace is listed.
+    let (store, ()) = as_previous_release(store, &cfg, |db| {
+        assert_eq!(previous_release::revoke(db, "bob"), Some([2; 32]));
+    })
+    .await;
+    clock.advance(hour * 2);
+    for d in 1..=3 {
+        assert_eq!(store.principal(&[d; 32]).await.unwrap(), None);
+        assert_eq!(store.token(&[d; 32]).await.unwrap(), None, "token {d}");
+    }
+    assert_eq!(store.list_tokens().await.unwrap(), vec![]);
+    store
+        .create_token(named("alice", "laptop", 4))
+        .await
+        .unwrap();
+    store.create_token(named("bob", "ci", 5)).await.unwrap();
+    store.sweep_tokens().await.unwrap();
+    let digests: Vec<u8> = store
+        .list_tokens()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.digest[0])
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(digests, [4, 5]);
+    store.close().await;
+}
+
 /// The model of the token operations of both releases on one file.
 mod token_model {
     use proptest::prelude::*;
@@ -1131,8 +1198,13 @@ fn both_releases_agree_on_which_tokens_are_valid() {
         }
     }
 
+    // PROPTEST_CASES widens the search (a minimal failing case is printed).
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 24,
+        cases,
         ..ProptestConfig::default()
     });
     let ops = proptest::collection::vec(token_model::op(), 1..24);
@@ -1294,7 +1366,24 @@ fn both_releases_agree_on_which_tokens_are_valid() {
                         let who = store.principal(d).await.unwrap();
                         let want = m.valid(now).then(|| m.principal.clone());
                         assert_eq!(who.as_deref(), want.as_deref(), "this release, {d:?} {m:?}");
+                        let listed = store.token(d).await.unwrap().is_some();
+                        assert_eq!(listed, !m.revoked, "listed until revoked, {d:?} {m:?}");
                     }
+                    let mut listed: Vec<[u8; 32]> = store
+                        .list_tokens()
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.digest)
+                        .collect();
+                    listed.sort();
+                    let mut want: Vec<[u8; 32]> = model
+                        .iter()
+                        .filter(|(_, m)| !m.revoked)
+                        .map(|(d, _)| *d)
+                        .collect();
+                    want.sort();
+                    assert_eq!(listed, want, "token list");
                 }
                 let now = clock.now();
                 let (s, ()) = as_previous_release(store, &cfg, |db| {

@@ -263,10 +263,16 @@ pub struct TokenRecordV2<'a> {
         with = "rfc3339::option"
     )]
     pub replaced_at: Option<DateTime<Utc>>,
+    /// The store took the token out of `tokens_v1` because it expired (see
+    /// `storage::redb::tokens`): what tells it from a token the release
+    /// before named tokens revoked, which also leaves `tokens_v1` only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub swept: bool,
 }
 
-/// The redb record of a token (version 2).
-pub fn encode_token(t: &TokenInfo) -> Vec<u8> {
+/// The redb record of a token (version 2), `swept` as
+/// [`TokenRecordV2::swept`].
+pub fn encode_token(t: &TokenInfo, swept: bool) -> Vec<u8> {
     let rec = TokenRecordV2 {
         principal: Cow::Borrowed(t.principal.as_str()),
         name: Cow::Borrowed(t.name.as_str()),
@@ -274,6 +280,7 @@ pub fn encode_token(t: &TokenInfo) -> Vec<u8> {
         expires_at: t.expires_at,
         last_used_at: t.last_used_at,
         replaced_at: t.replaced_at,
+        swept,
     };
     let mut out = Vec::with_capacity(128);
     out.push(TOKEN_FORMAT_V2);
@@ -288,6 +295,16 @@ pub fn decode_token(
     digest: &[u8],
     bytes: &[u8],
 ) -> Result<TokenInfo, StorageError> {
+    decode_token_meta(key, digest, bytes).map(|(t, _)| t)
+}
+
+/// As [`decode_token`], with the record's [`TokenRecordV2::swept`] (false
+/// for version 1).
+pub fn decode_token_meta(
+    key: impl std::fmt::Display,
+    digest: &[u8],
+    bytes: &[u8],
+) -> Result<(TokenInfo, bool), StorageError> {
     let corrupt = |reason: String| StorageError::corrupt("token", &key, reason);
     let rec = match bytes.split_first() {
         Some((&FORMAT_V1, _)) => {
@@ -299,6 +316,7 @@ pub fn decode_token(
                 expires_at: None,
                 last_used_at: None,
                 replaced_at: None,
+                swept: false,
             }
         }
         Some((&TOKEN_FORMAT_V2, rest)) => {
@@ -313,7 +331,7 @@ pub fn decode_token(
         rfc3339::check_stored(t).map_err(|e| corrupt(format!("{what}: {e}")))
     };
     let optional = |what: &str, t: Option<DateTime<Utc>>| t.map(|t| stored(what, t)).transpose();
-    Ok(TokenInfo {
+    let token = TokenInfo {
         principal: PrincipalName::parse(&rec.principal).map_err(&corrupt)?,
         name: TokenName::parse(&rec.name).map_err(&corrupt)?,
         digest,
@@ -321,7 +339,8 @@ pub fn decode_token(
         expires_at: optional("expires_at", rec.expires_at)?,
         last_used_at: optional("last_used_at", rec.last_used_at)?,
         replaced_at: optional("replaced_at", rec.replaced_at)?,
-    })
+    };
+    Ok((token, rec.swept))
 }
 
 /// The task every golden file of version 1 holds (the record files here and
@@ -528,11 +547,30 @@ mod tests {
         assert!(decode_token_v1("k", &[0xcd; 32], GOLDEN_TOKEN_V2).is_err());
         let v2 = golden_token();
         assert_eq!(
-            encode_token(&v2),
+            encode_token(&v2, false),
             GOLDEN_TOKEN_V2,
             "redb token record v2 changed"
         );
-        assert_eq!(decode_token("k", &v2.digest, GOLDEN_TOKEN_V2).unwrap(), v2);
+        assert_eq!(
+            decode_token_meta("k", &v2.digest, GOLDEN_TOKEN_V2).unwrap(),
+            (v2.clone(), false)
+        );
+        // The sweep's mark is one more field, which readers of the record
+        // without it ignore; records without it are not swept.
+        let swept = encode_token(&v2, true);
+        assert_eq!(
+            swept,
+            [
+                &GOLDEN_TOKEN_V2[..GOLDEN_TOKEN_V2.len() - 1],
+                b",\"swept\":true}"
+            ]
+            .concat()
+        );
+        assert_eq!(
+            decode_token_meta("k", &v2.digest, &swept).unwrap(),
+            (v2.clone(), true)
+        );
+        assert_eq!(decode_token("k", &v2.digest, &swept).unwrap(), v2);
     }
 
     fn golden_token() -> TokenInfo {

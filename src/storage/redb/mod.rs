@@ -553,9 +553,7 @@ impl Store for RedbStore {
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenInfo>> {
-        let now = self.shared.clock.now();
-        self.read(ReadCost::Long, move |txn| tokens::tokens(txn, now))
-            .await
+        self.read(ReadCost::Long, tokens::tokens).await
     }
 
     async fn revoke_token(&self, principal: &PrincipalName, name: &TokenName) -> StoreResult<u64> {
@@ -573,8 +571,7 @@ impl Store for RedbStore {
 
     async fn token(&self, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
         let digest = *digest;
-        let now = self.shared.clock.now();
-        self.read(ReadCost::Short, move |txn| tokens::token(txn, &digest, now))
+        self.read(ReadCost::Short, move |txn| tokens::token(txn, &digest))
             .await
     }
 
@@ -616,9 +613,7 @@ impl Store for RedbStore {
     }
 
     async fn export(&self) -> StoreResult<Export> {
-        let now = self.shared.clock.now();
-        self.read(ReadCost::Long, move |txn| ops::export(txn, now))
-            .await
+        self.read(ReadCost::Long, ops::export).await
     }
 
     async fn import(&self, set: ImportSet) -> StoreResult<u64> {

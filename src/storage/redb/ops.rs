@@ -331,11 +331,11 @@ pub(super) fn count_tasks(txn: &ReadTransaction) -> StoreResult<u64> {
     Ok(txn.open_table(TASKS)?.len()?)
 }
 
-pub(super) fn export(txn: &ReadTransaction, now: DateTime<Utc>) -> StoreResult<Export> {
+pub(super) fn export(txn: &ReadTransaction) -> StoreResult<Export> {
     let v1 = txn.open_table(TOKENS_V1)?;
     let meta = txn.open_table(TOKEN_META)?;
     let tasks = txn.open_table(TASKS)?;
-    export_from(tokens::load(&v1, &meta, now)?, &tasks)
+    export_from(tokens::load(&v1, &meta)?, &tasks)
 }
 
 /// Writes `set` into empty tables, reads it back and verifies it; any error
@@ -377,7 +377,7 @@ pub(super) fn import(
     for (owner, n) in &set.counts {
         counts.insert(owner.as_str(), *n)?;
     }
-    set.verify(export_from(tokens.load(now)?, &tasks)?)?;
+    set.verify(export_from(tokens.load()?, &tasks)?)?;
     Ok(n)
 }
 

@@ -21,11 +21,12 @@
 //!   `default`, or `default-<digest prefix>` when the principal already has
 //!   that name, and without expiry; the next token write stores metadata for
 //!   it, which fixes its name;
-//! - metadata without `tokens_v1` and expired: an expired token whose digest
-//!   the sweep took out of `tokens_v1` (so the earlier release refuses it
-//!   too); still listed, as expired, until revoked;
-//! - metadata without `tokens_v1` and not expired: revoked by the earlier
-//!   release; not valid, not listed, and deleted by the next token write.
+//! - metadata marked swept, without `tokens_v1`: an expired token whose
+//!   digest the sweep took out of `tokens_v1` (so the earlier release
+//!   refuses it too); still listed, as expired, until revoked;
+//! - metadata not marked swept, without `tokens_v1`: revoked by the earlier
+//!   release (whether or not it has expired since); not valid, not listed,
+//!   and deleted by the next token write.
 //!
 //! Every token write ends with [`reconcile`], which brings the tables to that
 //! model: metadata for legacy tokens, stale metadata deleted, expired tokens
@@ -40,7 +41,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{TOKEN_META, TOKEN_NAMES_V1, TOKENS_V1};
 use crate::domain::{PrincipalName, TokenDigest, TokenName};
-use crate::storage::codec::{decode_token, decode_token_v1, encode_token, encode_token_v1};
+use crate::storage::codec::{decode_token_meta, decode_token_v1, encode_token, encode_token_v1};
 use crate::storage::tokens::token_admits;
 use crate::storage::{NewToken, StorageError, StoreResult, TokenInfo, retire};
 
@@ -65,7 +66,7 @@ impl Entry {
     }
 }
 
-/// Every token in the two tables, read at `now`.
+/// Every token in the two tables.
 #[derive(Debug, Default)]
 pub(super) struct Loaded {
     pub(super) entries: Vec<Entry>,
@@ -79,17 +80,16 @@ pub(super) struct Loaded {
 }
 
 /// Reads both tables.
-pub(super) fn load(
-    v1: &impl DigestTable,
-    meta: &impl DigestTable,
-    now: DateTime<Utc>,
-) -> StoreResult<Loaded> {
+pub(super) fn load(v1: &impl DigestTable, meta: &impl DigestTable) -> StoreResult<Loaded> {
     let mut out = Loaded::default();
-    let mut metas: HashMap<Vec<u8>, StoreResult<TokenInfo>> = HashMap::new();
+    let mut metas: HashMap<Vec<u8>, StoreResult<(TokenInfo, bool)>> = HashMap::new();
     for e in meta.iter()? {
         let (k, v) = e?;
         let d = k.value();
-        metas.insert(d.to_vec(), decode_token(meta_key_name(d), d, v.value()));
+        metas.insert(
+            d.to_vec(),
+            decode_token_meta(meta_key_name(d), d, v.value()),
+        );
     }
     let mut legacy = Vec::new();
     for e in v1.iter()? {
@@ -105,7 +105,7 @@ pub(super) fn load(
             }
         };
         match meta {
-            Some(Ok(m)) if m.principal == bare.principal => out.entries.push(Entry {
+            Some(Ok((m, _))) if m.principal == bare.principal => out.entries.push(Entry {
                 info: m,
                 live: true,
                 adopted: true,
@@ -122,7 +122,7 @@ pub(super) fn load(
     }
     for (d, m) in metas {
         match m {
-            Ok(m) if !token_admits(&m, now) => out.entries.push(Entry {
+            Ok((m, true)) => out.entries.push(Entry {
                 info: m,
                 live: false,
                 adopted: true,
@@ -188,8 +188,8 @@ impl<'t> Tables<'t> {
         })
     }
 
-    pub(super) fn load(&self, now: DateTime<Utc>) -> StoreResult<Loaded> {
-        load(&self.v1, &self.meta, now)
+    pub(super) fn load(&self) -> StoreResult<Loaded> {
+        load(&self.v1, &self.meta)
     }
 
     pub(super) fn is_empty(&self) -> StoreResult<bool> {
@@ -206,13 +206,16 @@ impl<'t> Tables<'t> {
         self.v1
             .insert(t.digest.as_slice(), encode_token_v1(t).as_slice())?;
         self.meta
-            .insert(t.digest.as_slice(), encode_token(t).as_slice())?;
+            .insert(t.digest.as_slice(), encode_token(t, false).as_slice())?;
         Ok(())
     }
 
-    fn put_meta(&mut self, t: &TokenInfo) -> StoreResult<()> {
-        self.meta
-            .insert(t.digest.as_slice(), encode_token(t).as_slice())?;
+    /// Writes the metadata of `e`, marked swept if it is not in `tokens_v1`.
+    fn put_meta(&mut self, e: &Entry) -> StoreResult<()> {
+        self.meta.insert(
+            e.info.digest.as_slice(),
+            encode_token(&e.info, !e.live).as_slice(),
+        )?;
         Ok(())
     }
 
@@ -226,22 +229,23 @@ impl<'t> Tables<'t> {
     /// returns how many tokens it took out of `tokens_v1` (expired) or
     /// deleted (stale metadata).
     pub(super) fn reconcile(&mut self, now: DateTime<Utc>) -> StoreResult<u64> {
-        let mut st = self.load(now)?;
+        let mut st = self.load()?;
         let mut changed = 0;
         for d in &st.stale {
             self.meta.remove(d.as_slice())?;
             changed += 1;
         }
         for e in &mut st.entries {
-            if !e.adopted {
-                self.meta
-                    .insert(e.info.digest.as_slice(), encode_token(&e.info).as_slice())?;
-                e.adopted = true;
-            }
+            let mut write = !e.adopted;
             if e.live && !token_admits(&e.info, now) {
                 self.v1.remove(e.info.digest.as_slice())?;
                 e.live = false;
+                write = true;
                 changed += 1;
+            }
+            if write {
+                self.put_meta(e)?;
+                e.adopted = true;
             }
         }
         sync_names(&mut self.names, &st, now)?;
@@ -307,7 +311,7 @@ pub(super) fn create_token(
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
     let mut t = Tables::open(txn)?;
-    let st = t.load(now)?;
+    let st = t.load()?;
     if st.entries.iter().any(|e| {
         e.info.principal == new.principal && e.info.name == new.name && e.info.is_current()
     }) {
@@ -334,22 +338,21 @@ pub(super) fn rotate_token(
     now: DateTime<Utc>,
 ) -> StoreResult<TokenInfo> {
     let mut t = Tables::open(txn)?;
-    let st = t.load(now)?;
+    let st = t.load()?;
     let mut old = st
         .entries
         .into_iter()
         .find(|e| {
             e.info.principal == new.principal && e.info.name == new.name && e.info.is_current()
         })
-        .ok_or(StorageError::NotFound)?
-        .info;
+        .ok_or(StorageError::NotFound)?;
     if t.digest_taken(&new.digest)? {
         return Err(StorageError::AlreadyExists(
             "a token with this digest".into(),
         ));
     }
-    old.expires_at = Some(retire(old.expires_at, now, grace));
-    old.replaced_at = Some(now);
+    old.info.expires_at = Some(retire(old.info.expires_at, now, grace));
+    old.info.replaced_at = Some(now);
     let info = TokenInfo::new(new, now);
     t.put_meta(&old)?;
     t.insert(&info)?;
@@ -365,7 +368,7 @@ pub(super) fn revoke_token(
     now: DateTime<Utc>,
 ) -> StoreResult<u64> {
     let mut t = Tables::open(txn)?;
-    let st = t.load(now)?;
+    let st = t.load()?;
     let doomed: Vec<TokenDigest> = st
         .entries
         .iter()
@@ -389,20 +392,17 @@ pub(super) fn write_token_uses(
     now: DateTime<Utc>,
 ) -> StoreResult<()> {
     let mut t = Tables::open(txn)?;
-    let st = t.load(now)?;
-    let by_digest: HashMap<TokenDigest, &TokenInfo> = st
-        .entries
-        .iter()
-        .map(|e| (e.info.digest, &e.info))
-        .collect();
+    let st = t.load()?;
+    let by_digest: HashMap<TokenDigest, &Entry> =
+        st.entries.iter().map(|e| (e.info.digest, e)).collect();
     for (digest, at) in uses {
-        let Some(info) = by_digest.get(digest) else {
+        let Some(e) = by_digest.get(digest) else {
             continue;
         };
-        if info.last_used_at.is_none_or(|l| l < *at) {
-            let mut info = (*info).clone();
-            info.last_used_at = Some(*at);
-            t.put_meta(&info)?;
+        if e.info.last_used_at.is_none_or(|l| l < *at) {
+            let mut e = (*e).clone();
+            e.info.last_used_at = Some(*at);
+            t.put_meta(&e)?;
         }
     }
     t.reconcile(now)?;
@@ -416,10 +416,10 @@ pub(super) fn sweep_tokens(txn: &WriteTransaction, now: DateTime<Utc>) -> StoreR
 
 /// Every token as listed (see the module documentation); unreadable ones
 /// are left out.
-pub(super) fn tokens(txn: &ReadTransaction, now: DateTime<Utc>) -> StoreResult<Vec<TokenInfo>> {
+pub(super) fn tokens(txn: &ReadTransaction) -> StoreResult<Vec<TokenInfo>> {
     let v1 = txn.open_table(TOKENS_V1)?;
     let meta = txn.open_table(TOKEN_META)?;
-    Ok(load(&v1, &meta, now)?
+    Ok(load(&v1, &meta)?
         .entries
         .into_iter()
         .map(|e| e.info)
@@ -428,30 +428,26 @@ pub(super) fn tokens(txn: &ReadTransaction, now: DateTime<Utc>) -> StoreResult<V
 
 /// The token with this digest as listed, whether or not it admits requests:
 /// `None` for no token, and for one the earlier release revoked.
-pub(super) fn token(
-    txn: &ReadTransaction,
-    digest: &TokenDigest,
-    now: DateTime<Utc>,
-) -> StoreResult<Option<TokenInfo>> {
+pub(super) fn token(txn: &ReadTransaction, digest: &TokenDigest) -> StoreResult<Option<TokenInfo>> {
     let v1 = txn.open_table(TOKENS_V1)?;
     let meta = txn.open_table(TOKEN_META)?;
     let d = digest.as_slice();
     let m = meta
         .get(d)?
-        .map(|v| decode_token(meta_key_name(d), d, v.value()));
+        .map(|v| decode_token_meta(meta_key_name(d), d, v.value()));
     let Some(bare) = v1.get(d)? else {
         return Ok(match m {
-            Some(Ok(m)) if !token_admits(&m, now) => Some(m),
+            Some(Ok((m, true))) => Some(m),
             _ => None,
         });
     };
     let bare = decode_token_v1(v1_key_name(d), d, bare.value())?;
     match m {
-        Some(Ok(m)) if m.principal == bare.principal => Ok(Some(m)),
+        Some(Ok((m, _))) if m.principal == bare.principal => Ok(Some(m)),
         Some(Err(e)) => Err(e),
         // Legacy: its name depends on the principal's other tokens.
         Some(Ok(_)) | None => {
-            let st = load(&v1, &meta, now)?;
+            let st = load(&v1, &meta)?;
             Ok(st
                 .entries
                 .into_iter()
