@@ -4,6 +4,9 @@
 //! Decoding a record (JSON, then the domain's validation of every field) is
 //! most of what a list page costs, and the same records are read again and
 //! again: a client polling its first page reads the same fifty every time.
+//! The store uses the cache for first pages only (no cursor): pages after a
+//! cursor are mostly read once, and there its lookups cost more CPU than
+//! they saved.
 //! An entry keeps the bytes it was decoded from and answers only a read of
 //! equal bytes. Decoding is a function of the id and the bytes alone, so a
 //! hit is exactly what decoding would give, whoever wrote the record: this

@@ -47,8 +47,8 @@
 //! [`ops`] (each operation as a function of one transaction; [`tokens`] for
 //! the token operations), [`tables`] and
 //! [`keys`] (the file's tables and their key layouts), [`files`] (opening the
-//! file privately), [`decoded`] (the cache of decoded records list pages
-//! read).
+//! file privately), [`decoded`] (the cache of decoded records that first
+//! list pages read).
 
 mod decoded;
 mod files;
@@ -194,7 +194,7 @@ pub struct RedbStore {
     file: Option<PathBuf>,
     /// Token uses noted by authentication, written in the background.
     token_uses: Arc<TokenUses>,
-    /// The tasks list pages decoded lately, by their record bytes.
+    /// The tasks first list pages decoded lately, by their record bytes.
     decoded: Arc<DecodedTasks>,
 }
 
@@ -498,9 +498,12 @@ impl Store for RedbStore {
         } else {
             ReadCost::Short
         };
-        let decoded = self.decoded.clone();
+        // First pages only: they are the pages clients poll. A page after
+        // a cursor is mostly read once, and for those the cache's lookups
+        // cost more than they save (docs/performance.md#decoded-task-cache).
+        let decoded = query.after.is_none().then(|| self.decoded.clone());
         self.read(cost, move |txn| {
-            ops::list_tasks(txn, &owner, &query, &decoded)
+            ops::list_tasks(txn, &owner, &query, decoded.as_deref())
         })
         .await
     }

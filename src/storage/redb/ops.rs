@@ -86,12 +86,12 @@ pub(super) fn get_task(
 }
 
 /// A page of `query` (see `storage::plan` for how it is found), its records
-/// decoded through `decoded`.
+/// decoded through `decoded` when given, else afresh.
 pub(super) fn list_tasks(
     txn: &ReadTransaction,
     owner: &PrincipalName,
     query: &ListQuery,
-    decoded: &DecodedTasks,
+    decoded: Option<&DecodedTasks>,
 ) -> StoreResult<Page> {
     let tasks = txn.open_table(TASKS)?;
     let index = txn.open_table(TASK_INDEX)?;
@@ -101,7 +101,7 @@ pub(super) fn list_tasks(
         let mut page = PageBuilder::bounded(query);
         for id in ids {
             page.admit(id);
-            if !page.offer(read_candidate(&tasks, owner, id, Some(decoded))?) {
+            if !page.offer(read_candidate(&tasks, owner, id, decoded)?) {
                 break;
             }
         }
@@ -122,7 +122,7 @@ pub(super) fn list_tasks(
             if !page.admit(id) {
                 return Ok(false);
             }
-            Ok(page.offer(readable(decoded.decode(key, id, v.value()))?))
+            Ok(page.offer(readable(decode(decoded, key, id, v.value()))?))
         };
         walk(range, query.order, &mut visit)?;
         return Ok(page.finish());
@@ -141,7 +141,7 @@ pub(super) fn list_tasks(
         if !page.admit(id) {
             return Ok(false);
         }
-        Ok(page.offer(read_candidate(&tasks, owner, id, Some(decoded))?))
+        Ok(page.offer(read_candidate(&tasks, owner, id, decoded)?))
     };
     walk(range, query.order, &mut visit)?;
     Ok(page.finish())
@@ -437,9 +437,19 @@ fn get_task_in<T: ReadableTable<&'static [u8], &'static [u8]>>(
     let Some(v) = table.get(key.as_slice())? else {
         return Err(StorageError::NotFound);
     };
+    decode(decoded, &key, id, v.value())
+}
+
+/// The task record `bytes` under `key`, through `decoded` when given.
+fn decode(
+    decoded: Option<&DecodedTasks>,
+    key: &[u8],
+    id: TaskId,
+    bytes: &[u8],
+) -> StoreResult<Task> {
     match decoded {
-        Some(d) => d.decode(&key, id, v.value()),
-        None => decode_task(task_key_name(&key), id, v.value()),
+        Some(d) => d.decode(key, id, bytes),
+        None => decode_task(task_key_name(key), id, bytes),
     }
 }
 
