@@ -29,6 +29,7 @@ use quick_cache::sync::Cache;
 
 use super::keys::task_key_name;
 use crate::domain::{Task, TaskId};
+use crate::short_bytes;
 use crate::storage::StoreResult;
 use crate::storage::codec::decode_task;
 
@@ -138,7 +139,7 @@ impl DecodedTasks {
     /// lately too.
     pub(super) fn decode(&self, key: &[u8], id: TaskId, bytes: &[u8]) -> StoreResult<Task> {
         if let Some(e) = self.cache.get(&id)
-            && *e.bytes == *bytes
+            && short_bytes::equal(&e.bytes, bytes)
         {
             return Ok(e.task.clone());
         }
