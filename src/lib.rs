@@ -2,8 +2,6 @@
 //!
 //! A tour of the modules, from the bottom layer up (no module imports one
 //! above it):
-//! - `short_bytes`: short byte copies and comparisons kept inline (musl's
-//!   `memcpy` and `memcmp` are slow on them).
 //! - [`domain`]: tasks and their fields, valid by construction; client JSON
 //!   into them with per-field errors; the listing query and its cursor; the
 //!   principal's name; what a stored task may hold (`StoredTask`).
@@ -54,6 +52,5 @@ pub mod lifecycle;
 pub mod metrics_catalog;
 pub mod ratelimit;
 pub mod server;
-mod short_bytes;
 pub mod storage;
 pub mod telemetry;

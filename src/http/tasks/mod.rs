@@ -62,7 +62,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 /// to start with: axum's `Json` starts at 128 bytes and grows by copying,
 /// eight times over for a page of fifty tasks.
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, capacity: usize) -> Response {
-    let mut buf = JsonBuffer(Vec::with_capacity(capacity));
+    let mut buf = Vec::with_capacity(capacity);
     // The bodies are structs of strings, numbers and sequences: no map with
     // non-string keys, nothing that can fail to serialise.
     serde_json::to_writer(&mut buf, body).expect("response bodies serialise to JSON");
@@ -72,29 +72,9 @@ fn json_response<T: serde::Serialize>(status: StatusCode, body: &T, capacity: us
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        buf.0,
+        buf,
     )
         .into_response()
-}
-
-/// The buffer serde_json writes a body into, one key or string at a time:
-/// short pieces are appended inline ([`crate::short_bytes`]).
-struct JsonBuffer(Vec<u8>);
-
-impl std::io::Write for JsonBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::short_bytes::extend(&mut self.0, buf);
-        Ok(buf.len())
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        crate::short_bytes::extend(&mut self.0, buf);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// What a task's JSON takes, generously: a title and a handful of tags. A

@@ -29,7 +29,6 @@ use quick_cache::sync::Cache;
 
 use super::keys::task_key_name;
 use crate::domain::{Task, TaskId};
-use crate::short_bytes;
 use crate::storage::StoreResult;
 use crate::storage::codec::decode_task;
 
@@ -139,7 +138,7 @@ impl DecodedTasks {
     /// lately too.
     pub(super) fn decode(&self, key: &[u8], id: TaskId, bytes: &[u8]) -> StoreResult<Task> {
         if let Some(e) = self.cache.get(&id)
-            && short_bytes::equal(&e.bytes, bytes)
+            && *e.bytes == *bytes
         {
             return Ok(e.task.clone());
         }
