@@ -121,27 +121,6 @@ impl Doorkeeper {
     }
 }
 
-/// `a == b`, sixteen bytes at a time. The slice comparison calls the C
-/// library's `memcmp`, which in musl (the image's static binary) is a loop
-/// over single bytes: on a hit it was most of the cache's cost there
-/// (records of about 300 bytes, fifty per page).
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let (mut x, mut y) = (a.chunks_exact(16), b.chunks_exact(16));
-    let word = |c: &[u8]| u128::from_ne_bytes(c.try_into().expect("16 bytes"));
-    let diff = (&mut x)
-        .zip(&mut y)
-        .fold(0, |d, (p, q)| d | (word(p) ^ word(q)));
-    let tail = x
-        .remainder()
-        .iter()
-        .zip(y.remainder())
-        .fold(0, |d, (p, q)| d | (p ^ q));
-    diff == 0 && tail == 0
-}
-
 impl DecodedTasks {
     /// A cache of at most `capacity` bytes (by the estimate above).
     pub(super) fn new(capacity: u64) -> Self {
@@ -159,7 +138,7 @@ impl DecodedTasks {
     /// lately too.
     pub(super) fn decode(&self, key: &[u8], id: TaskId, bytes: &[u8]) -> StoreResult<Task> {
         if let Some(e) = self.cache.get(&id)
-            && same_bytes(&e.bytes, bytes)
+            && *e.bytes == *bytes
         {
             return Ok(e.task.clone());
         }
@@ -189,23 +168,6 @@ mod tests {
     use crate::domain::{PrincipalName, TaskFields, Title};
     use crate::storage::codec::encode_task;
     use crate::storage::redb::keys::task_key;
-
-    #[test]
-    fn same_bytes_is_slice_equality() {
-        for n in 0..=70usize {
-            let a: Vec<u8> = (0..n).map(|i| i as u8 + 1).collect();
-            assert!(same_bytes(&a, &a.clone()), "length {n}");
-            assert!(n == 0 || !same_bytes(&a, &a[1..]), "length {n}");
-            // Any one bit different, anywhere, is seen.
-            for i in 0..n {
-                for bit in 0..8 {
-                    let mut b = a.clone();
-                    b[i] ^= 1 << bit;
-                    assert!(!same_bytes(&a, &b), "length {n}, byte {i}, bit {bit}");
-                }
-            }
-        }
-    }
 
     fn task(title: &str) -> Task {
         let fields = TaskFields {
