@@ -14,11 +14,19 @@ use devops_api::storage::{
     DbSharing, IndexUpkeep, ManualClock, RedbConfig, RedbStore, StorageError, Store,
 };
 
+/// A store's configuration in `dir` on a clock the test moves.
+fn clocked(dir: &std::path::Path) -> (Arc<ManualClock>, RedbConfig) {
+    let clock = ManualClock::new();
+    let cfg = RedbConfig {
+        clock: clock.clone(),
+        ..RedbConfig::new(dir)
+    };
+    (clock, cfg)
+}
+
 fn fixture_with(configure: impl FnOnce(&mut RedbConfig)) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let clock = ManualClock::new();
-    let mut cfg = RedbConfig::new(dir.path());
-    cfg.clock = clock.clone();
+    let (clock, mut cfg) = clocked(dir.path());
     configure(&mut cfg);
     Fixture {
         store: Arc::new(RedbStore::open(&cfg).expect("open")),
@@ -499,9 +507,7 @@ async fn ready_is_503_while_the_disk_is_full() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyed_create_delete_does_not_grow_the_file_without_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let mut cfg = RedbConfig::new(dir.path());
-    cfg.clock = clock.clone();
+    let (clock, cfg) = clocked(dir.path());
     let store = RedbStore::open(&cfg).unwrap();
     let mut sizes = Vec::new();
     for round in 0..8 {
@@ -569,9 +575,7 @@ async fn data_files_are_private() {
 #[tokio::test]
 async fn idempotency_records_of_older_files_are_swept() {
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let mut cfg = RedbConfig::new(dir.path());
-    cfg.clock = clock.clone();
+    let (clock, cfg) = clocked(dir.path());
     let store = RedbStore::open(&cfg).unwrap();
     for k in ["a", "b"] {
         store
@@ -987,11 +991,7 @@ async fn expired_and_rotated_out_tokens_leave_the_previous_releases_table() {
     use devops_api::domain::TokenName;
     use devops_api::storage::{Clock, NewToken};
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let cfg = RedbConfig {
-        clock: clock.clone(),
-        ..RedbConfig::new(dir.path())
-    };
+    let (clock, cfg) = clocked(dir.path());
     let store = RedbStore::open(&cfg).unwrap();
     let hour = std::time::Duration::from_secs(3600);
     store
@@ -1080,11 +1080,7 @@ async fn tokens_the_previous_release_revoked_stay_revoked_once_their_time_is_up(
     use devops_api::domain::TokenName;
     use devops_api::storage::{Clock, NewToken};
     let dir = tempfile::tempdir().unwrap();
-    let clock = ManualClock::new();
-    let cfg = RedbConfig {
-        clock: clock.clone(),
-        ..RedbConfig::new(dir.path())
-    };
+    let (clock, cfg) = clocked(dir.path());
     let store = RedbStore::open(&cfg).unwrap();
     let hour = std::time::Duration::from_secs(3600);
     let named = |p_: &str, n: &str, d: u8| NewToken {
@@ -1216,11 +1212,7 @@ fn both_releases_agree_on_which_tokens_are_valid() {
                 .unwrap();
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let clock = ManualClock::new();
-                let cfg = RedbConfig {
-                    clock: clock.clone(),
-                    ..RedbConfig::new(dir.path())
-                };
+                let (clock, cfg) = clocked(dir.path());
                 let mut store = RedbStore::open(&cfg).unwrap();
                 let mut model: HashMap<[u8; 32], Model> = HashMap::new();
                 let mut next = 0u8;
